@@ -1,0 +1,150 @@
+/*
+ * queue.h - the relay's durable message queue.
+ *
+ * Every message the relay accepts is written here before anything else
+ * happens to it.  SQLite in WAL mode holds the rows; one writer thread turns
+ * everything submitted within a short window into one transaction (group
+ * commit) and only then makes the messages visible to consumers.  Consumers
+ * (the forwarders) lease messages so that each session has at most one
+ * message in flight, which keeps every session's messages in order while
+ * different sessions proceed in parallel.
+ *
+ * All functions are thread-safe.  Errors are negative enum queue_err values.
+ */
+#ifndef WATCHRTC_QUEUE_H
+#define WATCHRTC_QUEUE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct queue;
+
+enum queue_err {
+	QUEUE_OK = 0,
+	QUEUE_EFULL = -1,    /* over max bytes or max messages: back-pressure */
+	QUEUE_EIO = -2,      /* SQLite cannot write (disk full, I/O error) */
+	QUEUE_ECLOSED = -3,  /* the queue is shutting down */
+	QUEUE_ENOMEM = -4,
+	QUEUE_EINVAL = -5,
+	QUEUE_ECORRUPT = -6, /* the database failed its integrity check */
+	QUEUE_ENOTFOUND = -7,
+};
+
+/* A static string naming err ("queue full", ...). */
+const char *queue_strerror(int err);
+
+/*
+ * One message and everything needed to forward it later.  On queue_put the
+ * caller owns every pointer and the queue copies what it needs.  A message
+ * returned by queue_lease is one allocation that the caller owns and frees
+ * with queue_msg_free.  NULL strings are stored as NULL.
+ */
+struct queue_msg {
+	int64_t id;           /* set by the queue; never reused */
+	int64_t received_ms;  /* wall clock at receipt, ms since the epoch */
+	const char *session;  /* ordering key: the SDK's sessionId ("" if none) */
+	const char *target;   /* upstream path and query: "/trace", "/?apiKey=..." */
+	const char *content_type;
+	const char *xff;      /* X-Forwarded-For to send upstream */
+	const char *peer_ip;
+	const char *user_agent;
+	const char *origin;
+	const char *api_key;  /* for key rejection; NULL if unknown */
+	const char *conn_id;  /* websocket connection id, NULL for HTTP */
+	int64_t seq;          /* per-connection sequence number, 0 for HTTP */
+	uint32_t attempts;    /* delivery attempts before this lease */
+	const void *body;
+	size_t body_len;
+};
+
+/* A deep copy of m in a single allocation (free with queue_msg_free). */
+struct queue_msg *queue_msg_dup(const struct queue_msg *m);
+void queue_msg_free(struct queue_msg *m);
+
+/* Called on the writer thread after each commit: batch size and, for each
+ * message inserted, microseconds from queue_put to the end of the commit. */
+typedef void queue_commit_fn(void *arg, size_t batch, const uint32_t *latency_us,
+                             size_t n);
+
+struct queue_options {
+	uint64_t max_bytes;        /* body bytes queued; 0 = unlimited */
+	uint64_t max_messages;     /* 0 = unlimited */
+	uint64_t max_age_ms;       /* older messages are dead-lettered ("expired"); 0 = never */
+	unsigned commit_window_ms; /* longest a message waits before its commit starts */
+	unsigned commit_batch_max; /* commit early once this many operations wait */
+	uint64_t cache_bytes;      /* bodies kept in memory for the consumers */
+	queue_commit_fn *on_commit;
+	void *on_commit_arg;
+};
+
+/* Fills o with the defaults. */
+void queue_options_init(struct queue_options *o);
+
+/*
+ * Opens (creating if needed) the database at path, applies the schema,
+ * checks integrity (PRAGMA quick_check) and starts the writer thread.
+ * On failure returns an error and, if cause is not NULL, sets *cause to a
+ * malloc'd message that the caller frees.
+ */
+int queue_open(struct queue **out, const char *path, const struct queue_options *o,
+               char **cause) __attribute__((warn_unused_result));
+
+/* Commits everything submitted, stops the writer, closes the database.
+ * Leased messages that were not acked stay queued.  Accepts NULL. */
+void queue_close(struct queue *q);
+
+/* The persistent instance id (hex), stable across restarts of one database. */
+const char *queue_instance_id(const struct queue *q);
+
+/*
+ * Submits a copy of m.  With wait, returns only after the message is durably
+ * committed (fsync'd) or failed.  Without wait, returns once the message is
+ * accepted for the next commit.  QUEUE_EFULL / QUEUE_EIO / QUEUE_ECLOSED mean
+ * the message was not taken.  If id is not NULL it receives the message id.
+ */
+int queue_put(struct queue *q, const struct queue_msg *m, bool wait, int64_t *id)
+	__attribute__((warn_unused_result));
+
+/*
+ * Leases up to max messages that are due: the head of a session that has
+ * nothing in flight and is not waiting for a retry.  Never blocks on other
+ * producers.  The caller owns out[0..*n-1] and must settle each with exactly
+ * one of queue_ack, queue_retry or queue_dead, then queue_msg_free it.
+ */
+int queue_lease(struct queue *q, struct queue_msg **out, size_t max, size_t *n);
+
+/* Delivered: the message is deleted and its session's next one is due. */
+void queue_ack(struct queue *q, int64_t id);
+/* Not delivered: its session waits delay_ms, then the same message is due again. */
+void queue_retry(struct queue *q, int64_t id, unsigned delay_ms);
+/* Undeliverable: moved to the dead-letter table; its session goes on. */
+void queue_dead(struct queue *q, int64_t id, const char *reason, int status,
+                const char *detail);
+/* Dead-letters every queued message (not leased) whose api_key is key.
+ * Returns how many. */
+size_t queue_dead_key(struct queue *q, const char *key, const char *reason);
+
+/*
+ * fn(arg) is called (from any thread, without queue locks held) whenever a
+ * message may have become due, so a consumer can wake from its poll.
+ */
+void queue_set_notify(struct queue *q, void (*fn)(void *arg), void *arg);
+/* Milliseconds until the next retry falls due, or -1 if none waits. */
+long queue_next_due_ms(struct queue *q);
+
+struct queue_stats {
+	uint64_t depth;          /* messages queued, leased ones included */
+	uint64_t bytes;          /* their body bytes */
+	uint64_t in_flight;      /* leased right now */
+	uint64_t waiting_retry;  /* sessions whose head waits for a retry */
+	uint64_t dead;           /* rows in the dead-letter table */
+	int64_t oldest_ms;       /* received_ms of the oldest queued message, 0 if empty */
+	uint64_t max_bytes, max_messages;
+	bool writable;           /* false while SQLite writes fail */
+	char error[160];         /* the last write error while !writable */
+	uint64_t committed_total, commits_total, expired_total;
+};
+void queue_stats(struct queue *q, struct queue_stats *st);
+
+#endif

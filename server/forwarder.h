@@ -1,0 +1,45 @@
+/*
+ * forwarder.h - worker threads that drain the queue to the upstream over
+ * HTTPS with libcurl.  Each worker drives one curl multi handle with up to
+ * `inflight` concurrent requests over kept-alive connections (HTTP/2 where the
+ * upstream offers it).  2xx acks a message; 408/425/429/5xx and transport
+ * errors retry it with exponential backoff and jitter (Retry-After honoured);
+ * 401/403 reject its API key; any other status dead-letters it.
+ */
+#ifndef WATCHRTC_FORWARDER_H
+#define WATCHRTC_FORWARDER_H
+
+#include <stdbool.h>
+
+struct queue;
+struct keyban;
+struct forwarder;
+
+struct forwarder_options {
+	const char *upstream;     /* base URL, e.g. "https://host:port" (no trailing '/') */
+	const char *ca_file;      /* NULL or "": the system CA bundle */
+	bool insecure;            /* skip upstream TLS verification (logged loudly) */
+	unsigned workers;
+	unsigned inflight;        /* concurrent requests per worker */
+	unsigned timeout_ms, connect_timeout_ms;
+	unsigned retry_base_ms, retry_max_ms;
+};
+
+/* Starts the workers.  On failure *cause (malloc'd, caller frees) says why. */
+int forwarder_start(struct forwarder **out, struct queue *q, struct keyban *kb,
+                    const struct forwarder_options *o, char **cause)
+	__attribute__((warn_unused_result));
+
+/* Stops leasing, lets requests in flight finish for up to deadline_ms, then
+ * aborts the rest (they stay queued and are sent again later), joins the
+ * workers and frees f.  Accepts NULL. */
+void forwarder_stop(struct forwarder *f, unsigned deadline_ms);
+
+/* How the upstream answered, as a forwarder decides on it (exposed for tests). */
+enum forward_verdict { FWD_ACK, FWD_RETRY, FWD_REJECT_KEY, FWD_DEAD };
+enum forward_verdict forward_classify(long http_status, int curl_code);
+/* Backoff before attempt n+1 (n >= 1), jitter drawn from [0, 1). */
+unsigned forward_backoff_ms(unsigned attempts, unsigned base_ms, unsigned max_ms,
+                            double jitter);
+
+#endif

@@ -1,0 +1,53 @@
+/*
+ * metrics.h - the relay's counters, gauges and histograms, rendered in the
+ * Prometheus text format.  Process-wide and lock-free: every update is one
+ * relaxed atomic add, so hot paths may call these freely.
+ */
+#ifndef WATCHRTC_METRICS_H
+#define WATCHRTC_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct queue_stats;
+
+enum metric_counter {
+	M_RECEIVED_WS,          /* watchrtc_relay_messages_received_total{transport="websocket"} */
+	M_RECEIVED_HTTP,        /* ...{transport="https"} */
+	M_RECEIVED_BYTES,
+	M_FORWARDED,            /* messages delivered upstream (2xx) */
+	M_ATTEMPT_SUCCESS,      /* forward attempts by result */
+	M_ATTEMPT_RETRY,
+	M_ATTEMPT_DEAD,
+	M_ATTEMPT_REJECTED_KEY,
+	M_WS_CONNECTIONS,       /* websocket connections accepted */
+	M_WS_REFUSED,           /* upgrades refused */
+	M_WS_CLOSED_ERROR,      /* closed by the relay for a protocol error */
+	M_COMMITS,
+	M_COUNTER_COUNT
+};
+
+enum metric_gauge {
+	G_WS_OPEN,              /* websocket connections open */
+	G_UPSTREAM_UP,          /* 1 if the last attempt reached the upstream */
+	G_GAUGE_COUNT
+};
+
+enum metric_hist {
+	H_FORWARD_SECONDS,      /* one upstream POST */
+	H_COMMIT_SECONDS,       /* receipt to durable commit */
+	H_COMMIT_BATCH,         /* messages per commit (unitless) */
+	H_HIST_COUNT
+};
+
+void metrics_add(enum metric_counter c, uint64_t n);
+void metrics_gauge_add(enum metric_gauge g, int64_t delta);
+void metrics_gauge_set(enum metric_gauge g, int64_t value);
+void metrics_observe(enum metric_hist h, double value);
+/* One HTTP answer: route is a short static name ("trace", "healthcheck"). */
+void metrics_http(const char *route, unsigned status);
+
+/* Renders everything, with the queue's figures from qs.  Caller frees. */
+char *metrics_render(const struct queue_stats *qs, size_t *len);
+
+#endif

@@ -1,0 +1,25 @@
+/*
+ * relay.h - the parts of one running relay, wired together by main.c and
+ * handed to the HTTP routes.  Each part is an opaque module of its own.
+ */
+#ifndef WATCHRTC_RELAY_H
+#define WATCHRTC_RELAY_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include "config.h"
+
+struct queue;
+struct keyban;
+struct ws_server;
+
+struct relay {
+	struct config cfg;
+	struct queue *queue;
+	struct keyban *keyban;
+	struct ws_server *ws;
+	atomic_bool stopping;   /* set on SIGTERM: refuse new work */
+};
+
+#endif

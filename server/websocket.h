@@ -1,0 +1,61 @@
+/*
+ * websocket.h - the SDK's websocket sessions after the HTTP upgrade.
+ *
+ * Upgraded sockets are spread over a few event-loop threads (epoll, one
+ * non-blocking socket per connection, wslay for framing).  Each connection
+ * first gets one hello text frame; then every message it sends becomes one
+ * queue row, submitted without waiting for the commit so a slow disk or
+ * upstream never stalls the loop.
+ */
+#ifndef WATCHRTC_WEBSOCKET_H
+#define WATCHRTC_WEBSOCKET_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct queue;
+struct ws_server;
+struct MHD_UpgradeResponseHandle;
+
+struct ws_options {
+	unsigned threads;
+	uint64_t max_message_bytes;   /* larger messages: close 1009 */
+	unsigned ping_interval_s;     /* ping when idle this long; close after twice it */
+	/* hello fields */
+	unsigned interval_ms, send_interval;
+	bool collect_console_log;
+	const char *console_log_level;
+	const char *project_id;       /* NULL or "": not sent */
+};
+
+/* What the HTTP side learned in the handshake.  ws_server_adopt takes
+ * ownership of the struct and of every string in it (all malloc'd). */
+struct ws_conn_meta {
+	char *query;       /* exactly as sent, without '?' */
+	char *session;     /* sessionId */
+	char *api_key;     /* apiKey or token */
+	char *peer_ip;
+	char *xff;         /* chain to send upstream (client's + peer) */
+	char *user_agent, *origin;
+};
+
+int ws_server_create(struct ws_server **out, const struct ws_options *o, struct queue *q,
+                     char **cause) __attribute__((warn_unused_result));
+
+/* Takes over an upgraded connection (called from MHD's upgrade callback):
+ * fd is the socket to speak websocket on, extra the bytes MHD already read. */
+void ws_server_adopt(struct ws_server *s, struct ws_conn_meta *meta, int fd,
+                     struct MHD_UpgradeResponseHandle *urh, const char *extra,
+                     size_t extra_len);
+
+/* Closes every connection with 1001 and refuses new ones; waits up to
+ * deadline_ms for the close handshakes.  Messages already received are in
+ * the queue when this returns. */
+void ws_server_shutdown(struct ws_server *s, unsigned deadline_ms);
+void ws_server_destroy(struct ws_server *s);  /* accepts NULL */
+
+/* Frees meta and its strings (accepts NULL). */
+void ws_conn_meta_free(struct ws_conn_meta *meta);
+
+#endif
