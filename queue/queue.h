@@ -76,6 +76,8 @@ struct queue_options {
 	uint64_t cache_bytes;      /* bodies kept in memory for the consumers */
 	queue_commit_fn *on_commit;
 	void *on_commit_arg;
+	uint64_t max_db_pages;     /* PRAGMA max_page_count; 0 = SQLite's limit.  Lets
+	                            * tests simulate a full disk. */
 };
 
 /* Fills o with the defaults. */
@@ -132,6 +134,10 @@ size_t queue_dead_key(struct queue *q, const char *key, const char *reason);
 void queue_set_notify(struct queue *q, void (*fn)(void *arg), void *arg);
 /* Milliseconds until the next retry falls due, or -1 if none waits. */
 long queue_next_due_ms(struct queue *q);
+
+/* Changes max_db_pages (see queue_options) before the writer's next
+ * transaction; 0 restores SQLite's limit.  A test hook for a full disk. */
+void queue_set_max_db_pages(struct queue *q, uint64_t pages);
 
 struct queue_stats {
 	uint64_t depth;          /* messages queued, leased ones included */

@@ -1,1 +1,690 @@
-/* placeholder: being written */
+/*
+ * config.c - the settings table, and the config file and command-line
+ * parsers that fill struct config from it.
+ *
+ * Every setting is named once, in settings[] below: its option name, type,
+ * place in struct config, default, range and help text.  Defaults, the file
+ * parser, the command line and --help are all driven by that table, so a new
+ * setting is one struct field plus one table row.
+ */
+#ifdef HAVE_CONFIG_H
+/* autoconf's config.h (PACKAGE_VERSION), not server/config.h: automake puts
+ * the build directory (-I.) ahead of -I$(srcdir)/server. */
+#include <config.h>
+#ifndef PACKAGE_VERSION
+#error "<config.h> found server/config.h: the build directory must come first"
+#endif
+#else
+#define PACKAGE_VERSION "unknown"  /* built outside automake, e.g. a fuzz target */
+#endif
+
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "log.h"
+
+/* A config file is a few dozen short lines; anything bigger is a mistake. */
+#define CONFIG_FILE_MAX (1024 * 1024)
+#define CONFIG_LINE_MAX 4096
+
+enum setting_type { T_STRING, T_UINT, T_U64, T_SIZE, T_BOOL };
+
+struct setting {
+	const char *name;       /* option and file key */
+	enum setting_type type;
+	size_t offset;          /* of the field in struct config */
+	const char *def;        /* default, parsed like any other value */
+	uint64_t min, max;      /* numbers only */
+	const char *help;
+	int (*check)(const char *value);  /* strings only: 0 if acceptable */
+	const char *expect;     /* what check accepts, for its error message */
+	const char *group;      /* heading in --help */
+	bool cli_only;          /* not accepted in a config file */
+};
+
+static int check_log_level(const char *value)
+{
+	enum log_level level;
+
+	return log_parse_level(value, &level);
+}
+
+#define KiB 1024ULL
+#define MiB (1024 * KiB)
+#define GiB (1024 * MiB)
+#define TiB (1024 * GiB)
+
+#define F(field) offsetof(struct config, field)
+#define STR(n, f, d, h, g) { n, T_STRING, F(f), d, 0, 0, h, NULL, NULL, g, false }
+#define NUM(n, t, f, d, lo, hi, h, g) { n, t, F(f), d, lo, hi, h, NULL, NULL, g, false }
+#define FLAG(n, f, d, h, g) { n, T_BOOL, F(f), d, 0, 1, h, NULL, NULL, g, false }
+
+static const struct setting settings[] = {
+	STR("listen-address", listen_address, "0.0.0.0",
+	    "IPv4 or IPv6 address to listen on", "listener"),
+	NUM("port", T_UINT, port, "8443", 1, 65535,
+	    "TCP port for HTTPS and websocket clients", "listener"),
+	STR("tls-cert", tls_cert, "",
+	    "PEM certificate chain; empty: a self-signed one kept in state-dir", "listener"),
+	STR("tls-key", tls_key, "",
+	    "PEM private key for tls-cert", "listener"),
+	STR("tls-priorities", tls_priorities, "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2",
+	    "GnuTLS priority string", "listener"),
+	NUM("http-threads", T_UINT, http_threads, "4", 1, 256,
+	    "HTTP worker threads", "listener"),
+	NUM("max-connections", T_UINT, max_connections, "10000", 1, 1000000,
+	    "concurrent client connections", "listener"),
+
+	STR("state-dir", state_dir, "./var",
+	    "directory for the queue database and generated keys", "storage"),
+	NUM("queue-max-bytes", T_SIZE, queue_max_bytes, "1G", 1, TiB,
+	    "queued payload bytes before ingest is refused", "storage"),
+	NUM("queue-max-messages", T_U64, queue_max_messages, "1000000", 1, 1000000000000ULL,
+	    "queued messages before ingest is refused", "storage"),
+	NUM("queue-max-age-s", T_UINT, queue_max_age_s, "86400", 1, 3650U * 86400,
+	    "seconds a message may wait before it is dead-lettered as expired", "storage"),
+	NUM("queue-high-water-pct", T_UINT, queue_high_water_pct, "90", 1, 100,
+	    "percent of a queue limit above which /healthcheck answers 503", "storage"),
+	NUM("commit-window-ms", T_UINT, commit_window_ms, "5", 0, 1000,
+	    "longest a message waits before its commit starts (ms)", "storage"),
+
+	NUM("max-body-bytes", T_SIZE, max_body_bytes, "1M", 1, 256 * MiB,
+	    "largest HTTPS fallback request body", "ingest"),
+	NUM("max-message-bytes", T_SIZE, max_message_bytes, "1M", 1, 256 * MiB,
+	    "largest websocket message", "ingest"),
+	NUM("cors-max-age-s", T_UINT, cors_max_age_s, "600", 0, 86400,
+	    "Access-Control-Max-Age of CORS preflight answers", "ingest"),
+	NUM("retry-after-s", T_UINT, retry_after_s, "5", 0, 3600,
+	    "Retry-After of 503 answers", "ingest"),
+
+	NUM("ws-threads", T_UINT, ws_threads, "2", 1, 256,
+	    "websocket I/O threads", "websocket"),
+	NUM("hello-interval-ms", T_UINT, hello_interval_ms, "8000", 100, 3600000,
+	    "stats collection interval sent to the SDK in the hello", "websocket"),
+	NUM("hello-send-interval", T_UINT, hello_send_interval, "1", 1, 100,
+	    "records the SDK batches per message", "websocket"),
+	FLAG("collect-console-log", collect_console_log, "false",
+	     "ask the SDK to send the browser console log", "websocket"),
+	STR("console-log-level", console_log_level, "error",
+	    "lowest browser console level the SDK sends", "websocket"),
+	STR("project-id", project_id, "",
+	    "projectId sent in the hello; empty: none", "websocket"),
+	NUM("ws-ping-interval-s", T_UINT, ws_ping_interval_s, "30", 0, 3600,
+	    "seconds between websocket pings; 0: none", "websocket"),
+
+	STR("upstream", upstream, "https://watchrtc-server.cyara.com",
+	    "base URL messages are forwarded to", "upstream"),
+	STR("upstream-ca", upstream_ca, "",
+	    "PEM CA bundle for upstream; empty: the system's", "upstream"),
+	FLAG("upstream-insecure", upstream_insecure, "false",
+	     "do not verify the upstream certificate (testing only)", "upstream"),
+	NUM("forward-workers", T_UINT, forward_workers, "4", 1, 256,
+	    "upstream forwarding threads", "upstream"),
+	NUM("forward-inflight", T_UINT, forward_inflight, "16", 1, 4096,
+	    "upstream requests in flight per worker", "upstream"),
+	NUM("upstream-timeout-ms", T_UINT, upstream_timeout_ms, "10000", 1, 600000,
+	    "whole upstream request timeout", "upstream"),
+	NUM("upstream-connect-timeout-ms", T_UINT, upstream_connect_timeout_ms, "5000", 1, 600000,
+	    "upstream connect timeout", "upstream"),
+	NUM("retry-base-ms", T_UINT, retry_base_ms, "500", 1, 3600000,
+	    "first retry delay after an upstream failure", "upstream"),
+	NUM("retry-max-ms", T_UINT, retry_max_ms, "60000", 1, 3600000,
+	    "longest retry delay", "upstream"),
+	NUM("key-reject-ttl-s", T_UINT, key_reject_ttl_s, "300", 0, 7 * 86400,
+	    "seconds an API key refused upstream is refused here; 0: not at all", "upstream"),
+
+	{ "log-level", T_STRING, F(log_level), "info", 0, 0,
+	  "least severe level logged: debug, info, warn or error", check_log_level, "debug, info, warn or error",
+	  "process", false },
+	NUM("shutdown-deadline-ms", T_UINT, shutdown_deadline_ms, "5000", 0, 600000,
+	    "how long a shutdown may wait for in-flight work", "process"),
+	{ "config", T_STRING, F(config_file), "", 0, 0,
+	  "read settings from FILE; the command line overrides it", NULL, NULL,
+	  "process", true },
+	{ "check-config", T_BOOL, F(check_config), "false", 0, 1,
+	  "validate the settings, print \"configuration ok\" and exit", NULL, NULL,
+	  "process", true },
+};
+
+#define NSETTINGS (sizeof settings / sizeof settings[0])
+
+/* Sets *cause (if wanted) to a malloc'd message; NULL if out of memory. */
+__attribute__((format(printf, 2, 3)))
+static void set_cause(char **cause, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!cause)
+		return;
+	va_start(ap, fmt);
+	if (vasprintf(cause, fmt, ap) < 0)
+		*cause = NULL;
+	va_end(ap);
+}
+
+static const struct setting *find_setting(const char *name, size_t len)
+{
+	for (size_t i = 0; i < NSETTINGS; i++) {
+		if (strlen(settings[i].name) == len && !memcmp(settings[i].name, name, len))
+			return &settings[i];
+	}
+	return NULL;
+}
+
+static void *field(struct config *c, const struct setting *s)
+{
+	return (char *)c + s->offset;
+}
+
+/* Decimal digits only: no sign, no spaces, no hex; 0 on success. */
+static int parse_u64(const char *s, uint64_t *out)
+{
+	uint64_t v = 0;
+
+	if (*s < '0' || *s > '9')
+		return -1;
+	for (; *s >= '0' && *s <= '9'; s++) {
+		if (v > (UINT64_MAX - (uint64_t)(*s - '0')) / 10)
+			return -1;
+		v = v * 10 + (uint64_t)(*s - '0');
+	}
+	*out = v;
+	return *s ? -1 : 0;
+}
+
+/* A byte count with an optional k, m or g suffix (1024-based). */
+static int parse_size(const char *s, uint64_t *out)
+{
+	char digits[32];
+	size_t len = strlen(s);
+	uint64_t mult = 1, v;
+
+	if (len == 0 || len >= sizeof digits)
+		return -1;
+	memcpy(digits, s, len + 1);
+	switch (digits[len - 1]) {
+	case 'k': case 'K': mult = KiB; break;
+	case 'm': case 'M': mult = MiB; break;
+	case 'g': case 'G': mult = GiB; break;
+	}
+	if (mult != 1)
+		digits[len - 1] = '\0';
+	if (parse_u64(digits, &v) < 0 || v > UINT64_MAX / mult)
+		return -1;
+	*out = v * mult;
+	return 0;
+}
+
+static int parse_bool(const char *s, bool *out)
+{
+	static const char *const yes[] = { "true", "yes", "on", "1" };
+	static const char *const no[] = { "false", "no", "off", "0" };
+
+	for (size_t i = 0; i < sizeof yes / sizeof yes[0]; i++) {
+		if (!strcmp(s, yes[i])) {
+			*out = true;
+			return 0;
+		}
+		if (!strcmp(s, no[i])) {
+			*out = false;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+/* Sizes print with the largest suffix that divides them: 1073741824 -> 1G. */
+static void format_size(uint64_t v, char *buf, size_t size)
+{
+	if (v && v % GiB == 0)
+		snprintf(buf, size, "%lluG", (unsigned long long)(v / GiB));
+	else if (v && v % MiB == 0)
+		snprintf(buf, size, "%lluM", (unsigned long long)(v / MiB));
+	else if (v && v % KiB == 0)
+		snprintf(buf, size, "%lluK", (unsigned long long)(v / KiB));
+	else
+		snprintf(buf, size, "%llu", (unsigned long long)v);
+}
+
+/*
+ * Parses value and stores it in s's field of c.  On failure, c is unchanged
+ * and err holds a message that names the setting.
+ */
+static int setting_set(struct config *c, const struct setting *s, const char *value,
+                       char *err, size_t errsz)
+{
+	uint64_t v = 0;
+	bool b;
+	char lo[32], hi[32];
+
+	switch (s->type) {
+	case T_STRING: {
+		char *copy, **slot = field(c, s);
+
+		if (s->check && s->check(value) < 0) {
+			snprintf(err, errsz, "%s: \"%s\" is not %s", s->name, value, s->expect);
+			return -1;
+		}
+		if (!(copy = strdup(value))) {
+			snprintf(err, errsz, "%s: out of memory", s->name);
+			return -1;
+		}
+		free(*slot);
+		*slot = copy;
+		return 0;
+	}
+	case T_BOOL:
+		if (parse_bool(value, &b) < 0) {
+			snprintf(err, errsz, "%s: \"%s\" is not a boolean "
+			         "(true/false, yes/no, on/off, 1/0)", s->name, value);
+			return -1;
+		}
+		*(bool *)field(c, s) = b;
+		return 0;
+	case T_SIZE:
+		if (parse_size(value, &v) < 0) {
+			snprintf(err, errsz, "%s: \"%s\" is not a size "
+			         "(a number with an optional k, m or g suffix)", s->name, value);
+			return -1;
+		}
+		format_size(s->min, lo, sizeof lo);
+		format_size(s->max, hi, sizeof hi);
+		break;
+	case T_UINT:
+	case T_U64:
+		if (parse_u64(value, &v) < 0) {
+			snprintf(err, errsz, "%s: \"%s\" is not a number", s->name, value);
+			return -1;
+		}
+		snprintf(lo, sizeof lo, "%llu", (unsigned long long)s->min);
+		snprintf(hi, sizeof hi, "%llu", (unsigned long long)s->max);
+		break;
+	}
+	if (v < s->min || v > s->max) {
+		snprintf(err, errsz, "%s: %s is out of range (%s..%s)", s->name, value, lo, hi);
+		return -1;
+	}
+	if (s->type == T_UINT)
+		*(unsigned *)field(c, s) = (unsigned)v;
+	else
+		*(uint64_t *)field(c, s) = v;
+	return 0;
+}
+
+/* Checks the settings against each other and against the filesystem. */
+static int validate(const struct config *c, char **cause)
+{
+	unsigned char addr[sizeof(struct in6_addr)];
+	const char *files[][2] = {
+		{ "tls-cert", c->tls_cert }, { "tls-key", c->tls_key },
+		{ "upstream-ca", c->upstream_ca },
+	};
+
+	if (inet_pton(AF_INET, c->listen_address, addr) != 1 &&
+	    inet_pton(AF_INET6, c->listen_address, addr) != 1) {
+		set_cause(cause, "listen-address: \"%s\" is not an IPv4 or IPv6 address",
+		          c->listen_address);
+		return -1;
+	}
+	if (!*c->tls_cert != !*c->tls_key) {
+		set_cause(cause, "tls-cert and tls-key must be given together");
+		return -1;
+	}
+	for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+		if (*files[i][1] && access(files[i][1], R_OK) < 0) {
+			set_cause(cause, "%s: cannot read %s: %s", files[i][0], files[i][1],
+			          strerror(errno));
+			return -1;
+		}
+	}
+	if (!*c->state_dir) {
+		set_cause(cause, "state-dir must not be empty");
+		return -1;
+	}
+	if (!*c->tls_priorities) {
+		set_cause(cause, "tls-priorities must not be empty");
+		return -1;
+	}
+	if (strncmp(c->upstream, "https://", 8) && strncmp(c->upstream, "http://", 7)) {
+		set_cause(cause, "upstream: \"%s\" is not an http:// or https:// URL", c->upstream);
+		return -1;
+	}
+	if (c->retry_base_ms > c->retry_max_ms) {
+		set_cause(cause, "retry-base-ms (%u) is larger than retry-max-ms (%u)",
+		          c->retry_base_ms, c->retry_max_ms);
+		return -1;
+	}
+	return 0;
+}
+
+/* Sets every field of c to its default.  c holds no strings before. */
+static int set_defaults(struct config *c, char **cause)
+{
+	char err[256];
+
+	memset(c, 0, sizeof *c);
+	for (size_t i = 0; i < NSETTINGS; i++) {
+		if (setting_set(c, &settings[i], settings[i].def, err, sizeof err) < 0) {
+			set_cause(cause, "default of %s", err);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static bool is_blank(char ch)
+{
+	return ch == ' ' || ch == '\t';
+}
+
+/* Trims spaces and tabs from both ends of s in place. */
+static char *trim(char *s)
+{
+	char *end;
+
+	while (is_blank(*s))
+		s++;
+	end = s + strlen(s);
+	while (end > s && is_blank(end[-1]))
+		*--end = '\0';
+	return s;
+}
+
+/*
+ * Splits one line (a writable copy) into key and value.  Returns 1 for a
+ * setting, 0 for a blank or comment line, -1 with err set otherwise.
+ */
+static int parse_line(char *line, char **key, char **value, char *err, size_t errsz)
+{
+	char *eq, *v, *p;
+
+	line = trim(line);
+	if (!*line || *line == '#')
+		return 0;
+	if (!(eq = strchr(line, '='))) {
+		snprintf(err, errsz, "expected \"key = value\"");
+		return -1;
+	}
+	*eq = '\0';
+	*key = trim(line);
+	if (!**key) {
+		snprintf(err, errsz, "missing key before '='");
+		return -1;
+	}
+	v = trim(eq + 1);
+	if (*v == '"') {
+		if (!(p = strchr(v + 1, '"'))) {
+			snprintf(err, errsz, "unterminated quote");
+			return -1;
+		}
+		*p++ = '\0';
+		while (is_blank(*p))
+			p++;
+		if (*p && *p != '#') {
+			snprintf(err, errsz, "unexpected text after the closing quote");
+			return -1;
+		}
+		*value = v + 1;
+		return 1;
+	}
+	/* A '#' after whitespace starts a comment; "a#b" is a value.  v was
+	 * trimmed, so a '#' at its start also followed whitespace or '='. */
+	for (p = v; *p; p++) {
+		if (*p == '#' && (p == v || is_blank(p[-1]))) {
+			*p = '\0';
+			break;
+		}
+	}
+	*value = trim(v);
+	return 1;
+}
+
+int config_apply_file_text(struct config *c, const char *name, const char *text,
+                           char **cause)
+{
+	char line[CONFIG_LINE_MAX + 1], err[CONFIG_LINE_MAX + 128];
+	unsigned lineno = 0;
+
+	if (strnlen(text, CONFIG_FILE_MAX + 1) > CONFIG_FILE_MAX) {
+		set_cause(cause, "%s: larger than %d bytes", name, CONFIG_FILE_MAX);
+		return -1;
+	}
+	while (*text) {
+		const char *nl = strchr(text, '\n');
+		size_t len = nl ? (size_t)(nl - text) : strlen(text);
+		const struct setting *s;
+		char *key, *value;
+		int r;
+
+		lineno++;
+		if (len > 0 && text[len - 1] == '\r')
+			len--;
+		if (len > CONFIG_LINE_MAX) {
+			set_cause(cause, "%s:%u: line longer than %d characters", name, lineno,
+			          CONFIG_LINE_MAX);
+			return -1;
+		}
+		memcpy(line, text, len);
+		line[len] = '\0';
+		text = nl ? nl + 1 : text + strlen(text);
+
+		r = parse_line(line, &key, &value, err, sizeof err);
+		if (r == 0)
+			continue;
+		if (r < 0) {
+			set_cause(cause, "%s:%u: %s", name, lineno, err);
+			return -1;
+		}
+		s = find_setting(key, strlen(key));
+		if (!s) {
+			set_cause(cause, "%s:%u: unknown key \"%s\"", name, lineno, key);
+			return -1;
+		}
+		if (s->cli_only) {
+			set_cause(cause, "%s:%u: %s is only accepted on the command line",
+			          name, lineno, key);
+			return -1;
+		}
+		if (setting_set(c, s, value, err, sizeof err) < 0) {
+			set_cause(cause, "%s:%u: %s", name, lineno, err);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* Reads path (at most CONFIG_FILE_MAX bytes) and applies it. */
+static int apply_file(struct config *c, const char *path, char **cause)
+{
+	FILE *f = NULL;
+	char *text = NULL;
+	size_t n;
+	int ret = -1;
+
+	if (!(f = fopen(path, "r"))) {
+		set_cause(cause, "cannot open %s: %s", path, strerror(errno));
+		goto out;
+	}
+	if (!(text = malloc(CONFIG_FILE_MAX + 2))) {
+		set_cause(cause, "%s: out of memory", path);
+		goto out;
+	}
+	/* One byte over the ceiling tells "too big" from "exactly the limit". */
+	n = fread(text, 1, CONFIG_FILE_MAX + 1, f);
+	if (ferror(f)) {
+		set_cause(cause, "cannot read %s: %s", path, strerror(errno));
+		goto out;
+	}
+	if (n > CONFIG_FILE_MAX) {
+		set_cause(cause, "%s: larger than %d bytes", path, CONFIG_FILE_MAX);
+		goto out;
+	}
+	if (memchr(text, '\0', n)) {
+		set_cause(cause, "%s: not a text file (contains a NUL byte)", path);
+		goto out;
+	}
+	text[n] = '\0';
+	ret = config_apply_file_text(c, path, text, cause);
+out:
+	free(text);
+	if (f)
+		fclose(f);
+	return ret;
+}
+
+enum arg_pass { PASS_CONFIG, PASS_REST };
+
+/*
+ * Walks the arguments once.  PASS_CONFIG checks every option's name and
+ * arity, answers --help and --version, and applies --config; PASS_REST
+ * applies everything else, in order.  Returns CONFIG_RUN to go on.
+ */
+static enum config_result parse_args(struct config *c, int argc, char **argv,
+                                     enum arg_pass pass, char **cause)
+{
+	char err[512];
+
+	for (int i = 1; i < argc; i++) {
+		const char *arg = argv[i], *name, *eq, *value = NULL;
+		const struct setting *s;
+		size_t len;
+
+		if (strncmp(arg, "--", 2) || !arg[2]) {
+			set_cause(cause, "unexpected argument \"%s\"", arg);
+			return CONFIG_ERROR;
+		}
+		name = arg + 2;
+		eq = strchr(name, '=');
+		len = eq ? (size_t)(eq - name) : strlen(name);
+		if (eq)
+			value = eq + 1;
+
+		if ((len == 4 && !memcmp(name, "help", 4)) ||
+		    (len == 7 && !memcmp(name, "version", 7))) {
+			if (eq) {
+				set_cause(cause, "--%.*s takes no value", (int)len, name);
+				return CONFIG_ERROR;
+			}
+			if (pass == PASS_CONFIG) {
+				if (len == 4)
+					config_print_help(stdout);
+				else
+					printf("watchrtc-relay %s\n", PACKAGE_VERSION);
+				fflush(stdout);
+				return CONFIG_EXIT;
+			}
+			continue;
+		}
+		if (!(s = find_setting(name, len))) {
+			set_cause(cause, "unknown option --%.*s", (int)len, name);
+			return CONFIG_ERROR;
+		}
+		if (!value) {
+			bool b;
+
+			/* "--flag" alone is true; "--flag false" also reads. */
+			if (s->type == T_BOOL) {
+				value = "true";
+				if (i + 1 < argc && parse_bool(argv[i + 1], &b) == 0)
+					value = argv[++i];
+			} else if (i + 1 < argc) {
+				value = argv[++i];
+			} else {
+				set_cause(cause, "option --%s needs a value", s->name);
+				return CONFIG_ERROR;
+			}
+		}
+		if ((pass == PASS_CONFIG) != (s->offset == offsetof(struct config, config_file)))
+			continue;
+		if (setting_set(c, s, value, err, sizeof err) < 0) {
+			set_cause(cause, "--%s", err);
+			return CONFIG_ERROR;
+		}
+		if (pass == PASS_CONFIG && apply_file(c, c->config_file, cause) < 0)
+			return CONFIG_ERROR;
+	}
+	return CONFIG_RUN;
+}
+
+enum config_result config_load(struct config *c, int argc, char **argv, char **cause)
+{
+	enum config_result r;
+
+	if (cause)
+		*cause = NULL;
+	if (set_defaults(c, cause) < 0)
+		return CONFIG_ERROR;
+	if ((r = parse_args(c, argc, argv, PASS_CONFIG, cause)) != CONFIG_RUN)
+		return r;
+	if ((r = parse_args(c, argc, argv, PASS_REST, cause)) != CONFIG_RUN)
+		return r;
+	if (validate(c, cause) < 0)
+		return CONFIG_ERROR;
+	if (c->check_config) {
+		printf("configuration ok\n");
+		fflush(stdout);
+		return CONFIG_EXIT;
+	}
+	return CONFIG_RUN;
+}
+
+void config_release(struct config *c)
+{
+	if (!c)
+		return;
+	for (size_t i = 0; i < NSETTINGS; i++) {
+		if (settings[i].type == T_STRING) {
+			char **slot = field(c, &settings[i]);
+			free(*slot);
+			*slot = NULL;
+		}
+	}
+}
+
+void config_print_help(FILE *out)
+{
+	const char *group = NULL;
+
+	fprintf(out, "usage: watchrtc-relay [--config FILE] [--SETTING VALUE]...\n");
+	for (size_t i = 0; i < NSETTINGS; i++) {
+		const struct setting *s = &settings[i];
+		static const char *const meta[] = {
+			[T_STRING] = "TEXT", [T_UINT] = "N", [T_U64] = "N",
+			[T_SIZE] = "SIZE", [T_BOOL] = "[BOOL]",
+		};
+		char opt[64], range[80] = "", lo[32], hi[32];
+
+		if (!group || strcmp(group, s->group)) {
+			group = s->group;
+			fprintf(out, "\n%s:\n", group);
+		}
+		snprintf(opt, sizeof opt, "--%s %s", s->name,
+		         s->offset == offsetof(struct config, config_file) ? "FILE" : meta[s->type]);
+		if (s->type == T_SIZE) {
+			format_size(s->min, lo, sizeof lo);
+			format_size(s->max, hi, sizeof hi);
+			snprintf(range, sizeof range, ", %s..%s", lo, hi);
+		} else if (s->type == T_UINT || s->type == T_U64) {
+			snprintf(range, sizeof range, ", %llu..%llu",
+			         (unsigned long long)s->min, (unsigned long long)s->max);
+		}
+		if (s->offset == offsetof(struct config, config_file))
+			fprintf(out, "  %-36s %s\n", opt, s->help);
+		else
+			fprintf(out, "  %-36s %s (default: %s%s%s%s)\n", opt, s->help,
+			        s->type == T_STRING ? "\"" : "", s->def,
+			        s->type == T_STRING ? "\"" : "", range);
+	}
+	fprintf(out, "  %-36s %s\n", "--help", "print this help and exit");
+	fprintf(out, "  %-36s %s\n", "--version", "print the version and exit");
+	fprintf(out, "\nSIZE takes a k, m or g suffix (1024-based); "
+	        "a file line is \"setting = value\".\n");
+}

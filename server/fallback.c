@@ -1,1 +1,199 @@
-/* placeholder: being written */
+/*
+ * fallback.c - the SDK's HTTPS fallback: POST <proxyUrl>/trace and /error,
+ * and the CORS preflight that the browser sends before each of them.
+ *
+ * A POST is answered 200 only after its message is durably committed; the
+ * SDK ignores the status, but an operator's retrying client would not, and
+ * the rule "persist before you reply" is what makes the answer mean
+ * something.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <jansson.h>
+
+#include "keyban.h"
+#include "log.h"
+#include "metrics.h"
+#include "query.h"
+#include "queue.h"
+#include "relay.h"
+#include "routes.h"
+#include "xff.h"
+
+static const char *route_name(const char *path)
+{
+	size_t n = strlen(path);
+
+	return n >= 6 && !strcmp(path + n - 6, "/trace") ? "trace" : "error";
+}
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void add_cors(struct MHD_Response *resp, const char *origin)
+{
+	MHD_add_response_header(resp, "Access-Control-Allow-Origin", origin ? origin : "*");
+	MHD_add_response_header(resp, "Vary", "Origin");
+}
+
+enum MHD_Result route_preflight(struct relay *r, struct MHD_Connection *c,
+                                const struct request_info *ri)
+{
+	struct MHD_Response *resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+	char max_age[16];
+	enum MHD_Result ret;
+
+	if (!resp)
+		return MHD_NO;
+	snprintf(max_age, sizeof max_age, "%u", r->cfg.cors_max_age_s);
+	add_cors(resp, ri->origin);
+	MHD_add_response_header(resp, "Access-Control-Allow-Methods", "POST, OPTIONS");
+	MHD_add_response_header(resp, "Access-Control-Allow-Headers", "content-type");
+	MHD_add_response_header(resp, "Access-Control-Max-Age", max_age);
+	ret = MHD_queue_response(c, MHD_HTTP_NO_CONTENT, resp);
+	MHD_destroy_response(resp);
+	metrics_http("preflight", MHD_HTTP_NO_CONTENT);
+	return ret;
+}
+
+static enum MHD_Result answer_unavailable(struct relay *r, struct MHD_Connection *c,
+                                          const struct request_info *ri, const char *route,
+                                          const char *reason)
+{
+	struct MHD_Response *resp;
+	enum MHD_Result ret;
+	char retry_after[16];
+	json_t *obj = json_pack("{s:s}", "error", reason);
+	char *text = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+
+	json_decref(obj);
+	if (!text)
+		return MHD_NO;
+	resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+	if (!resp) {
+		free(text);
+		return MHD_NO;
+	}
+	snprintf(retry_after, sizeof retry_after, "%u", r->cfg.retry_after_s);
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, retry_after);
+	add_cors(resp, ri->origin);
+	ret = MHD_queue_response(c, MHD_HTTP_SERVICE_UNAVAILABLE, resp);
+	MHD_destroy_response(resp);
+	metrics_http(route, MHD_HTTP_SERVICE_UNAVAILABLE);
+	log_warn("request_refused", "route=%s status=503 peer=%s reason=\"%s\"", route, ri->peer_ip,
+	         reason);
+	return ret;
+}
+
+static enum MHD_Result refuse(struct MHD_Connection *c, const struct request_info *ri,
+                              const char *route, unsigned status, const char *reason)
+{
+	log_info("request_refused", "route=%s status=%u peer=%s reason=\"%s\"", route, status,
+	         ri->peer_ip, reason);
+	metrics_http(route, status);
+	return http_answer_error(c, status, ri->origin, reason);
+}
+
+/* The body's string member name, or NULL. */
+static const char *member(json_t *obj, const char *name)
+{
+	json_t *v = json_object_get(obj, name);
+
+	return json_is_string(v) ? json_string_value(v) : NULL;
+}
+
+enum MHD_Result route_fallback(struct relay *r, struct MHD_Connection *c,
+                               const struct request_info *ri, const char *body, size_t body_len)
+{
+	const char *route = route_name(ri->path);
+	json_error_t jerr;
+	json_t *doc = NULL;
+	char *xff = NULL, *key = NULL, *qsession = NULL, reason[200], kbuf[16];
+	const char *session, *content_type;
+	struct MHD_Response *resp;
+	enum MHD_Result ret;
+	int err;
+
+	if (atomic_load(&r->stopping)) {
+		ret = answer_unavailable(r, c, ri, route, "shutting down");
+		goto out;
+	}
+	doc = json_loadb(body, body_len, 0, &jerr);
+	if (!json_is_object(doc)) {
+		snprintf(reason, sizeof reason, "body is not a JSON object%s%s",
+		         doc ? "" : ": ", doc ? "" : jerr.text);
+		ret = refuse(c, ri, route, MHD_HTTP_BAD_REQUEST, reason);
+		goto out;
+	}
+
+	/* The SDK's POSTs carry no apiKey; its body's projectId is the key's
+	 * project part, which is what a rejected key is remembered by too. */
+	key = query_get(ri->query, "apiKey");
+	if (!key)
+		key = query_get(ri->query, "token");
+	if (!key && member(doc, "projectId"))
+		key = strdup(member(doc, "projectId"));
+	if (key && keyban_contains(r->keyban, key)) {
+		log_info("request_refused", "route=%s status=401 peer=%s key=%s reason=\"api key rejected by upstream\"",
+		         route, ri->peer_ip, log_key(key, kbuf, sizeof kbuf));
+		metrics_http(route, MHD_HTTP_UNAUTHORIZED);
+		ret = http_answer_error(c, MHD_HTTP_UNAUTHORIZED, ri->origin, "api key rejected by upstream");
+		goto out;
+	}
+
+	session = member(doc, "sessionId");
+	if (!session)
+		session = qsession = query_get(ri->query, "sessionId");
+	content_type = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+	xff = xff_forward_chain(ri->xff, ri->peer_ip);
+	if (!xff) {
+		ret = MHD_NO;
+		goto out;
+	}
+
+	struct queue_msg m = {
+		.received_ms = now_ms(),
+		.session = session ? session : "",
+		.target = !strcmp(route, "trace") ? "/trace" : "/error",
+		.content_type = content_type ? content_type : "application/json",
+		.xff = xff,
+		.peer_ip = ri->peer_ip,
+		.user_agent = ri->user_agent,
+		.origin = ri->origin,
+		.api_key = key,
+		.body = body,
+		.body_len = body_len,
+	};
+	err = queue_put(r->queue, &m, true, NULL);
+	if (err) {
+		ret = answer_unavailable(r, c, ri, route, queue_strerror(err));
+		goto out;
+	}
+	metrics_add(M_RECEIVED_HTTP, 1);
+	metrics_add(M_RECEIVED_BYTES, body_len);
+
+	resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+	if (!resp) {
+		ret = MHD_NO;
+		goto out;
+	}
+	add_cors(resp, ri->origin);
+	ret = MHD_queue_response(c, MHD_HTTP_OK, resp);
+	MHD_destroy_response(resp);
+	metrics_http(route, MHD_HTTP_OK);
+out:
+	json_decref(doc);
+	free(xff);
+	free(key);
+	free(qsession);
+	return ret;
+}

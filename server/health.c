@@ -1,1 +1,125 @@
-/* placeholder: being written */
+/*
+ * health.c - GET /healthcheck (readiness, the load balancer's probe),
+ * /healthcheck/ready (the same), /healthcheck/live (the process answers),
+ * and GET /metrics.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <jansson.h>
+
+#include "log.h"
+#include "metrics.h"
+#include "queue.h"
+#include "relay.h"
+#include "routes.h"
+
+static enum MHD_Result answer(struct MHD_Connection *c, unsigned status, const char *type,
+                              char *text, size_t len)
+{
+	struct MHD_Response *resp =
+		MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+	enum MHD_Result ret;
+
+	if (!resp) {
+		free(text);
+		return MHD_NO;
+	}
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+	ret = MHD_queue_response(c, status, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
+/* Why the relay should not get traffic now, or NULL if it should. */
+static const char *not_ready(struct relay *r, const struct queue_stats *st, char *buf,
+                             size_t size)
+{
+	uint64_t pct = r->cfg.queue_high_water_pct;
+
+	if (atomic_load(&r->stopping))
+		return "shutting down";
+	if (!st->writable) {
+		snprintf(buf, size, "database not writable: %s", st->error);
+		return buf;
+	}
+	if (st->max_messages && st->depth * 100 >= st->max_messages * pct) {
+		snprintf(buf, size, "queue above high-water mark: %llu of %llu messages",
+		         (unsigned long long)st->depth, (unsigned long long)st->max_messages);
+		return buf;
+	}
+	if (st->max_bytes && st->bytes * 100 >= st->max_bytes * pct) {
+		snprintf(buf, size, "queue above high-water mark: %llu of %llu bytes",
+		         (unsigned long long)st->bytes, (unsigned long long)st->max_bytes);
+		return buf;
+	}
+	return NULL;
+}
+
+enum MHD_Result route_health(struct relay *r, struct MHD_Connection *c,
+                             const struct request_info *ri)
+{
+	struct queue_stats st;
+	struct timespec ts;
+	const char *reason;
+	char buf[256], *text;
+	int64_t age = 0;
+	unsigned status;
+	json_t *obj;
+
+	if (strcmp(ri->method, "GET") && strcmp(ri->method, "HEAD")) {
+		metrics_http("healthcheck", 405);
+		return http_answer_error(c, 405, NULL, "method not allowed");
+	}
+	if (!strcmp(ri->path, "/healthcheck/live")) {
+		metrics_http("healthcheck", 200);
+		text = strdup("{\"status\":\"live\"}");
+		return text ? answer(c, 200, "application/json", text, strlen(text)) : MHD_NO;
+	}
+	if (strcmp(ri->path, "/healthcheck") && strcmp(ri->path, "/healthcheck/ready")) {
+		metrics_http("healthcheck", 404);
+		return http_answer_error(c, 404, NULL, "not found");
+	}
+
+	queue_stats(r->queue, &st);
+	reason = not_ready(r, &st, buf, sizeof buf);
+	clock_gettime(CLOCK_REALTIME, &ts);
+	if (st.oldest_ms > 0)
+		age = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 - st.oldest_ms;
+	status = reason ? 503 : 200;
+	obj = json_pack("{s:s, s:I, s:I, s:I}", "status", reason ? "unavailable" : "ok",
+	                "queue_depth", (json_int_t)st.depth, "oldest_age_ms",
+	                (json_int_t)(age > 0 ? age : 0), "dead_letters", (json_int_t)st.dead);
+	if (obj && reason)
+		json_object_set_new(obj, "reason", json_string(reason));
+	text = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+	json_decref(obj);
+	if (!text)
+		return MHD_NO;
+	metrics_http("healthcheck", status);
+	if (reason)
+		log_debug("not_ready", "reason=\"%s\"", reason);
+	return answer(c, status, "application/json", text, strlen(text));
+}
+
+enum MHD_Result route_metrics(struct relay *r, struct MHD_Connection *c,
+                              const struct request_info *ri)
+{
+	struct queue_stats st;
+	size_t len = 0;
+	char *text;
+
+	if (strcmp(ri->method, "GET")) {
+		metrics_http("metrics", 405);
+		return http_answer_error(c, 405, NULL, "method not allowed");
+	}
+	queue_stats(r->queue, &st);
+	metrics_http("metrics", 200);
+	text = metrics_render(&st, &len);
+	if (!text)
+		return http_answer_error(c, 500, NULL, "cannot render metrics");
+	return answer(c, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
+}

@@ -1,1 +1,224 @@
-/* placeholder: being written */
+/*
+ * main.c - watchrtc-relay: loads the settings, opens the queue, starts the
+ * forwarders, the websocket loops and the TLS listener, then waits for a
+ * signal.
+ *
+ * Signals are blocked in every thread and taken here with sigwait(), so no
+ * handler ever runs inside library code: SIGTERM/SIGINT shut down cleanly,
+ * SIGHUP is logged (certificate reload comes with the durability work).
+ */
+#include <curl/curl.h>
+#include <errno.h>
+#include <gnutls/gnutls.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "config.h"
+#include "forwarder.h"
+#include "http.h"
+#include "keyban.h"
+#include "log.h"
+#include "metrics.h"
+#include "queue.h"
+#include "relay.h"
+#include "tls.h"
+#include "websocket.h"
+
+/* Feeds the queue's commit figures into the metrics (writer thread). */
+static void on_commit(void *arg, size_t batch, const uint32_t *latency_us, size_t n)
+{
+	metrics_add(M_COMMITS, 1);
+	metrics_observe(H_COMMIT_BATCH, (double)batch);
+	for (size_t i = 0; i < n; i++)
+		metrics_observe(H_COMMIT_SECONDS, latency_us[i] / 1e6);
+}
+
+/* Each connection is a file descriptor: take what the hard limit allows. */
+static void raise_nofile(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	if (rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+		getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	log_info("nofile_limit", "soft=%llu hard=%llu", (unsigned long long)rl.rlim_cur,
+	         (unsigned long long)rl.rlim_max);
+}
+
+static int make_state_dir(const char *dir, char **cause)
+{
+	struct stat st;
+
+	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+		goto fail;
+	if (stat(dir, &st) < 0)
+		goto fail;
+	if (!S_ISDIR(st.st_mode)) {
+		errno = ENOTDIR;
+		goto fail;
+	}
+	/* The queue holds API keys: keep the directory private. */
+	if ((st.st_mode & 077) && chmod(dir, 0700) < 0)
+		goto fail;
+	return 0;
+fail:
+	if (asprintf(cause, "state directory %s: %s", dir, strerror(errno)) < 0)
+		*cause = NULL;
+	return -1;
+}
+
+static int wait_for_signal(void)
+{
+	sigset_t set;
+	int sig;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	for (;;) {
+		if (sigwait(&set, &sig) != 0)
+			continue;
+		if (sig == SIGHUP) {
+			log_info("sighup", "msg=\"nothing to reload yet\"");
+			continue;
+		}
+		return sig;
+	}
+}
+
+int main(int argc, char **argv)
+{
+	struct relay r = { 0 };
+	struct queue_options qo;
+	struct ws_options wo;
+	struct forwarder_options fo;
+	struct tls_pair tls = { 0 };
+	struct forwarder *fwd = NULL;
+	struct http_server *http = NULL;
+	char *cause = NULL, db_path[PATH_MAX];
+	enum log_level level;
+	sigset_t set;
+	int rc = 1, sig;
+
+	switch (config_load(&r.cfg, argc, argv, &cause)) {
+	case CONFIG_EXIT:
+		config_release(&r.cfg);
+		return 0;
+	case CONFIG_ERROR:
+		fprintf(stderr, "watchrtc-relay: %s\n", cause ? cause : "bad configuration");
+		free(cause);
+		config_release(&r.cfg);
+		return 2;
+	case CONFIG_RUN:
+		break;
+	}
+	if (log_parse_level(r.cfg.log_level, &level) == 0)
+		log_set_level(level);
+
+	/* Block the signals before any thread starts, so all inherit the mask. */
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	raise_nofile();
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK || gnutls_global_init() < 0) {
+		cause = strdup("cannot initialise libcurl or GnuTLS");
+		goto out;
+	}
+	if (make_state_dir(r.cfg.state_dir, &cause) < 0)
+		goto out;
+	if (tls_load(&tls, r.cfg.tls_cert, r.cfg.tls_key, r.cfg.state_dir, &cause) < 0)
+		goto out;
+
+	queue_options_init(&qo);
+	qo.max_bytes = r.cfg.queue_max_bytes;
+	qo.max_messages = r.cfg.queue_max_messages;
+	qo.max_age_ms = (uint64_t)r.cfg.queue_max_age_s * 1000;
+	qo.commit_window_ms = r.cfg.commit_window_ms;
+	qo.on_commit = on_commit;
+	snprintf(db_path, sizeof db_path, "%s/queue.db", r.cfg.state_dir);
+	if (queue_open(&r.queue, db_path, &qo, &cause) != QUEUE_OK)
+		goto out;
+
+	r.keyban = keyban_create(r.cfg.key_reject_ttl_s);
+	if (!r.keyban) {
+		cause = strdup("out of memory");
+		goto out;
+	}
+
+	wo = (struct ws_options){
+		.threads = r.cfg.ws_threads,
+		.max_message_bytes = r.cfg.max_message_bytes,
+		.ping_interval_s = r.cfg.ws_ping_interval_s,
+		.interval_ms = r.cfg.hello_interval_ms,
+		.send_interval = r.cfg.hello_send_interval,
+		.collect_console_log = r.cfg.collect_console_log,
+		.console_log_level = r.cfg.console_log_level,
+		.project_id = r.cfg.project_id,
+	};
+	if (ws_server_create(&r.ws, &wo, r.queue, &cause) < 0)
+		goto out;
+
+	fo = (struct forwarder_options){
+		.upstream = r.cfg.upstream,
+		.ca_file = r.cfg.upstream_ca,
+		.insecure = r.cfg.upstream_insecure,
+		.workers = r.cfg.forward_workers,
+		.inflight = r.cfg.forward_inflight,
+		.timeout_ms = r.cfg.upstream_timeout_ms,
+		.connect_timeout_ms = r.cfg.upstream_connect_timeout_ms,
+		.retry_base_ms = r.cfg.retry_base_ms,
+		.retry_max_ms = r.cfg.retry_max_ms,
+	};
+	if (forwarder_start(&fwd, r.queue, r.keyban, &fo, &cause) < 0)
+		goto out;
+
+	if (http_server_start(&http, &r, &tls, &cause) < 0)
+		goto out;
+	log_info("listening", "addr=%s port=%u state_dir=%s upstream=%s instance=%s",
+	         r.cfg.listen_address, r.cfg.port, r.cfg.state_dir, r.cfg.upstream,
+	         queue_instance_id(r.queue));
+
+	sig = wait_for_signal();
+	log_info("shutdown", "signal=%s deadline_ms=%u", sig == SIGINT ? "SIGINT" : "SIGTERM",
+	         r.cfg.shutdown_deadline_ms);
+	atomic_store(&r.stopping, true);
+	rc = 0;
+out:
+	if (cause) {
+		log_error("startup_failed", "reason=\"%s\"", cause);
+		free(cause);
+	}
+	/* Stop the ingress first, so everything received is in the queue
+	 * before the forwarders stop and the queue commits its last batch. */
+	http_server_quiesce(http);
+	if (r.ws)
+		ws_server_shutdown(r.ws, r.cfg.shutdown_deadline_ms);
+	http_server_stop(http);
+	forwarder_stop(fwd, r.cfg.shutdown_deadline_ms);
+	ws_server_destroy(r.ws);
+	queue_close(r.queue);
+	keyban_destroy(r.keyban);
+	tls_pair_release(&tls);
+	curl_global_cleanup();
+	gnutls_global_deinit();
+	if (rc == 0)
+		log_info("stopped", "status=ok");
+	config_release(&r.cfg);
+	return rc;
+}

@@ -1,1 +1,289 @@
-/* placeholder: being written */
+/*
+ * metrics.c - process-wide counters, gauges and histograms in the
+ * Prometheus text exposition format (version 0.0.4).
+ *
+ * Updates are relaxed atomic adds: the hot paths (a websocket message, a
+ * commit) pay a few nanoseconds and never take a lock.  Rendering reads the
+ * atomics one by one, so a scrape is a consistent-enough snapshot, as with
+ * every Prometheus client library.
+ */
+#include "metrics.h"
+
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "queue.h"
+
+#define METRICS_RENDER_MAX (256 * 1024)  /* ceiling of one scrape's text */
+
+static _Atomic uint64_t counters[M_COUNTER_COUNT];
+static _Atomic int64_t gauges[G_GAUGE_COUNT];
+
+/* Histogram buckets: upper bounds, then +Inf implied. */
+#define HIST_MAX_BUCKETS 16
+struct hist_def {
+	const char *name, *help;
+	unsigned nbuckets;
+	double bounds[HIST_MAX_BUCKETS];
+};
+
+static const struct hist_def hist_defs[H_HIST_COUNT] = {
+	[H_FORWARD_SECONDS] = { "watchrtc_relay_forward_duration_seconds",
+		"Time of one upstream POST, from start to answer.", 12,
+		{ 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10 } },
+	[H_COMMIT_SECONDS] = { "watchrtc_relay_commit_latency_seconds",
+		"Time from a message's receipt to its durable commit.", 11,
+		{ 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1 } },
+	[H_COMMIT_BATCH] = { "watchrtc_relay_commit_batch_size",
+		"Operations (inserts, deletes, moves) committed in one transaction.", 10,
+		{ 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000 } },
+};
+
+struct hist {
+	_Atomic uint64_t buckets[HIST_MAX_BUCKETS + 1];
+	_Atomic uint64_t count;
+	_Atomic uint64_t sum_micro;  /* sum in millionths, to stay integer */
+};
+static struct hist hists[H_HIST_COUNT];
+
+/* HTTP answers by route and status: a fixed table, so no lock or malloc. */
+static const char *const http_routes[] = {
+	"websocket", "trace", "error", "preflight", "healthcheck", "metrics", "other",
+};
+#define N_ROUTES (sizeof http_routes / sizeof http_routes[0])
+static const unsigned http_codes[] = {
+	101, 200, 204, 400, 401, 403, 404, 405, 408, 413, 429, 431, 500, 503,
+};
+#define N_CODES (sizeof http_codes / sizeof http_codes[0])
+static _Atomic uint64_t http_counts[N_ROUTES][N_CODES + 1]; /* last: any other code */
+
+void metrics_add(enum metric_counter c, uint64_t n)
+{
+	atomic_fetch_add_explicit(&counters[c], n, memory_order_relaxed);
+}
+
+void metrics_gauge_add(enum metric_gauge g, int64_t delta)
+{
+	atomic_fetch_add_explicit(&gauges[g], delta, memory_order_relaxed);
+}
+
+void metrics_gauge_set(enum metric_gauge g, int64_t value)
+{
+	atomic_store_explicit(&gauges[g], value, memory_order_relaxed);
+}
+
+void metrics_observe(enum metric_hist h, double value)
+{
+	const struct hist_def *d = &hist_defs[h];
+	struct hist *s = &hists[h];
+	unsigned i = 0;
+
+	while (i < d->nbuckets && value > d->bounds[i])
+		i++;
+	atomic_fetch_add_explicit(&s->buckets[i], 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&s->count, 1, memory_order_relaxed);
+	if (value > 0)
+		atomic_fetch_add_explicit(&s->sum_micro, (uint64_t)(value * 1e6), memory_order_relaxed);
+}
+
+void metrics_http(const char *route, unsigned status)
+{
+	size_t r = N_ROUTES - 1, c = N_CODES;
+
+	for (size_t i = 0; i < N_ROUTES; i++)
+		if (!strcmp(route, http_routes[i])) {
+			r = i;
+			break;
+		}
+	for (size_t i = 0; i < N_CODES; i++)
+		if (http_codes[i] == status) {
+			c = i;
+			break;
+		}
+	atomic_fetch_add_explicit(&http_counts[r][c], 1, memory_order_relaxed);
+}
+
+/* A bounded text buffer: appends fail quietly once the ceiling is hit. */
+struct out {
+	char *buf;
+	size_t len, cap;
+	int failed;
+};
+
+__attribute__((format(printf, 2, 3)))
+static void out_printf(struct out *o, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	if (o->failed)
+		return;
+	for (;;) {
+		va_start(ap, fmt);
+		n = vsnprintf(o->buf + o->len, o->cap - o->len, fmt, ap);
+		va_end(ap);
+		if (n < 0) {
+			o->failed = 1;
+			return;
+		}
+		if ((size_t)n < o->cap - o->len) {
+			o->len += (size_t)n;
+			return;
+		}
+		size_t cap = o->cap * 2;
+		if (cap > METRICS_RENDER_MAX || !(o->buf = realloc(o->buf, cap))) {
+			o->failed = 1;
+			return;
+		}
+		o->cap = cap;
+	}
+}
+
+static void head(struct out *o, const char *name, const char *type, const char *help)
+{
+	out_printf(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void one(struct out *o, const char *name, const char *type, const char *help,
+                double value)
+{
+	head(o, name, type, help);
+	out_printf(o, "%s %.17g\n", name, value);
+}
+
+static uint64_t get(enum metric_counter c)
+{
+	return atomic_load_explicit(&counters[c], memory_order_relaxed);
+}
+
+static void render_hist(struct out *o, enum metric_hist h)
+{
+	const struct hist_def *d = &hist_defs[h];
+	struct hist *s = &hists[h];
+	uint64_t cum = 0;
+
+	head(o, d->name, "histogram", d->help);
+	for (unsigned i = 0; i < d->nbuckets; i++) {
+		cum += atomic_load_explicit(&s->buckets[i], memory_order_relaxed);
+		out_printf(o, "%s_bucket{le=\"%g\"} %llu\n", d->name, d->bounds[i],
+		           (unsigned long long)cum);
+	}
+	cum += atomic_load_explicit(&s->buckets[d->nbuckets], memory_order_relaxed);
+	out_printf(o, "%s_bucket{le=\"+Inf\"} %llu\n", d->name, (unsigned long long)cum);
+	out_printf(o, "%s_sum %.6f\n", d->name,
+	           (double)atomic_load_explicit(&s->sum_micro, memory_order_relaxed) / 1e6);
+	out_printf(o, "%s_count %llu\n", d->name, (unsigned long long)cum);
+}
+
+static void render_queue(struct out *o, const struct queue_stats *qs)
+{
+	struct timespec ts;
+	double age = 0;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	if (qs->oldest_ms > 0) {
+		age = ((double)ts.tv_sec * 1000 + ts.tv_nsec / 1e6 - (double)qs->oldest_ms) / 1000;
+		if (age < 0)
+			age = 0;
+	}
+	one(o, "watchrtc_relay_queue_depth", "gauge", "Messages in the queue, in flight included.",
+	    (double)qs->depth);
+	one(o, "watchrtc_relay_queue_bytes", "gauge", "Body bytes of the queued messages.",
+	    (double)qs->bytes);
+	one(o, "watchrtc_relay_queue_capacity_messages", "gauge",
+	    "Most messages the queue takes (0: no limit).", (double)qs->max_messages);
+	one(o, "watchrtc_relay_queue_capacity_bytes", "gauge",
+	    "Most body bytes the queue takes (0: no limit).", (double)qs->max_bytes);
+	one(o, "watchrtc_relay_queue_oldest_age_seconds", "gauge",
+	    "Age of the oldest queued message.", age);
+	one(o, "watchrtc_relay_queue_in_flight", "gauge", "Messages being sent upstream now.",
+	    (double)qs->in_flight);
+	one(o, "watchrtc_relay_queue_sessions_waiting_retry", "gauge",
+	    "Sessions whose next message waits for a retry.", (double)qs->waiting_retry);
+	one(o, "watchrtc_relay_queue_writable", "gauge",
+	    "1 while the database accepts writes, 0 while writes fail (disk full, I/O error).",
+	    qs->writable ? 1 : 0);
+	one(o, "watchrtc_relay_dead_letters", "gauge", "Messages in the dead-letter table.",
+	    (double)qs->dead);
+	one(o, "watchrtc_relay_messages_committed_total", "counter",
+	    "Messages durably committed to the queue.", (double)qs->committed_total);
+	one(o, "watchrtc_relay_commits_total", "counter", "Queue transactions committed.",
+	    (double)qs->commits_total);
+	one(o, "watchrtc_relay_messages_expired_total", "counter",
+	    "Messages dead-lettered because they outlived the queue's maximum age.",
+	    (double)qs->expired_total);
+}
+
+char *metrics_render(const struct queue_stats *qs, size_t *len)
+{
+	struct out o = { malloc(16384), 0, 16384, 0 };
+
+	if (!o.buf)
+		return NULL;
+	if (qs)
+		render_queue(&o, qs);
+
+	head(&o, "watchrtc_relay_messages_received_total", "counter",
+	     "Messages accepted from clients, by transport.");
+	out_printf(&o, "watchrtc_relay_messages_received_total{transport=\"websocket\"} %llu\n",
+	           (unsigned long long)get(M_RECEIVED_WS));
+	out_printf(&o, "watchrtc_relay_messages_received_total{transport=\"https\"} %llu\n",
+	           (unsigned long long)get(M_RECEIVED_HTTP));
+	one(&o, "watchrtc_relay_received_bytes_total", "counter",
+	    "Message body bytes accepted from clients.", (double)get(M_RECEIVED_BYTES));
+	one(&o, "watchrtc_relay_messages_forwarded_total", "counter",
+	    "Messages the upstream accepted (2xx).", (double)get(M_FORWARDED));
+
+	head(&o, "watchrtc_relay_forward_attempts_total", "counter",
+	     "Upstream POSTs by result.");
+	static const struct { const char *label; enum metric_counter c; } results[] = {
+		{ "success", M_ATTEMPT_SUCCESS }, { "retry", M_ATTEMPT_RETRY },
+		{ "dead_letter", M_ATTEMPT_DEAD }, { "rejected_key", M_ATTEMPT_REJECTED_KEY },
+	};
+	for (size_t i = 0; i < sizeof results / sizeof results[0]; i++)
+		out_printf(&o, "watchrtc_relay_forward_attempts_total{result=\"%s\"} %llu\n",
+		           results[i].label, (unsigned long long)get(results[i].c));
+
+	one(&o, "watchrtc_relay_websocket_connections", "gauge", "Websocket connections open.",
+	    (double)atomic_load_explicit(&gauges[G_WS_OPEN], memory_order_relaxed));
+	one(&o, "watchrtc_relay_websocket_connections_total", "counter",
+	    "Websocket connections accepted.", (double)get(M_WS_CONNECTIONS));
+	one(&o, "watchrtc_relay_websocket_refused_total", "counter",
+	    "Websocket upgrades refused (bad handshake, missing query, shutting down).",
+	    (double)get(M_WS_REFUSED));
+	one(&o, "watchrtc_relay_websocket_protocol_errors_total", "counter",
+	    "Websocket connections closed for a protocol error (1002, 1007, 1009).",
+	    (double)get(M_WS_CLOSED_ERROR));
+	one(&o, "watchrtc_relay_upstream_up", "gauge",
+	    "1 if the last upstream attempt got an HTTP answer, 0 if it failed.",
+	    (double)atomic_load_explicit(&gauges[G_UPSTREAM_UP], memory_order_relaxed));
+
+	head(&o, "watchrtc_relay_http_requests_total", "counter",
+	     "HTTP requests answered, by route and status code.");
+	for (size_t r = 0; r < N_ROUTES; r++)
+		for (size_t c = 0; c <= N_CODES; c++) {
+			uint64_t n = atomic_load_explicit(&http_counts[r][c], memory_order_relaxed);
+			if (!n)
+				continue;
+			if (c < N_CODES)
+				out_printf(&o, "watchrtc_relay_http_requests_total{route=\"%s\",code=\"%u\"} %llu\n",
+				           http_routes[r], http_codes[c], (unsigned long long)n);
+			else
+				out_printf(&o, "watchrtc_relay_http_requests_total{route=\"%s\",code=\"other\"} %llu\n",
+				           http_routes[r], (unsigned long long)n);
+		}
+
+	for (int h = 0; h < H_HIST_COUNT; h++)
+		render_hist(&o, (enum metric_hist)h);
+
+	if (o.failed) {
+		free(o.buf);
+		return NULL;
+	}
+	*len = o.len;
+	return o.buf;
+}

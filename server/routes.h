@@ -1,0 +1,56 @@
+/*
+ * routes.h - the request handlers that http.c dispatches to.  Internal to
+ * server/: each handler answers one kind of request on a libmicrohttpd
+ * connection and returns what MHD_queue_response returned.
+ */
+#ifndef WATCHRTC_ROUTES_H
+#define WATCHRTC_ROUTES_H
+
+#include <stddef.h>
+#include <microhttpd.h>
+
+struct relay;
+
+/* What http.c learned about a request before dispatching it. */
+struct request_info {
+	const char *method;
+	const char *path;      /* without the query */
+	const char *query;     /* exactly as sent, without '?'; NULL if none */
+	const char *peer_ip;   /* the TCP peer's address */
+	const char *xff;       /* the client's X-Forwarded-For header, or NULL */
+	const char *user_agent, *origin;
+	/* Where a route may leave per-request state; http.c hands what it finds
+	 * there to route_upgrade_completed when MHD reports the request done.
+	 * NULL if http.c offers no such slot. */
+	void **pending;
+};
+
+/* Queues a JSON error answer {"error": reason} with CORS headers for origin. */
+enum MHD_Result http_answer_error(struct MHD_Connection *c, unsigned status,
+                                  const char *origin, const char *reason);
+
+/* GET with "Upgrade: websocket": checks the handshake and the query, then
+ * answers 101 and hands the socket to the websocket server, or answers 4xx. */
+enum MHD_Result route_upgrade(struct relay *r, struct MHD_Connection *c,
+                              const struct request_info *ri);
+/* Releases what route_upgrade left in *ri->pending (NULL is fine): call it
+ * from MHD's request-completed callback, which MHD runs after the upgrade
+ * callback if the upgrade happened and also when it never did. */
+void route_upgrade_completed(void *pending);
+
+/* OPTIONS <any path>/trace|error: the CORS preflight. */
+enum MHD_Result route_preflight(struct relay *r, struct MHD_Connection *c,
+                                const struct request_info *ri);
+
+/* POST <any path>/trace|error, called once the whole body is in. */
+enum MHD_Result route_fallback(struct relay *r, struct MHD_Connection *c,
+                               const struct request_info *ri, const char *body,
+                               size_t body_len);
+
+/* GET /healthcheck[/live|/ready] and GET /metrics. */
+enum MHD_Result route_health(struct relay *r, struct MHD_Connection *c,
+                             const struct request_info *ri);
+enum MHD_Result route_metrics(struct relay *r, struct MHD_Connection *c,
+                              const struct request_info *ri);
+
+#endif

@@ -1,1 +1,222 @@
-/* placeholder: being written */
+/*
+ * upgrade.c - GET with "Upgrade: websocket": the door to the websocket
+ * server.
+ *
+ * The handshake and the query are checked here, on MHD's thread; a good
+ * request is answered 101 and, once MHD has sent that, its socket goes to
+ * ws_server_adopt with everything the forwarder will need later (the query
+ * verbatim, the session, the key, the client's addresses).  A key the
+ * upstream refused is still upgraded: the websocket server then says so in
+ * the hello, because an {error} hello is the one answer that makes the SDK
+ * stop retrying, where an HTTP error only makes it back off and try again.
+ */
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+#include <microhttpd.h>
+
+#include "keyban.h"
+#include "log.h"
+#include "metrics.h"
+#include "query.h"
+#include "relay.h"
+#include "routes.h"
+#include "websocket.h"
+#include "ws_handshake.h"
+#include "xff.h"
+
+/*
+ * What route_upgrade hands to the upgrade callback.  The callback takes the
+ * meta; the ticket itself is freed by route_upgrade_completed when http.c
+ * offers a pending slot, else by the callback (and then a request whose
+ * upgrade never happens leaks it: http.c should offer the slot).
+ */
+struct upgrade_ticket {
+	struct relay *relay;
+	struct ws_conn_meta *meta;    /* NULL once handed to the websocket server */
+	bool completion_frees;
+};
+
+static const char *header(struct MHD_Connection *c, const char *name)
+{
+	return MHD_lookup_connection_value(c, MHD_HEADER_KIND, name);
+}
+
+/* Answers status with {"error": reason}, logs why, counts the refusal. */
+static enum MHD_Result refuse(struct relay *r, struct MHD_Connection *c,
+                              const struct request_info *ri, unsigned status,
+                              const char *reason)
+{
+	struct MHD_Response *resp;
+	enum MHD_Result ret;
+	char quoted[160], retry[16];
+	json_t *obj;
+	char *text;
+
+	log_info("ws_refused", "peer=%s status=%u reason=%s", ri->peer_ip, status,
+	         log_quote(reason, quoted, sizeof quoted));
+	metrics_add(M_WS_REFUSED, 1);
+	metrics_http("websocket", status);
+	if (status != MHD_HTTP_SERVICE_UNAVAILABLE)
+		return http_answer_error(c, status, ri->origin, reason);
+
+	/* 503 also says when to come back, which http_answer_error cannot. */
+	obj = json_pack("{s:s}", "error", reason);
+	text = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+	json_decref(obj);
+	if (!text)
+		return MHD_NO;
+	resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+	if (!resp) {
+		free(text);
+		return MHD_NO;
+	}
+	snprintf(retry, sizeof retry, "%u", r->cfg.retry_after_s);
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, retry);
+	if (ri->origin) {
+		MHD_add_response_header(resp, "Access-Control-Allow-Origin", ri->origin);
+		MHD_add_response_header(resp, "Vary", "Origin");
+	}
+	ret = MHD_queue_response(c, status, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
+/* Runs on MHD's thread once the 101 is out: the socket is ours now. */
+static void on_upgraded(void *cls, struct MHD_Connection *c, void *req_cls, const char *extra,
+                        size_t extra_len, MHD_socket sock, struct MHD_UpgradeResponseHandle *urh)
+{
+	struct upgrade_ticket *t = cls;
+	struct relay *r = t->relay;
+	struct ws_conn_meta *meta = t->meta;
+
+	t->meta = NULL;
+	if (!t->completion_frees)
+		free(t);
+	ws_server_adopt(r->ws, meta, sock, urh, extra, extra_len);
+}
+
+void route_upgrade_completed(void *pending)
+{
+	struct upgrade_ticket *t = pending;
+
+	if (!t)
+		return;
+	ws_conn_meta_free(t->meta);  /* still here only if the upgrade never happened */
+	free(t);
+}
+
+/* A query parameter that must be present and not empty; caller frees. */
+static char *required_param(const char *query, const char *name)
+{
+	char *v = query_get(query, name);
+
+	if (v && !*v) {
+		free(v);
+		v = NULL;
+	}
+	return v;
+}
+
+/* Copies what the websocket server needs out of ri, which dies with the request. */
+static struct ws_conn_meta *meta_create(struct relay *r, const struct request_info *ri,
+                                        char *api_key, char *session)
+{
+	struct ws_conn_meta *m = calloc(1, sizeof *m);
+
+	if (!m) {
+		free(api_key);
+		free(session);
+		return NULL;
+	}
+	m->api_key = api_key;
+	m->session = session;
+	m->query = strdup(ri->query ? ri->query : "");
+	m->peer_ip = strdup(ri->peer_ip ? ri->peer_ip : "");
+	m->xff = xff_forward_chain(ri->xff, ri->peer_ip);
+	m->user_agent = ri->user_agent ? strdup(ri->user_agent) : NULL;
+	m->origin = ri->origin ? strdup(ri->origin) : NULL;
+	if (!m->query || !m->peer_ip || !m->xff || (ri->user_agent && !m->user_agent) ||
+	    (ri->origin && !m->origin)) {
+		ws_conn_meta_free(m);
+		return NULL;
+	}
+	m->key_rejected = keyban_contains(r->keyban, api_key);
+	return m;
+}
+
+enum MHD_Result route_upgrade(struct relay *r, struct MHD_Connection *c,
+                              const struct request_info *ri)
+{
+	struct ws_upgrade_req req = {
+		.method = ri->method,
+		.upgrade = header(c, MHD_HTTP_HEADER_UPGRADE),
+		.connection = header(c, MHD_HTTP_HEADER_CONNECTION),
+		.version = header(c, "Sec-WebSocket-Version"),
+		.key = header(c, "Sec-WebSocket-Key"),
+		.protocol = header(c, "Sec-WebSocket-Protocol"),
+	};
+	struct upgrade_ticket *t = NULL;
+	struct MHD_Response *resp = NULL;
+	char accept[29], *api_key, *session;
+	enum MHD_Result ret = MHD_NO;
+	const char *why;
+	bool proto20;
+
+	if (atomic_load(&r->stopping))
+		return refuse(r, c, ri, MHD_HTTP_SERVICE_UNAVAILABLE, "server shutting down");
+	why = ws_handshake_check(&req, accept, &proto20);
+	if (why)
+		return refuse(r, c, ri, MHD_HTTP_BAD_REQUEST, why);
+	api_key = required_param(ri->query, "apiKey");
+	if (!api_key)
+		api_key = required_param(ri->query, "token");
+	if (!api_key)
+		return refuse(r, c, ri, MHD_HTTP_BAD_REQUEST, "missing apiKey");
+	session = required_param(ri->query, "sessionId");
+	if (!session) {
+		free(api_key);
+		return refuse(r, c, ri, MHD_HTTP_BAD_REQUEST, "missing sessionId");
+	}
+
+	t = calloc(1, sizeof *t);
+	if (!t) {
+		free(api_key);
+		free(session);
+		goto out;
+	}
+	t->relay = r;
+	t->completion_frees = ri->pending != NULL;
+	t->meta = meta_create(r, ri, api_key, session);
+	if (!t->meta)
+		goto out;
+
+	/* MHD adds "Connection: Upgrade" itself when the app sets Upgrade.  No
+	 * Sec-WebSocket-Extensions: permessage-deflate is never accepted. */
+	resp = MHD_create_response_for_upgrade(on_upgraded, t);
+	if (!resp || MHD_add_response_header(resp, MHD_HTTP_HEADER_UPGRADE, "websocket") != MHD_YES ||
+	    MHD_add_response_header(resp, "Sec-WebSocket-Accept", accept) != MHD_YES ||
+	    (proto20 && MHD_add_response_header(resp, "Sec-WebSocket-Protocol", "2.0") != MHD_YES))
+		goto out;
+	ret = MHD_queue_response(c, MHD_HTTP_SWITCHING_PROTOCOLS, resp);
+	if (ret == MHD_YES) {
+		metrics_http("websocket", MHD_HTTP_SWITCHING_PROTOCOLS);
+		if (ri->pending)
+			*ri->pending = t;
+		t = NULL;   /* the callback or route_upgrade_completed frees it now */
+	}
+out:
+	if (ret != MHD_YES)
+		log_error("ws_error", "peer=%s reason=\"cannot answer the upgrade: out of memory\"",
+		          ri->peer_ip);
+	if (resp)
+		MHD_destroy_response(resp);
+	if (t)
+		route_upgrade_completed(t);
+	return ret;
+}

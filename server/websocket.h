@@ -38,6 +38,7 @@ struct ws_conn_meta {
 	char *peer_ip;
 	char *xff;         /* chain to send upstream (client's + peer) */
 	char *user_agent, *origin;
+	bool key_rejected; /* the upstream refused api_key: hello {"error"}, close 1008 */
 };
 
 int ws_server_create(struct ws_server **out, const struct ws_options *o, struct queue *q,

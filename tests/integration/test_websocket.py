@@ -1,0 +1,183 @@
+"""The websocket path end to end: the project's own C client (tests/wsc)
+replays what the real SDK sent, byte for byte, through the real relay to a
+mock upstream; then the handshake, framing and close-code cases."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.environ.get("TESTS_SRCDIR", os.path.join(os.path.dirname(__file__), "..")))
+from relaytest import (FIXTURES, WSC_BIN, Relay, diag, done, eq, ok, start_upstream,  # noqa: E402
+                       wait_until)
+
+ORIGIN = "https://127.0.0.1:34041"
+QUERY = ("apiKey=key123&timestamp=1795463613117&apiVersion=v1"
+         "&sessionId=hoaip931d9ncju1yin1bqm&newConnection=true")
+
+
+def wsc(relay, script, path=None, args=(), timeout=30):
+    """Runs tests/wsc with a script on stdin; returns (exit code, events)."""
+    cmd = [WSC_BIN, "--port", str(relay.port), "--path", path or "/websocket?" + QUERY,
+           "--origin", ORIGIN] + list(args)
+    p = subprocess.run(cmd, input="\n".join(script) + "\n", capture_output=True, text=True,
+                       timeout=timeout)
+    events = []
+    for line in p.stdout.splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            pass
+    if p.returncode != 0:
+        diag("wsc exited %d; stderr: %s" % (p.returncode, p.stderr[-1500:]))
+    return p.returncode, events
+
+
+def of(events, kind):
+    return [e for e in events if e.get("event") == kind]
+
+
+def delivered(up, session):
+    return [r for r in up.requests()
+            if r["status"] // 100 == 2 and ("sessionId=" + session) in r["path"]]
+
+
+up = start_upstream()
+relay = Relay(up).start()
+
+# --- replay of the captured SDK frames ----------------------------------------
+with open(os.path.join(FIXTURES, "frames", "index.json")) as f:
+    index = json.load(f)
+names = sorted(n[:-len(".wire.bin")] for n in os.listdir(os.path.join(FIXTURES, "frames"))
+               if n.endswith(".wire.bin") and "close" not in n)
+script = ["recv"] + ["send-wire " + os.path.join(FIXTURES, "frames", n + ".wire.bin") for n in names]
+script += ["send-wire " + os.path.join(FIXTURES, "frames", "10-close-disconnect.wire.bin"),
+           "expect-close 1000"]
+code, events = wsc(relay, script)
+eq(code, 0, "the captured SDK session replays cleanly and the relay answers its close with 1000")
+hs = of(events, "handshake")
+ok(hs and hs[0]["status"] == 101, "upgrade answered 101", hs)
+if hs:
+    hdrs = {k.lower(): v for k, v in hs[0]["headers"].items()}
+    eq(hdrs.get("sec-websocket-protocol"), "2.0", "Sec-WebSocket-Protocol: 2.0 is echoed")
+    ok("sec-websocket-extensions" not in hdrs, "permessage-deflate is declined")
+frames = of(events, "frame")
+texts = [e for e in frames if e.get("opcode") == 1]
+eq(len(texts), 1, "exactly one text frame (the hello) comes from the relay")
+if texts:
+    hello = json.loads(texts[0]["text"])
+    ok(isinstance(hello.get("connectionId"), str) and hello["connectionId"],
+       "hello has a connectionId", hello)
+    eq(hello.get("interval"), 8000, "hello carries interval (default 8000)")
+    eq(hello.get("sendInterval"), 1, "hello carries sendInterval")
+    eq(hello.get("collectConsoleLogEnabled"), False, "hello carries collectConsoleLogEnabled")
+    ok("collectConsoleLogLevel" in hello, "hello carries collectConsoleLogLevel")
+
+payloads = []
+for n in names:
+    with open(os.path.join(FIXTURES, "frames", n + ".txt"), "rb") as f:
+        payloads.append(f.read())
+wait_until(lambda: len(delivered(up, "hoaip931d9ncju1yin1bqm")) >= len(payloads), 20)
+got = delivered(up, "hoaip931d9ncju1yin1bqm")
+eq([r["body"] for r in got], payloads, "upstream gets every captured payload unchanged, in order")
+ok(all(r["path"] == "/?" + QUERY for r in got), "each goes to <upstream>/?<the SDK's query, unchanged>",
+   set(r["path"] for r in got))
+if got:
+    h = got[0]["headers"]
+    eq(h.get("content-type"), "text/plain; charset=utf-8", "websocket messages are text/plain")
+    eq(h.get("x-forwarded-for"), "127.0.0.1", "X-Forwarded-For is the peer")
+    eq(h.get("origin"), ORIGIN, "Origin is forwarded")
+    ok(re.fullmatch(r"[0-9a-f]{16}-\d+", h.get("idempotency-key", "")), "Idempotency-Key set")
+    eq(len({r["headers"]["idempotency-key"] for r in got}), len(got), "every message has its own key")
+
+# --- handshake cases --------------------------------------------------------------
+code, events = wsc(relay, [], path="/websocket?timestamp=1&sessionId=x")
+eq([e["status"] for e in of(events, "handshake")], [400], "no apiKey: 400 before upgrading")
+code, events = wsc(relay, [], path="/websocket?apiKey=k&timestamp=1")
+eq([e["status"] for e in of(events, "handshake")], [400], "no sessionId: 400 before upgrading")
+code, events = wsc(relay, [], path="/websocket?token=t&sessionId=tok1")
+eq([e["status"] for e in of(events, "handshake")], [101], "token instead of apiKey is accepted")
+code, events = wsc(relay, [], args=["--key", "dGhpcyBpcyBub3QgMTY="])
+eq([e["status"] for e in of(events, "handshake")], [400], "a Sec-WebSocket-Key that is not 16 bytes: 400")
+code, events = wsc(relay, ["recv"], args=["--no-protocol"])
+hs = of(events, "handshake")
+ok(hs and hs[0]["status"] == 101 and "sec-websocket-protocol" not in {k.lower() for k in hs[0]["headers"]},
+   "without a subprotocol offer the relay upgrades and names none", hs)
+
+# --- framing --------------------------------------------------------------------------
+frag = "/websocket?apiKey=k&sessionId=frag1"
+code, _ = wsc(relay, ["recv", "send-frame 1 0 1 " + b'["frag'.hex(), "send-frame 0 0 1 " + b'ment'.hex(),
+                      "ping 7069", "expect-pong", "send-frame 0 1 1 " + b'ed"]'.hex(),
+                      "close 1000", "expect-close 1000"], path=frag)
+eq(code, 0, "ping between fragments is answered with a pong, close handshake completes")
+ok(wait_until(lambda: [r["body"] for r in delivered(up, "frag1")] == [b'["fragmented"]'], 10),
+   "a fragmented message is reassembled into one upstream message")
+
+code, _ = wsc(relay, ["recv", "send-frame 1 1 0 " + b"[1]".hex(), "expect-close 1002"],
+              path="/websocket?apiKey=k&sessionId=unmasked")
+eq(code, 0, "an unmasked client frame is closed with 1002")
+code, _ = wsc(relay, ["recv", "send-frame 1 1 1 c328", "expect-close 1007"],
+              path="/websocket?apiKey=k&sessionId=badutf8")
+eq(code, 0, "invalid UTF-8 in a text message is closed with 1007")
+time.sleep(0.5)
+eq(delivered(up, "unmasked") + delivered(up, "badutf8"), [], "rejected frames are never stored")
+
+# --- limits, back-pressure, shutdown ------------------------------------------------
+relay.stop()
+small = Relay(up, args=["--max-message-bytes", "1024", "--queue-max-messages", "3"]).start()
+code, _ = wsc(small, ["recv", "send-big 2000", "expect-close 1009"], path="/websocket?apiKey=k&sessionId=big")
+eq(code, 0, "a message over max-message-bytes is closed with 1009")
+up.behave(status=503, seconds=3600)
+code, _ = wsc(small, ["recv"] + ["send-text [%d]" % i for i in range(6)] + ["expect-close 1013"],
+              path="/websocket?apiKey=k&sessionId=full")
+eq(code, 0, "a full queue closes the websocket with 1013")
+up.reset()
+small.stop()
+
+relay.start()
+proc = subprocess.Popen([WSC_BIN, "--port", str(relay.port), "--path", "/websocket?apiKey=k&sessionId=bye"],
+                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+proc.stdin.write("recv\nexpect-close 1001\n")
+proc.stdin.flush()
+time.sleep(1.0)
+relay.stop()
+try:
+    out, _ = proc.communicate(timeout=15)
+except subprocess.TimeoutExpired:
+    proc.kill()
+    out, _ = proc.communicate()
+eq(proc.returncode, 0, "SIGTERM closes open websockets with 1001")
+
+# --- many connections, and order across a reconnect -----------------------------------
+relay.start()
+n_conn, n_msg = 1000, 5
+code, events = wsc(relay, [], args=["--load", str(n_conn), "--messages", str(n_msg),
+                                     "--session-prefix", "load-"], timeout=120)
+eq(code, 0, "%d concurrent connections each send %d messages" % (n_conn, n_msg))
+
+
+def load_ok():
+    got = [r for r in up.requests() if r["status"] // 100 == 2 and "sessionId=load-" in r["path"]]
+    return len(got) >= n_conn * n_msg and got
+
+
+got = wait_until(load_ok, 90, 0.5) or []
+per = {}
+for r in got:
+    sess = re.search(r"sessionId=([^&]+)", r["path"]).group(1)
+    per.setdefault(sess, []).append(json.loads(r["body"])[2])
+eq(len(got), n_conn * n_msg, "every message arrives upstream exactly once")
+eq(len(per), n_conn, "from every connection")
+ok(all(v == list(range(len(v))) for v in per.values()), "per-session order holds")
+
+sess = "/websocket?apiKey=k&sessionId=again&newConnection="
+wsc(relay, ["recv", "send-text [1]", "send-text [2]", "close 1000", "expect-close 1000"], path=sess + "true")
+wsc(relay, ["recv", "send-text [3]", "send-text [4]", "close 1000", "expect-close 1000"], path=sess + "false")
+ok(wait_until(lambda: [r["body"] for r in delivered(up, "again")] == [b"[1]", b"[2]", b"[3]", b"[4]"], 15),
+   "a session's messages stay in order across a reconnect",
+   [r["body"] for r in delivered(up, "again")])
+eq(relay.stop(), 0, "clean exit")
+done()

@@ -1,0 +1,267 @@
+"""relaytest - what the integration tests share.
+
+TAP output for automake's tap-driver, the relay under test started as a real
+process on a free loopback port with its own state directory, and an HTTPS
+client that trusts the relay's self-signed certificate.  Every process a test
+starts is stopped when the test ends, also when it fails.
+"""
+import atexit
+import base64
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+
+TESTS_SRCDIR = os.environ.get("TESTS_SRCDIR", os.path.dirname(os.path.abspath(__file__)))
+RELAY_BIN = os.environ.get("RELAY_BIN", os.path.join(TESTS_SRCDIR, "..", "server", "watchrtc-relay"))
+WSC_BIN = os.environ.get("WSC_BIN", os.path.join(TESTS_SRCDIR, "wsc"))
+CERTS = os.path.join(TESTS_SRCDIR, "certs")
+FIXTURES = os.path.join(TESTS_SRCDIR, "fixtures", "watchrtc-sdk")
+
+sys.path.insert(0, TESTS_SRCDIR)
+from mock_upstream import MockUpstream  # noqa: E402
+
+# ---------------------------------------------------------------- TAP ------
+_n = 0
+_failed = 0
+
+
+def ok(cond, name, detail=None):
+    global _n, _failed
+    _n += 1
+    print(("ok" if cond else "not ok") + " %d - %s" % (_n, name))
+    if not cond:
+        _failed += 1
+        if detail is not None:
+            for line in str(detail).splitlines() or [""]:
+                print("#   " + line)
+    sys.stdout.flush()
+    return cond
+
+
+def eq(got, want, name):
+    return ok(got == want, name, "got:  %r\nwant: %r" % (got, want))
+
+
+def diag(msg):
+    for line in str(msg).splitlines():
+        print("# " + line)
+    sys.stdout.flush()
+
+
+def skip_all(reason):
+    print("1..0 # SKIP " + reason)
+    sys.exit(0)
+
+
+def done():
+    print("1..%d" % _n)
+    sys.stdout.flush()
+    _cleanup()
+    sys.exit(1 if _failed else 0)
+
+
+# ----------------------------------------------------------- helpers -------
+_cleanups = []
+
+
+def _cleanup():
+    while _cleanups:
+        fn = _cleanups.pop()
+        try:
+            fn()
+        except Exception as e:  # cleanup must go on
+            diag("cleanup: %r" % e)
+
+
+atexit.register(_cleanup)
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+
+
+def on_exit(fn):
+    _cleanups.append(fn)
+
+
+def tempdir(prefix="relaytest-"):
+    d = tempfile.mkdtemp(prefix=prefix)
+    on_exit(lambda: shutil.rmtree(d, ignore_errors=True))
+    return d
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(pred, timeout=10.0, interval=0.05):
+    """Polls pred() until it is truthy or timeout seconds pass; returns its last value."""
+    end = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v or time.monotonic() >= end:
+            return v
+        time.sleep(interval)
+
+
+def client_context():
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def request(port, method, path, body=None, headers=None, timeout=10.0):
+    """One HTTPS request to the relay; returns (status, headers dict lower-cased, body bytes)."""
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=client_context())
+    try:
+        if isinstance(body, str):
+            body = body.encode()
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        data = resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+    finally:
+        conn.close()
+
+
+def raw_request(port, head, body=b"", timeout=10.0):
+    """Sends a request head (and as much of body as the relay takes) over TLS
+    and returns the answer's status code, or None if there was no answer.
+    For requests a polite client would not finish: oversize or slow ones."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s = client_context().wrap_socket(raw)
+    try:
+        s.sendall(head)
+        try:
+            for i in range(0, len(body), 65536):
+                s.sendall(body[i:i + 65536])
+        except OSError:
+            pass  # the relay answered and closed before the body was in
+        data = b""
+        try:
+            while b"\r\n" not in data:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        except OSError:
+            pass
+        if data.startswith(b"HTTP/1.1 "):
+            return int(data[9:12])
+        return None
+    finally:
+        s.close()
+
+
+def load_fixture(*parts, mode="rb"):
+    with open(os.path.join(FIXTURES, *parts), mode) as f:
+        return f.read()
+
+
+# ------------------------------------------------------------ relay --------
+class Relay:
+    """The relay binary under test, on a free loopback port."""
+
+    def __init__(self, upstream=None, args=(), state_dir=None):
+        self.port = free_port()
+        self.state_dir = state_dir or tempdir("relay-state-")
+        self.upstream = upstream
+        self.args = list(args)
+        self.proc = None
+        self.log_path = os.path.join(tempdir("relay-log-"), "relay.log")
+        on_exit(self.kill)
+
+    def command(self):
+        cmd = [RELAY_BIN, "--listen-address", "127.0.0.1", "--port", str(self.port),
+               "--state-dir", self.state_dir, "--log-level", "debug",
+               "--http-threads", "2", "--forward-workers", "2", "--ws-threads", "1"]
+        if self.upstream is not None:
+            cmd += ["--upstream", self.upstream.url, "--upstream-ca", os.path.join(CERTS, "ca.pem"),
+                    "--retry-base-ms", "100", "--retry-max-ms", "1000"]
+        return cmd + self.args
+
+    def start(self, wait=True):
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.command(), stdout=self.log, stderr=subprocess.STDOUT)
+        if wait and not self.wait_live():
+            raise RuntimeError("relay did not come up:\n" + self.log_text()[-3000:])
+        return self
+
+    def wait_live(self, timeout=15.0):
+        def live():
+            if self.proc.poll() is not None:
+                return True
+            try:
+                return request(self.port, "GET", "/healthcheck/live", timeout=2)[0] == 200
+            except OSError:
+                return False
+        return wait_until(live, timeout) and self.proc.poll() is None
+
+    def stop(self, sig=signal.SIGTERM, timeout=20.0):
+        """Signals the relay and waits for it; returns its exit status."""
+        if not self.proc or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return None
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log_text(self):
+        try:
+            with open(self.log_path, "r", errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def get(self, path):
+        return request(self.port, "GET", path)
+
+    def health(self):
+        status, _, body = self.get("/healthcheck")
+        return status, json.loads(body)
+
+    def metric(self, name):
+        """The value of the first sample whose name and labels start with name."""
+        _, _, body = self.get("/metrics")
+        for line in body.decode().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{") and " " in line:
+                if line.split(" ")[0] == name or line.startswith(name):
+                    return float(line.rsplit(" ", 1)[1])
+        return None
+
+
+class Upstream(MockUpstream):
+    """The mock upstream, with records made handy for assertions: body as
+    bytes and headers as a dict with lower-case names."""
+
+    def requests(self, since=0):
+        out = []
+        for r in super().requests(since):
+            r = dict(r)
+            r["body"] = base64.b64decode(r["body"])
+            r["headers"] = {k.lower(): v for k, v in r["headers"]}
+            out.append(r)
+        return out
+
+
+def start_upstream():
+    up = Upstream(cert=os.path.join(CERTS, "server.pem"), key=os.path.join(CERTS, "server-key.pem"))
+    up.start()
+    on_exit(up.stop)
+    return up

@@ -1,0 +1,786 @@
+/*
+ * test-forwarder.c - the forwarder's decisions (how an answer is classified,
+ * how long a retry waits), the key ban set, and real round trips: a queue in
+ * a temporary directory drained by the forwarder into tests/mock_upstream.py
+ * over HTTPS on loopback, checked through the mock's /_mock/requests.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+#include <jansson.h>
+
+#include "forwarder.h"
+#include "keyban.h"
+#include "log.h"
+#include "queue.h"
+#include "tap.h"
+
+#define TEST_TIME_LIMIT_S 120    /* the whole program; SIGALRM ends it after that */
+#define MOCK_REPLY_MAX (8 << 20) /* largest control answer read from the mock */
+#define KEYBAN_CAPACITY 10000    /* KEYBAN_MAX_ENTRIES in server/keyban.c */
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(unsigned ms)
+{
+	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000 };
+
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
+/* --- forward_classify and forward_backoff_ms ------------------------------ */
+
+static void test_classify(void)
+{
+	static const struct {
+		long status;
+		int curl_code;
+		enum forward_verdict want;
+	} cases[] = {
+		{ 200, CURLE_OK, FWD_ACK },
+		{ 201, CURLE_OK, FWD_ACK },
+		{ 204, CURLE_OK, FWD_ACK },
+		{ 299, CURLE_OK, FWD_ACK },
+		{ 408, CURLE_OK, FWD_RETRY },
+		{ 425, CURLE_OK, FWD_RETRY },
+		{ 429, CURLE_OK, FWD_RETRY },
+		{ 500, CURLE_OK, FWD_RETRY },
+		{ 502, CURLE_OK, FWD_RETRY },
+		{ 503, CURLE_OK, FWD_RETRY },
+		{ 599, CURLE_OK, FWD_RETRY },
+		{ 401, CURLE_OK, FWD_REJECT_KEY },
+		{ 403, CURLE_OK, FWD_REJECT_KEY },
+		{ 400, CURLE_OK, FWD_DEAD },
+		{ 404, CURLE_OK, FWD_DEAD },
+		{ 413, CURLE_OK, FWD_DEAD },
+		{ 422, CURLE_OK, FWD_DEAD },
+		{ 100, CURLE_OK, FWD_DEAD },
+		{ 301, CURLE_OK, FWD_DEAD },
+		{ 304, CURLE_OK, FWD_DEAD },
+		{ 600, CURLE_OK, FWD_DEAD },
+		/* A transport failure retries whatever status came before it. */
+		{ 0, CURLE_COULDNT_CONNECT, FWD_RETRY },
+		{ 0, CURLE_OPERATION_TIMEDOUT, FWD_RETRY },
+		{ 0, CURLE_SSL_CONNECT_ERROR, FWD_RETRY },
+		{ 0, CURLE_PEER_FAILED_VERIFICATION, FWD_RETRY },
+		{ 0, CURLE_RECV_ERROR, FWD_RETRY },
+		{ 0, CURLE_GOT_NOTHING, FWD_RETRY },
+		{ 0, CURLE_COULDNT_RESOLVE_HOST, FWD_RETRY },
+		{ 200, CURLE_PARTIAL_FILE, FWD_RETRY },
+		{ 404, CURLE_RECV_ERROR, FWD_RETRY },
+	};
+
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+		is_int(forward_classify(cases[i].status, cases[i].curl_code), cases[i].want,
+		       "classify status %ld, curl code %d", cases[i].status, cases[i].curl_code);
+}
+
+static void test_backoff(void)
+{
+	unsigned prev = 0, lo_ok = 1, hi_ok = 1, mono_ok = 1;
+
+	is_int(forward_backoff_ms(1, 100, 10000, 0.0), 50, "attempt 1, no jitter: base/2");
+	is_int(forward_backoff_ms(1, 100, 10000, 0.5), 75, "attempt 1, jitter 0.5: 3/4 base");
+	ok(forward_backoff_ms(1, 100, 10000, 0.9999) == 99, "attempt 1, jitter ~1: just under base");
+	is_int(forward_backoff_ms(2, 100, 10000, 0.0), 100, "attempt 2 doubles");
+	is_int(forward_backoff_ms(3, 100, 10000, 0.0), 200, "attempt 3 doubles again");
+	is_int(forward_backoff_ms(8, 100, 10000, 0.0), 5000, "attempt 8 is capped at max");
+	is_int(forward_backoff_ms(0, 100, 10000, 0.0), 50, "attempt 0 counts as 1");
+	is_int(forward_backoff_ms(33, 100, 10000, 0.0), 5000, "attempt 33: no shift overflow");
+	is_int(forward_backoff_ms(1000, 100, 10000, 0.0), 5000, "attempt 1000 stays at the cap");
+	is_int(forward_backoff_ms(UINT_MAX, 100, 10000, 0.0), 5000, "attempt UINT_MAX stays at the cap");
+	is_int(forward_backoff_ms(40, UINT_MAX, UINT_MAX, 0.0), UINT_MAX / 2,
+	       "huge base and max do not overflow");
+	is_int(forward_backoff_ms(2, 3000000000u, UINT_MAX, 0.0), UINT_MAX / 2,
+	       "a doubling that would overflow takes the cap");
+	is_int(forward_backoff_ms(1, 0, 10000, 0.0), 1, "base 0 still waits 1 ms (never 0)");
+	is_int(forward_backoff_ms(1, 1, 10000, 0.0), 1, "base 1, jitter 0 rounds up to 1");
+	is_int(forward_backoff_ms(5, 100, 50, 0.0), 25, "max below base: max wins");
+	is_int(forward_backoff_ms(1, 100, 10000, -3.0), 50, "jitter below 0 is clamped");
+	ok(forward_backoff_ms(1, 100, 10000, 7.0) < 100, "jitter above 1 is clamped below 1");
+
+	/* Growth is monotonic for a fixed jitter, and jitter stays in [d/2, d). */
+	for (unsigned n = 1; n <= 40; n++) {
+		unsigned d = forward_backoff_ms(n, 250, 60000, 0.0);
+
+		if (d < prev)
+			mono_ok = 0;
+		prev = d;
+	}
+	ok(mono_ok, "backoff never shrinks as attempts grow");
+	srand(7);
+	for (int i = 0; i < 10000; i++) {
+		unsigned n = 1 + (unsigned)(rand() % 20);
+		double j = (double)rand() / ((double)RAND_MAX + 1.0);
+		unsigned long long nominal = 250ull << (n - 1);
+		unsigned full = nominal > 60000 ? 60000 : (unsigned)nominal;
+		unsigned d = forward_backoff_ms(n, 250, 60000, j);
+
+		if (d < full / 2)
+			lo_ok = 0;
+		if (d >= full)
+			hi_ok = 0;
+	}
+	ok(lo_ok, "jittered backoff is at least half the nominal delay");
+	ok(hi_ok, "jittered backoff is below the nominal delay");
+}
+
+/* --- keyban --------------------------------------------------------------- */
+
+static void test_keyban(void)
+{
+	struct keyban *kb = keyban_create(1);
+	char key[32];
+	int all = 1;
+
+	ok(kb != NULL, "keyban_create");
+	ok(!keyban_contains(kb, "k1"), "empty set contains nothing");
+	keyban_add(kb, "k1");
+	ok(keyban_contains(kb, "k1"), "added key is contained");
+	ok(!keyban_contains(kb, "k2"), "other key is not");
+	ok(!keyban_contains(kb, "k"), "a prefix of a key is not");
+	ok(!keyban_contains(kb, NULL), "NULL is never contained");
+	keyban_add(kb, NULL);
+	keyban_add(kb, "");
+	ok(!keyban_contains(kb, ""), "the empty key is never added");
+	sleep_ms(500);
+	keyban_add(kb, "k2");
+	sleep_ms(600);
+	ok(!keyban_contains(kb, "k1"), "k1 expired after its 1 s ttl");
+	ok(keyban_contains(kb, "k2"), "k2, added 0.6 s ago, has not");
+	keyban_destroy(kb);
+	keyban_destroy(NULL);
+
+	kb = keyban_create(3600);
+	for (int i = 0; i <= KEYBAN_CAPACITY; i++) {
+		snprintf(key, sizeof key, "key-%d", i);
+		keyban_add(kb, key);
+	}
+	ok(!keyban_contains(kb, "key-0"), "over capacity: the oldest key is forgotten");
+	for (int i = 1; i <= KEYBAN_CAPACITY; i++) {
+		snprintf(key, sizeof key, "key-%d", i);
+		if (!keyban_contains(kb, key))
+			all = 0;
+	}
+	ok(all, "the %d newest keys are all kept", KEYBAN_CAPACITY);
+	keyban_add(kb, "key-1");        /* refused again: now the newest */
+	keyban_add(kb, "one-more");
+	ok(keyban_contains(kb, "key-1"), "a re-added key is not the next evicted");
+	ok(!keyban_contains(kb, "key-2"), "the oldest one is instead");
+	ok(keyban_contains(kb, "one-more"), "the new key is kept");
+	keyban_destroy(kb);
+}
+
+/* --- the mock upstream ---------------------------------------------------- */
+
+struct mock {
+	pid_t pid;
+	int stdin_fd;           /* closing it makes the mock exit (--exit-on-eof) */
+	int port;
+	char base[64];
+	char ca[PATH_MAX];
+};
+
+static const char *tests_srcdir(void)
+{
+	static char dir[PATH_MAX];
+	const char *env = getenv("TESTS_SRCDIR");
+	char *slash;
+
+	if (env && *env)
+		return env;
+	/* .../tests/unit/test-forwarder.c -> .../tests */
+	snprintf(dir, sizeof dir, "%s", __FILE__);
+	for (int i = 0; i < 2; i++) {
+		slash = strrchr(dir, '/');
+		if (!slash)
+			return "../tests";
+		*slash = '\0';
+	}
+	return dir;
+}
+
+/* Starts tests/mock_upstream.py and reads its "PORT <n>" line. */
+static int mock_start(struct mock *m)
+{
+	char script[PATH_MAX], line[64];
+	int out[2] = { -1, -1 }, in[2] = { -1, -1 };
+	size_t len = 0;
+	int64_t deadline = now_ms() + 15000;
+	int rc = -1;
+
+	memset(m, 0, sizeof *m);
+	m->pid = -1;
+	m->stdin_fd = -1;
+	snprintf(script, sizeof script, "%s/mock_upstream.py", tests_srcdir());
+	snprintf(m->ca, sizeof m->ca, "%s/certs/ca.pem", tests_srcdir());
+	if (pipe2(out, O_CLOEXEC) < 0 || pipe2(in, O_CLOEXEC) < 0)
+		goto out;
+	m->pid = fork();
+	if (m->pid < 0)
+		goto out;
+	if (m->pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);   /* never outlive the test */
+		dup2(in[0], 0);
+		dup2(out[1], 1);
+		execlp("python3", "python3", script, "--exit-on-eof", (char *)NULL);
+		_exit(127);
+	}
+	m->stdin_fd = in[1];
+	in[1] = -1;
+	while (len < sizeof line - 1 && !memchr(line, '\n', len)) {
+		struct pollfd p = { .fd = out[0], .events = POLLIN };
+		int64_t left = deadline - now_ms();
+		ssize_t got;
+
+		if (left <= 0 || poll(&p, 1, (int)left) <= 0)
+			goto out;
+		got = read(out[0], line + len, sizeof line - 1 - len);
+		if (got <= 0)
+			goto out;
+		len += (size_t)got;
+		line[len] = '\0';
+	}
+	line[len] = '\0';
+	if (sscanf(line, "PORT %d", &m->port) != 1 || m->port <= 0)
+		goto out;
+	snprintf(m->base, sizeof m->base, "https://127.0.0.1:%d", m->port);
+	rc = 0;
+out:
+	for (int i = 0; i < 2; i++) {
+		if (out[i] >= 0)
+			close(out[i]);
+		if (in[i] >= 0)
+			close(in[i]);
+	}
+	return rc;
+}
+
+/* SIGTERM, then SIGKILL if it has not gone within 5 s. */
+static void mock_stop(struct mock *m)
+{
+	int status;
+	int64_t deadline = now_ms() + 5000;
+
+	if (m->stdin_fd >= 0)
+		close(m->stdin_fd);
+	m->stdin_fd = -1;
+	if (m->pid <= 0)
+		return;
+	kill(m->pid, SIGTERM);
+	while (waitpid(m->pid, &status, WNOHANG) == 0) {
+		if (now_ms() > deadline) {
+			kill(m->pid, SIGKILL);
+			waitpid(m->pid, &status, 0);
+			break;
+		}
+		sleep_ms(20);
+	}
+	m->pid = -1;
+}
+
+struct reply {
+	char *data;
+	size_t len;
+};
+
+static size_t reply_write(char *data, size_t size, size_t nmemb, void *arg)
+{
+	struct reply *r = arg;
+	size_t n = size * nmemb;
+	char *p;
+
+	if (r->len + n > MOCK_REPLY_MAX)
+		return 0;
+	p = realloc(r->data, r->len + n + 1);
+	if (!p)
+		return 0;
+	memcpy(p + r->len, data, n);
+	r->data = p;
+	r->len += n;
+	r->data[r->len] = '\0';
+	return n;
+}
+
+/* Calls the mock's control API; returns the parsed JSON answer or NULL. */
+static json_t *mock_call(struct mock *m, const char *path, const char *post)
+{
+	struct reply r = { NULL, 0 };
+	char url[256];
+	json_t *j = NULL;
+	long status = 0;
+	CURL *c = curl_easy_init();
+
+	if (!c)
+		return NULL;
+	snprintf(url, sizeof url, "%s%s", m->base, path);
+	curl_easy_setopt(c, CURLOPT_URL, url);
+	curl_easy_setopt(c, CURLOPT_CAINFO, m->ca);
+	curl_easy_setopt(c, CURLOPT_CAPATH, NULL);
+	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 10000L);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, reply_write);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
+	if (post)
+		curl_easy_setopt(c, CURLOPT_POSTFIELDS, post);
+	if (curl_easy_perform(c) == CURLE_OK &&
+	    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK &&
+	    status == 200 && r.data)
+		j = json_loads(r.data, 0, NULL);
+	curl_easy_cleanup(c);
+	free(r.data);
+	return j;
+}
+
+static int mock_behave(struct mock *m, const char *spec)
+{
+	json_t *j = mock_call(m, "/_mock/behave", spec);
+	int rc = j ? 0 : -1;
+
+	json_decref(j);
+	return rc;
+}
+
+static void mock_reset(struct mock *m)
+{
+	json_decref(mock_call(m, "/_mock/reset", "{}"));
+}
+
+static json_t *mock_requests(struct mock *m)
+{
+	json_t *j = mock_call(m, "/_mock/requests", NULL);
+
+	if (j && !json_is_array(j)) {
+		json_decref(j);
+		j = NULL;
+	}
+	return j;
+}
+
+static const char *rec_str(json_t *rec, const char *field)
+{
+	return json_string_value(json_object_get(rec, field));
+}
+
+static long rec_int(json_t *rec, const char *field)
+{
+	return (long)json_integer_value(json_object_get(rec, field));
+}
+
+/* The value of header name in a recorded request, or NULL. */
+static const char *rec_header(json_t *rec, const char *name)
+{
+	json_t *pair;
+	size_t i;
+
+	json_array_foreach(json_object_get(rec, "headers"), i, pair) {
+		const char *k = json_string_value(json_array_get(pair, 0));
+
+		if (k && !strcasecmp(k, name))
+			return json_string_value(json_array_get(pair, 1));
+	}
+	return NULL;
+}
+
+/* How many client connections (ip:port) the recorded requests came over. */
+static size_t distinct_peers(json_t *reqs)
+{
+	size_t i, j, n = 0;
+
+	for (i = 0; i < json_array_size(reqs); i++) {
+		const char *p = rec_str(json_array_get(reqs, i), "peer");
+
+		for (j = 0; j < i; j++) {
+			const char *q = rec_str(json_array_get(reqs, j), "peer");
+
+			if (p && q && !strcmp(p, q))
+				break;
+		}
+		if (p && j == i)
+			n++;
+	}
+	return n;
+}
+
+/* --- round trips ---------------------------------------------------------- */
+
+struct env {
+	struct mock mock;
+	char dir[64];
+	char db[128];
+	struct queue *q;
+	struct keyban *kb;
+	struct forwarder_options fo;
+};
+
+static int put(struct env *e, const char *session, const char *target, const char *body,
+               const char *key, int64_t *id)
+{
+	struct queue_msg m = {
+		.session = session,
+		.target = target,
+		.content_type = "application/json",
+		.xff = "203.0.113.7, 10.1.2.3",
+		.peer_ip = "10.1.2.3",
+		.user_agent = "test-agent/1.0",
+		.origin = "https://app.example",
+		.api_key = key,
+		.body = body,
+		.body_len = strlen(body),
+	};
+
+	return queue_put(e->q, &m, true, id);
+}
+
+static struct queue_stats stats(struct env *e)
+{
+	struct queue_stats st;
+
+	queue_stats(e->q, &st);
+	return st;
+}
+
+/* Waits up to ms for the queue to hold nothing. */
+static int wait_drained(struct env *e, unsigned ms)
+{
+	int64_t deadline = now_ms() + ms;
+
+	for (;;) {
+		struct queue_stats st = stats(e);
+
+		if (st.depth == 0 && st.in_flight == 0)
+			return 0;
+		if (now_ms() > deadline)
+			return -1;
+		sleep_ms(10);
+	}
+}
+
+/* Waits up to ms for the mock to have recorded n requests. */
+static json_t *wait_requests(struct env *e, size_t n, unsigned ms)
+{
+	int64_t deadline = now_ms() + ms;
+
+	for (;;) {
+		json_t *reqs = mock_requests(&e->mock);
+
+		if (reqs && json_array_size(reqs) >= n)
+			return reqs;
+		if (now_ms() > deadline)
+			return reqs;
+		json_decref(reqs);
+		sleep_ms(10);
+	}
+}
+
+static struct forwarder *start(struct env *e)
+{
+	struct forwarder *f = NULL;
+	char *cause = NULL;
+
+	if (forwarder_start(&f, e->q, e->kb, &e->fo, &cause) < 0) {
+		diag("forwarder_start: %s", cause ? cause : "?");
+		free(cause);
+		return NULL;
+	}
+	return f;
+}
+
+/* Three messages of one session arrive in order with the headers we promise. */
+static void case_in_order(struct env *e)
+{
+	const char *bodies[3] = { "{\"n\":1}", "{\"n\":2}", "{\"n\":3}" };
+	int64_t ids[3] = { 0 };
+	char want[160];
+	struct forwarder *f;
+	json_t *reqs, *r;
+	size_t i;
+	int ok_put = 1;
+
+	for (i = 0; i < 3; i++)
+		if (put(e, "session-1", "/trace", bodies[i], "good-key", &ids[i]) != QUEUE_OK)
+			ok_put = 0;
+	ok(ok_put, "three messages queued");
+	f = start(e);
+	ok(f != NULL, "forwarder started");
+	{
+		struct forwarder *f2 = NULL;
+		char *cause = NULL;
+
+		ok(forwarder_start(&f2, e->q, e->kb, &e->fo, &cause) < 0 && !f2 && cause,
+		   "a second forwarder on the same process is refused");
+		free(cause);
+	}
+	ok(wait_drained(e, 10000) == 0, "the queue drains");
+	forwarder_stop(f, 2000);
+
+	reqs = mock_requests(&e->mock);
+	is_int(json_array_size(reqs), 3, "the upstream got three requests");
+	json_array_foreach(reqs, i, r) {
+		if (i >= 3)
+			break;
+		is_str(rec_str(r, "method"), "POST", "request %zu is a POST", i);
+		is_str(rec_str(r, "path"), "/trace", "request %zu goes to /trace", i);
+		is_str(rec_str(r, "text"), bodies[i], "request %zu carries message %zu (in order)", i, i);
+		snprintf(want, sizeof want, "%s-%lld", queue_instance_id(e->q), (long long)ids[i]);
+		is_str(rec_header(r, "Idempotency-Key"), want, "request %zu Idempotency-Key", i);
+		is_str(rec_header(r, "X-Forwarded-For"), "203.0.113.7, 10.1.2.3",
+		       "request %zu X-Forwarded-For is the full chain", i);
+		is_str(rec_header(r, "X-Forwarded-Proto"), "https", "request %zu X-Forwarded-Proto", i);
+		is_str(rec_header(r, "Content-Type"), "application/json", "request %zu Content-Type", i);
+		is_str(rec_header(r, "User-Agent"), "test-agent/1.0", "request %zu User-Agent", i);
+		is_str(rec_header(r, "Origin"), "https://app.example", "request %zu Origin", i);
+		ok(rec_header(r, "Expect") == NULL, "request %zu has no Expect", i);
+	}
+	json_decref(reqs);
+	is_int(stats(e).depth, 0, "nothing left queued");
+}
+
+/* Two 503s delay the first message; the session still arrives in order. */
+static void case_retry_in_order(struct env *e)
+{
+	static const char *want_text[5] = { "a", "a", "a", "b", "c" };
+	static const long want_status[5] = { 503, 503, 200, 200, 200 };
+	struct forwarder *f;
+	json_t *reqs, *r;
+	int64_t put_at, first_ms;
+	size_t i;
+
+	mock_reset(&e->mock);
+	ok(mock_behave(&e->mock, "{\"status\": 503, \"count\": 2}") == 0, "mock answers 503 twice");
+	f = start(e);
+	ok(f != NULL, "forwarder started");
+	sleep_ms(300);          /* let the workers go to sleep in their poll */
+	put_at = now_ms();
+	ok(put(e, "session-2", "/trace", "a", "good-key", NULL) == QUEUE_OK &&
+	   put(e, "session-2", "/trace", "b", "good-key", NULL) == QUEUE_OK &&
+	   put(e, "session-2", "/trace", "c", "good-key", NULL) == QUEUE_OK,
+	   "three messages queued while the forwarder runs");
+	reqs = wait_requests(e, 1, 5000);
+	first_ms = now_ms() - put_at;
+	json_decref(reqs);
+	/* Without the queue's notify the idle worker would sleep up to 1 s. */
+	ok(first_ms < 600, "the first is sent at once (%lld ms), not at the next poll timeout",
+	   (long long)first_ms);
+	ok(wait_drained(e, 10000) == 0, "the queue drains despite the 503s");
+	forwarder_stop(f, 2000);
+
+	reqs = mock_requests(&e->mock);
+	is_int(json_array_size(reqs), 5, "five attempts: two refused, three delivered");
+	json_array_foreach(reqs, i, r) {
+		if (i >= 5)
+			break;
+		is_str(rec_str(r, "text"), want_text[i], "attempt %zu carries \"%s\"", i, want_text[i]);
+		is_int(rec_int(r, "status"), want_status[i], "attempt %zu answered %ld", i,
+		       want_status[i]);
+	}
+	if (json_array_size(reqs) >= 3) {
+		is_str(rec_header(json_array_get(reqs, 0), "Idempotency-Key"),
+		       rec_header(json_array_get(reqs, 2), "Idempotency-Key"),
+		       "a retried message keeps its Idempotency-Key");
+	}
+	/* Kept-alive connections: at most one per worker, never one per request. */
+	ok(distinct_peers(reqs) >= 1 && distinct_peers(reqs) <= e->fo.workers,
+	   "%zu requests came over %zu connection(s)", json_array_size(reqs),
+	   distinct_peers(reqs));
+	json_decref(reqs);
+}
+
+/* Retry-After (capped at retry_max_ms) outweighs a shorter backoff. */
+static void case_retry_after(struct env *e)
+{
+	struct forwarder *f;
+	json_t *reqs;
+	double gap = 0;
+
+	mock_reset(&e->mock);
+	ok(mock_behave(&e->mock, "{\"status\": 429, \"count\": 1, \"retry_after\": 1}") == 0,
+	   "mock answers 429 with Retry-After: 1 once");
+	ok(put(e, "session-3", "/?apiKey=good-key&x=1", "ra", "good-key", NULL) == QUEUE_OK,
+	   "message queued");
+	f = start(e);
+	ok(wait_drained(e, 10000) == 0, "the queue drains");
+	forwarder_stop(f, 2000);
+	reqs = mock_requests(&e->mock);
+	is_int(json_array_size(reqs), 2, "two attempts");
+	if (json_array_size(reqs) == 2) {
+		gap = json_real_value(json_object_get(json_array_get(reqs, 1), "time")) -
+		      json_real_value(json_object_get(json_array_get(reqs, 0), "time"));
+		is_str(rec_str(json_array_get(reqs, 1), "path"), "/?apiKey=good-key&x=1",
+		       "the target's query reaches the upstream unchanged");
+	}
+	/* backoff alone would be <= retry_base_ms (20); Retry-After is capped at 400 */
+	ok(gap >= 0.35 && gap < 0.9, "the retry waited for Retry-After, capped (%.3f s)", gap);
+	json_decref(reqs);
+}
+
+/* 404 dead-letters at once; 401 bans the key and drops its queued messages. */
+static void case_dead_and_rejected(struct env *e)
+{
+	struct forwarder *f;
+	json_t *reqs;
+	uint64_t dead0 = stats(e).dead;
+
+	mock_reset(&e->mock);
+	ok(mock_behave(&e->mock, "{\"status\": 404, \"count\": 1, \"body\": \"no route\"}") == 0,
+	   "mock answers 404 once");
+	ok(put(e, "session-4", "/nowhere", "lost", "good-key", NULL) == QUEUE_OK, "message queued");
+	f = start(e);
+	ok(wait_drained(e, 10000) == 0, "the queue drains");
+	forwarder_stop(f, 2000);
+	is_int(stats(e).dead, dead0 + 1, "a 404 dead-letters the message");
+	reqs = mock_requests(&e->mock);
+	is_int(json_array_size(reqs), 1, "... without a retry");
+	json_decref(reqs);
+
+	mock_reset(&e->mock);
+	ok(mock_behave(&e->mock, "{\"status\": 401}") == 0, "mock answers 401");
+	ok(!keyban_contains(e->kb, "bad-key"), "the key is not banned yet");
+	ok(put(e, "session-5", "/trace", "x1", "bad-key", NULL) == QUEUE_OK &&
+	   put(e, "session-5", "/trace", "x2", "bad-key", NULL) == QUEUE_OK,
+	   "two messages with a bad key queued");
+	f = start(e);
+	ok(wait_drained(e, 10000) == 0, "the queue drains");
+	forwarder_stop(f, 2000);
+	ok(keyban_contains(e->kb, "bad-key"), "a 401 bans the key");
+	is_int(stats(e).dead, dead0 + 3, "both of its messages are dead-lettered");
+	reqs = mock_requests(&e->mock);
+	is_int(json_array_size(reqs), 1, "the second was never sent");
+	json_decref(reqs);
+	mock_reset(&e->mock);
+}
+
+/* A hung upstream: stop gives up at its deadline and the message stays queued. */
+static void case_stop_deadline(struct env *e)
+{
+	struct forwarder *f;
+	json_t *reqs;
+	struct queue_stats st;
+	uint64_t dead0 = stats(e).dead;
+	int64_t t0, took;
+
+	mock_reset(&e->mock);
+	ok(mock_behave(&e->mock, "{\"delay_ms\": 3000, \"count\": 1}") == 0,
+	   "mock hangs 3 s on the next request");
+	ok(put(e, "session-6", "/trace", "slow", "good-key", NULL) == QUEUE_OK, "message queued");
+	f = start(e);
+	reqs = wait_requests(e, 1, 5000);
+	is_int(json_array_size(reqs), 1, "the request reached the mock");
+	json_decref(reqs);
+	t0 = now_ms();
+	forwarder_stop(f, 200);
+	took = now_ms() - t0;
+	ok(took >= 150 && took < 1500, "forwarder_stop(200) returned at its deadline (%lld ms)",
+	   (long long)took);
+	st = stats(e);
+	is_int(st.depth, 1, "the aborted message is still queued");
+	is_int(st.in_flight, 0, "... and no longer leased");
+	is_int(st.dead, dead0, "... and not dead-lettered");
+
+	f = start(e);
+	ok(wait_drained(e, 10000) == 0, "the next run delivers it");
+	forwarder_stop(f, 2000);
+	reqs = mock_requests(&e->mock);
+	is_int(json_array_size(reqs), 2, "sent twice in all");
+	if (json_array_size(reqs) == 2)
+		is_str(rec_header(json_array_get(reqs, 0), "Idempotency-Key"),
+		       rec_header(json_array_get(reqs, 1), "Idempotency-Key"),
+		       "with the same Idempotency-Key");
+	json_decref(reqs);
+}
+
+static void remove_dir(const char *dir)
+{
+	static const char *const names[] = { "queue.db", "queue.db-wal", "queue.db-shm",
+	                                     "queue.db-journal" };
+	char path[192];
+
+	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+		snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+		unlink(path);
+	}
+	if (rmdir(dir) < 0)
+		diag("cannot remove %s: %s", dir, strerror(errno));
+}
+
+static void test_round_trips(void)
+{
+	struct env e = { 0 };
+	struct queue_options qo;
+	char *cause = NULL;
+
+	e.mock.pid = -1;
+	e.mock.stdin_fd = -1;
+	snprintf(e.dir, sizeof e.dir, "/tmp/test-forwarder.XXXXXX");
+	if (!mkdtemp(e.dir)) {
+		ok(0, "mkdtemp: %s", strerror(errno));
+		return;
+	}
+	snprintf(e.db, sizeof e.db, "%s/queue.db", e.dir);
+	queue_options_init(&qo);
+	qo.commit_window_ms = 2;
+	if (queue_open(&e.q, e.db, &qo, &cause) != QUEUE_OK) {
+		ok(0, "queue_open: %s", cause ? cause : "?");
+		free(cause);
+		goto out;
+	}
+	e.kb = keyban_create(60);
+	ok(e.kb != NULL, "keyban_create");
+	ok(mock_start(&e.mock) == 0, "mock upstream started (python3 %s/mock_upstream.py)",
+	   tests_srcdir());
+	if (e.mock.port <= 0 || !e.kb)
+		goto out;
+	e.fo = (struct forwarder_options){
+		.upstream = e.mock.base,
+		.ca_file = e.mock.ca,
+		.workers = 2,
+		.inflight = 4,
+		.timeout_ms = 5000,
+		.connect_timeout_ms = 2000,
+		.retry_base_ms = 20,
+		.retry_max_ms = 400,
+	};
+	case_in_order(&e);
+	case_retry_in_order(&e);
+	case_retry_after(&e);
+	case_dead_and_rejected(&e);
+	case_stop_deadline(&e);
+out:
+	mock_stop(&e.mock);
+	queue_close(e.q);
+	keyban_destroy(e.kb);
+	remove_dir(e.dir);
+}
+
+int main(void)
+{
+	alarm(TEST_TIME_LIMIT_S);
+	log_set_level(LOG_ERROR);
+	curl_global_init(CURL_GLOBAL_DEFAULT);
+	test_classify();
+	test_backoff();
+	test_keyban();
+	test_round_trips();
+	curl_global_cleanup();
+	return done_testing();
+}

@@ -1,0 +1,34 @@
+/* Unit tests of utf8_valid: the boundaries of RFC 3629 and the captures. */
+#include <stdio.h>
+
+#include "tap.h"
+#include "utf8.h"
+
+#define V(lit) utf8_valid((const unsigned char *)(lit), sizeof(lit) - 1)
+
+int main(void)
+{
+	ok(V(""), "empty is valid");
+	ok(V("[\"getstats\",\"PC_0\",{},1795463981421]"), "ASCII JSON is valid");
+	ok(V("caf\xC3\xA9"), "two-byte sequence");
+	ok(V("\xE2\x82\xAC"), "three-byte sequence (euro sign)");
+	ok(V("\xF0\x9F\x98\x80"), "four-byte sequence (emoji)");
+	ok(V("\xED\x9F\xBF"), "U+D7FF, just below the surrogates");
+	ok(V("\xEE\x80\x80"), "U+E000, just above the surrogates");
+	ok(V("\xF4\x8F\xBF\xBF"), "U+10FFFF, the last code point");
+	ok(!V("\xC3\x28"), "bad continuation byte");
+	ok(!V("\xC0\xAF"), "overlong two-byte '/'");
+	ok(!V("\xC1\xBF"), "overlong two-byte");
+	ok(!V("\xE0\x80\xAF"), "overlong three-byte");
+	ok(!V("\xF0\x80\x80\xAF"), "overlong four-byte");
+	ok(!V("\xED\xA0\x80"), "U+D800, a surrogate");
+	ok(!V("\xED\xBF\xBF"), "U+DFFF, a surrogate");
+	ok(!V("\xF4\x90\x80\x80"), "U+110000, above the last code point");
+	ok(!V("\xF5\x80\x80\x80"), "lead byte 0xF5");
+	ok(!V("\xFF"), "byte 0xFF");
+	ok(!V("\x80"), "lone continuation byte");
+	ok(!V("ab\xE2\x82"), "truncated at the end");
+	ok(!V("\xF0\x9F\x98"), "truncated four-byte sequence");
+	ok(utf8_valid((const unsigned char *)"a\0b", 3), "NUL is a valid code point");
+	return done_testing();
+}
