@@ -1094,7 +1094,7 @@ static void set_max_pages(sqlite3 *db, uint64_t pages)
  * commit fsync'd, no zeroing of deleted content. */
 static int db_open_writer(struct queue *q, char **cause)
 {
-	char buf[256];
+	char buf[256], *p;
 	int fd, rc;
 
 	/* SQLite would create the file 0644 less the umask; it holds client
@@ -1115,10 +1115,14 @@ static int db_open_writer(struct queue *q, char **cause)
 	rc = query_text(q->db, "PRAGMA quick_check", buf, sizeof buf);
 	if (rc != SQLITE_OK)
 		return open_fail(q, q->db, cause, rc, "quick_check");
-	if (strcmp(buf, "ok") != 0)
+	if (strcmp(buf, "ok") != 0) {
+		for (p = buf; *p != '\0'; p++)
+			if (*p == '\n')
+				*p = ' '; /* quick_check reports one problem a line */
 		return set_cause(cause, QUEUE_ECORRUPT, "queue database %s failed its integrity "
 		                 "check (%s): move the file aside or run `watchrtc-relay queue "
 		                 "salvage`", q->path, buf);
+	}
 
 	rc = query_text(q->db, "PRAGMA journal_mode = WAL", buf, sizeof buf);
 	if (rc != SQLITE_OK)
@@ -1326,14 +1330,13 @@ static int index_load(struct queue *q, char **cause)
 	                        "attempts, api_key FROM messages ORDER BY id", -1, &st, NULL);
 	if (rc != SQLITE_OK)
 		goto out;
-	pthread_mutex_lock(&q->mu);
+	/* No other thread exists yet: the index needs no lock here. */
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 		err = index_load_row(q, st);
 		if (err != QUEUE_OK)
 			break;
 	}
 	q->wake = false;
-	pthread_mutex_unlock(&q->mu);
 	if (err != QUEUE_OK) {
 		set_cause(cause, err, "queue database %s: out of memory loading messages", q->path);
 		goto out;
@@ -1446,7 +1449,12 @@ static int exec_op(struct queue *q, const struct entry *e)
  * already) and copies the error text into err. */
 static void txn_abort(struct queue *q, int rc, char *err, size_t len)
 {
-	snprintf(err, len, "%s (%s)", sqlite3_errmsg(q->db), sqlite3_errstr(rc));
+	const char *msg = sqlite3_errmsg(q->db), *str = sqlite3_errstr(rc);
+
+	if (strcmp(msg, str) == 0)
+		snprintf(err, len, "%s", msg);
+	else
+		snprintf(err, len, "%s (%s)", msg, str);
 	if (!sqlite3_get_autocommit(q->db))
 		(void)step_reset(q->st_rollback);
 }
@@ -1712,26 +1720,33 @@ static void *writer_main(void *arg)
 
 /* --- open and close ------------------------------------------------------------------ */
 
+/* Finalizes every statement, then closes both connections. */
+static void db_close(struct queue *q)
+{
+	sqlite3_stmt *stmts[] = {
+		q->st_begin, q->st_commit, q->st_rollback, q->st_insert, q->st_delete,
+		q->st_attempts, q->st_dead, q->st_probe_put, q->st_probe_del, q->st_read,
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof stmts / sizeof stmts[0]; i++)
+		sqlite3_finalize(stmts[i]);
+	/* The reader first: the last connection to close checkpoints the WAL
+	 * into the database and removes it. */
+	(void)sqlite3_close(q->rdb);
+	(void)sqlite3_close(q->db);
+}
+
 /* Frees q and everything in it; the writer must not be running. */
 static void queue_destroy(struct queue *q)
 {
-	sqlite3_stmt **stmts[] = {
-		&q->st_begin, &q->st_commit, &q->st_rollback, &q->st_insert, &q->st_delete,
-		&q->st_attempts, &q->st_dead, &q->st_probe_put, &q->st_probe_del, &q->st_read,
-	};
 	struct entry *e, *next;
 	struct hnode *n, *nn;
 	size_t i;
 
 	if (q == NULL)
 		return;
-	for (i = 0; i < sizeof stmts / sizeof stmts[0]; i++)
-		sqlite3_finalize(*stmts[i]);
-	/* The reader first: the last connection to close checkpoints the WAL
-	 * into the database and removes it. */
-	(void)sqlite3_close(q->rdb);
-	(void)sqlite3_close(q->db);
-
+	db_close(q);
 	for (e = q->pending_head; e != NULL; e = next) {
 		next = e->pnext;
 		if (!e->live)
@@ -1846,6 +1861,8 @@ out:
 	return err;
 }
 
+/* The caller has stopped its producers and consumers: no thread may be
+ * inside a queue function, or enter one, once this starts. */
 void queue_close(struct queue *q)
 {
 	if (q == NULL)

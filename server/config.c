@@ -105,6 +105,8 @@ static const struct setting settings[] = {
 	NUM("retry-after-s", T_UINT, retry_after_s, "5", 0, 3600,
 	    "Retry-After of 503 answers", "ingest"),
 
+	FLAG("websocket", websocket_enabled, "true",
+	     "accept websocket upgrades (false: answer them 503, the SDK then uses HTTPS)", "websocket"),
 	NUM("ws-threads", T_UINT, ws_threads, "2", 1, 256,
 	    "websocket I/O threads", "websocket"),
 	NUM("hello-interval-ms", T_UINT, hello_interval_ms, "8000", 100, 3600000,

@@ -46,6 +46,7 @@ struct request {
 	bool too_big;         /* body passed max_body_bytes: discard the rest, answer 413 */
 	uint64_t discarded;   /* bytes thrown away since */
 	bool is_fallback;
+	void *upgrade_pending; /* route_upgrade's record until MHD is done with it */
 };
 
 static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c)
@@ -64,6 +65,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
 
 	if (!rq)
 		return;
+	route_upgrade_completed(rq->upgrade_pending);
 	free(rq->uri);
 	free(rq->body);
 	free(rq);
@@ -209,6 +211,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 		.xff = header(c, "X-Forwarded-For"),
 		.user_agent = header(c, MHD_HTTP_HEADER_USER_AGENT),
 		.origin = header(c, "Origin"),
+		.pending = &rq->upgrade_pending,
 	};
 
 	if (!rq->started) {

@@ -170,6 +170,8 @@ enum MHD_Result route_upgrade(struct relay *r, struct MHD_Connection *c,
 
 	if (atomic_load(&r->stopping))
 		return refuse(r, c, ri, MHD_HTTP_SERVICE_UNAVAILABLE, "server shutting down");
+	if (!r->cfg.websocket_enabled)
+		return refuse(r, c, ri, MHD_HTTP_SERVICE_UNAVAILABLE, "websockets disabled");
 	why = ws_handshake_check(&req, accept, &proto20);
 	if (why)
 		return refuse(r, c, ri, MHD_HTTP_BAD_REQUEST, why);
@@ -212,8 +214,7 @@ enum MHD_Result route_upgrade(struct relay *r, struct MHD_Connection *c,
 	}
 out:
 	if (ret != MHD_YES)
-		log_error("ws_error", "peer=%s reason=\"cannot answer the upgrade: out of memory\"",
-		          ri->peer_ip);
+		log_error("ws_error", "peer=%s reason=\"cannot queue the 101 answer\"", ri->peer_ip);
 	if (resp)
 		MHD_destroy_response(resp);
 	if (t)

@@ -76,6 +76,7 @@ struct ws_conn {
 	uint16_t close_code;              /* first close sent or received, for the log */
 	bool close_noted, close_by_relay;
 	bool refuse_data;                 /* closing for an error: store nothing more */
+	bool close_after_hello;           /* key rejected: close 1008 once the hello is out */
 	bool io_failed;                   /* the last recv/send hit EOF or an error */
 	bool send_blocked;                /* a frame may be partly written */
 	bool lingering;                   /* wslay is done; draining until EOF */
@@ -464,6 +465,16 @@ static void conn_service(struct ws_conn *c, uint32_t events)
 			return;
 		}
 	}
+	/* wslay sends control frames ahead of data: queue this close only
+	 * once the {error} hello has left, or the SDK would never see it. */
+	if (c->close_after_hello && !wslay_event_want_write(ctx)) {
+		c->close_after_hello = false;
+		conn_close(c, WSLAY_CODE_POLICY_VIOLATION, "api key rejected");
+		if (wslay_event_send(ctx) != 0) {
+			conn_finish(c, "connection lost");
+			return;
+		}
+	}
 	/* Closes that wslay started itself (1002, 1007, 1009) show up here. */
 	if (wslay_event_get_close_sent(ctx))
 		conn_note_close(c, wslay_event_get_status_code_sent(ctx), true);
@@ -546,7 +557,7 @@ static void conn_start(struct ws_loop *l, struct ws_conn *c)
 		if (c->meta->key_rejected) {
 			/* The SDK stops retrying after an {error} hello. */
 			c->refuse_data = true;
-			conn_close(c, WSLAY_CODE_POLICY_VIOLATION, "api key rejected");
+			c->close_after_hello = true;
 		}
 	}
 	conn_service(c, EPOLLIN | EPOLLOUT);
@@ -792,6 +803,7 @@ void ws_server_adopt(struct ws_server *s, struct ws_conn_meta *meta, int fd,
 	metrics_add(M_WS_CONNECTIONS, 1);
 	metrics_gauge_add(G_WS_OPEN, 1);
 	open_count_add(s, 1);
+	log_debug("ws_adopt", "conn=%s fd=%d early_bytes=%zu", c->id, fd, extra_len);
 	l = &s->loops[atomic_fetch_add(&s->next_loop, 1) % s->nloops];
 	c->loop = l;
 	pthread_mutex_lock(&l->lock);

@@ -236,13 +236,13 @@ class Relay:
         status, _, body = self.get("/healthcheck")
         return status, json.loads(body)
 
-    def metric(self, name):
-        """The value of the first sample whose name and labels start with name."""
+    def metric(self, sample):
+        """The value of the sample whose name and labels are exactly sample
+        (e.g. 'x_total{result="ok"}'), or None if it is not exposed."""
         _, _, body = self.get("/metrics")
         for line in body.decode().splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{") and " " in line:
-                if line.split(" ")[0] == name or line.startswith(name):
-                    return float(line.rsplit(" ", 1)[1])
+            if not line.startswith("#") and line.rsplit(" ", 1)[0] == sample:
+                return float(line.rsplit(" ", 1)[1])
         return None
 
 

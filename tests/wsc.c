@@ -11,6 +11,7 @@
  *   send-file PATH           one text message with the file's contents
  *   send-wire PATH           the file's bytes written to the stream as they are
  *   send-frame OP FIN MASKED HEX|@PATH|-   one frame exactly as described
+ *                            (OP may be hex and carry RSV bits: 0x41)
  *   send-fragments SIZE STRING   one text message in frames of SIZE bytes
  *   send-big LEN             a text frame of LEN 'a's (streaming stops if answered)
  *   ping [PAYLOAD]           a ping
@@ -24,7 +25,8 @@
  *   stop-reading MS          reads nothing for MS milliseconds
  *
  * Like a browser, it answers pings and echoes the server's close unless told
- * otherwise (--no-auto-pong).
+ * otherwise (--no-auto-pong).  --early-wire FILE writes FILE's bytes right
+ * after the upgrade request, before the 101 arrives.
  *
  *   wsc --port P --path '/websocket?apiKey=k' --load N --messages M --session-prefix X
  *
@@ -35,6 +37,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -406,17 +409,18 @@ static void run_action(struct script *s, char *line)
 		free(buf);
 		report_send(cmd + 5, r);
 	} else if (!strcmp(cmd, "send-frame")) {
-		unsigned op, fin, masked;
+		unsigned fin, masked;
+		int op;
 		char payload[4096] = "-";
 		uint8_t *p;
 
-		if (sscanf(arg, "%u %u %u %4095s", &op, &fin, &masked, payload) < 3 ||
+		if (sscanf(arg, "%i %u %u %4095s", &op, &fin, &masked, payload) < 3 ||
 		    !(p = parse_payload(payload, &len))) {
 			print_event("error", "message", "usage: send-frame OP FIN MASKED HEX|@FILE|-");
 			s->failures++;
 			return;
 		}
-		report_send("frame", wsclient_send_frame(s->c, op, fin, masked, p, len));
+		report_send("frame", wsclient_send_frame(s->c, (unsigned)op, fin, masked, p, len));
 		free(p);
 	} else if (!strcmp(cmd, "send-fragments")) {
 		size_t size = strtoul(arg, &arg, 10);
@@ -600,13 +604,47 @@ static int run_load(const struct wsclient_opts *o, unsigned n, unsigned messages
 
 /* --- main ----------------------------------------------------------------- */
 
+/* Connects, then runs the actions in argv (or, with none, stdin's lines). */
+static int run_script(const struct wsclient_opts *o, struct script *s, int expect_status,
+                      int argc, char **argv)
+{
+	char err[256];
+
+	if (wsclient_connect(&s->c, o, err, sizeof err) < 0) {
+		print_event("error", "message", err);
+		return 1;
+	}
+	print_handshake(s->c);
+	if (wsclient_status(s->c) != expect_status) {
+		wsclient_destroy(s->c);
+		return 1;
+	}
+	if (expect_status == 101 && argc > 0) {
+		for (int i = 0; i < argc; i++)
+			run_action(s, argv[i]);
+	} else if (expect_status == 101) {
+		char *line = NULL;
+		size_t cap = 0;
+		ssize_t n;
+
+		while ((n = getline(&line, &cap, stdin)) > 0) {
+			while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+				line[--n] = '\0';
+			run_action(s, line);
+		}
+		free(line);
+	}
+	wsclient_destroy(s->c);
+	return s->failures ? 1 : 0;
+}
+
 static void usage(FILE *out)
 {
 	fprintf(out,
 	        "usage: wsc --port P [--host H] [--path P] [--no-protocol | --protocol P]\n"
 	        "           [--origin O] [--user-agent UA] [--xff V] [--key K] [--version V]\n"
 	        "           [--header 'Name: value']... [--timeout-ms MS] [--expect-status N]\n"
-	        "           [--no-auto-pong] [ACTION...]\n"
+	        "           [--no-auto-pong] [--early-wire FILE] [ACTION...]\n"
 	        "       wsc --port P --path P --load N --messages M --session-prefix X [--threads T]\n"
 	        "Actions (from the arguments, else one per line on stdin): see the top of wsc.c.\n");
 }
@@ -628,6 +666,7 @@ int main(int argc, char **argv)
 		{ "timeout-ms", required_argument, NULL, 't' },
 		{ "expect-status", required_argument, NULL, 's' },
 		{ "no-auto-pong", no_argument, NULL, 'a' },
+		{ "early-wire", required_argument, NULL, 'e' },
 		{ "load", required_argument, NULL, 'L' },
 		{ "messages", required_argument, NULL, 'M' },
 		{ "session-prefix", required_argument, NULL, 'S' },
@@ -637,11 +676,14 @@ int main(int argc, char **argv)
 	};
 	struct wsclient_opts o = { .path = "/" };
 	struct script s = { .auto_pong = true };
-	char extra[MAX_EXTRA_HEADERS] = "", err[256];
+	char extra[MAX_EXTRA_HEADERS] = "";
 	unsigned load = 0, messages = 0, threads = 0;
 	const char *prefix = "load-";
+	char *early = NULL;
 	int expect_status = 101, opt, r;
 
+	/* A server that closes first must not kill us mid-write. */
+	signal(SIGPIPE, SIG_IGN);
 	while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
 		switch (opt) {
 		case 'H': o.host = optarg; break;
@@ -657,6 +699,7 @@ int main(int argc, char **argv)
 		case 'h':
 			if (strlen(extra) + strlen(optarg) + 3 > sizeof extra) {
 				fprintf(stderr, "wsc: too many --header bytes\n");
+				free(early);
 				return 2;
 			}
 			strcat(extra, optarg);
@@ -666,50 +709,33 @@ int main(int argc, char **argv)
 		case 't': o.timeout_ms = (int)strtol(optarg, NULL, 10); break;
 		case 's': expect_status = (int)strtol(optarg, NULL, 10); break;
 		case 'a': s.auto_pong = false; break;
+		case 'e':
+			free(early);
+			early = read_file(optarg, &o.early_len);
+			if (!early) {
+				fprintf(stderr, "wsc: cannot read %s\n", optarg);
+				return 2;   /* nothing else is allocated yet */
+			}
+			o.early = early;
+			break;
 		case 'L': load = (unsigned)strtoul(optarg, NULL, 10); break;
 		case 'M': messages = (unsigned)strtoul(optarg, NULL, 10); break;
 		case 'S': prefix = optarg; break;
 		case 'T': threads = (unsigned)strtoul(optarg, NULL, 10); break;
 		default:
 			usage(opt == '?' ? stdout : stderr);
+			free(early);
 			return 2;
 		}
 	}
 	if (!o.port) {
 		usage(stderr);
+		free(early);
 		return 2;
 	}
 	s.timeout_ms = o.timeout_ms > 0 ? o.timeout_ms : 5000;
-	if (load)
-		return run_load(&o, load, messages, prefix, threads);
-
-	r = wsclient_connect(&s.c, &o, err, sizeof err);
-	if (r < 0) {
-		print_event("error", "message", err);
-		return 1;
-	}
-	print_handshake(s.c);
-	if (wsclient_status(s.c) != expect_status) {
-		wsclient_destroy(s.c);
-		return 1;
-	}
-	if (expect_status == 101) {
-		if (optind < argc) {
-			for (int i = optind; i < argc; i++)
-				run_action(&s, argv[i]);
-		} else {
-			char *line = NULL;
-			size_t cap = 0;
-			ssize_t n;
-
-			while ((n = getline(&line, &cap, stdin)) > 0) {
-				while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
-					line[--n] = '\0';
-				run_action(&s, line);
-			}
-			free(line);
-		}
-	}
-	wsclient_destroy(s.c);
-	return s.failures ? 1 : 0;
+	r = load ? run_load(&o, load, messages, prefix, threads)
+	         : run_script(&o, &s, expect_status, argc - optind, argv + optind);
+	free(early);
+	return r;
 }

@@ -322,6 +322,8 @@ static int send_request(struct wsclient *c, const struct wsclient_opts *o, const
 		return WSC_ENOMEM;
 	r = tls_write_all(c, req, (size_t)n);
 	free(req);
+	if (r == WSC_OK && o->early_len)
+		r = tls_write_all(c, o->early, o->early_len);
 	return r;
 }
 
@@ -459,7 +461,7 @@ static size_t frame_header(uint8_t *h, unsigned opcode, bool fin, bool masked, u
 {
 	size_t n = 0;
 
-	h[n++] = (uint8_t)((fin ? 0x80 : 0) | (opcode & 0x0f));
+	h[n++] = (uint8_t)((fin ? 0x80 : 0) | (opcode & 0x7f));   /* RSV bits pass through */
 	if (len < 126) {
 		h[n++] = (uint8_t)((masked ? 0x80 : 0) | len);
 	} else if (len <= 0xffff) {

@@ -5,7 +5,8 @@
  * Blocking, one connection per struct, every wait bounded by the timeout
  * given at connect.  It can misbehave on purpose: unmasked frames, raw
  * bytes, a handshake with any header missing or wrong.  The server's
- * certificate is not verified (the tests use their own CA).
+ * certificate is not verified (the tests use their own CA).  GnuTLS writes
+ * to the socket without MSG_NOSIGNAL: callers ignore SIGPIPE.
  */
 #ifndef WATCHRTC_WSCLIENT_H
 #define WATCHRTC_WSCLIENT_H
@@ -37,6 +38,8 @@ struct wsclient_opts {
 	const char *key;           /* Sec-WebSocket-Key; NULL = 16 random bytes */
 	const char *version;       /* Sec-WebSocket-Version; NULL = "13" */
 	const char *extra_headers; /* raw "Name: value\r\n" lines added as they are, or NULL */
+	const void *early;         /* bytes written right after the request, before the */
+	size_t early_len;          /* answer is read (frames sent ahead of the 101) */
 	int timeout_ms;            /* each connect, read and write; 0 = 5000 */
 };
 
@@ -66,7 +69,8 @@ const char *wsclient_header(const struct wsclient *c, const char *name);
 const char *wsclient_body(const struct wsclient *c, size_t *len);
 int wsclient_fd(const struct wsclient *c);
 
-/* Sends one frame as given: opcode, FIN and mask bit are not checked. */
+/* Sends one frame as given: opcode, FIN and mask bit are not checked, and
+ * opcode's bits 4-6 become the RSV bits (0x40 | 1: a text frame with RSV1). */
 int wsclient_send_frame(struct wsclient *c, unsigned opcode, bool fin, bool masked,
                         const void *payload, size_t len);
 /* Sends one masked message, in frames of at most fragment bytes (0: one frame). */

@@ -151,12 +151,58 @@ except subprocess.TimeoutExpired:
     out, _ = proc.communicate()
 eq(proc.returncode, 0, "SIGTERM closes open websockets with 1001")
 
+# --- liveness: idle connections are pinged, silent ones closed ---------------------------
+idle = Relay(up, args=["--ws-ping-interval-s", "1"]).start()
+code, events = wsc(idle, ["recv", "sleep 1600", "expect-close 1001"], path="/websocket?apiKey=k&sessionId=idle",
+                   args=["--no-auto-pong"])
+ok(any(e.get("opcode") == 9 for e in of(events, "frame")), "an idle connection gets a ping", events)
+eq(code, 0, "a connection that answers nothing is closed with 1001 after two intervals")
+code, events = wsc(idle, ["recv", "sleep 3500", "send-text [1]", "close 1000", "expect-close 1000"],
+                   path="/websocket?apiKey=k&sessionId=alive")
+eq(code, 0, "a connection that answers the pings stays open")
+
+# --- a client that never reads does not hold up the others ------------------------------
+slow = subprocess.Popen([WSC_BIN, "--port", str(idle.port), "--path", "/websocket?apiKey=k&sessionId=slow",
+                         "--no-auto-pong"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL, text=True)
+slow.stdin.write("\n".join(["ping " + "61" * 120] * 2000 + ["stop-reading 4000"]) + "\n")
+slow.stdin.flush()
+code, _ = wsc(idle, ["recv", "send-text [7]", "close 1000", "expect-close 1000"],
+              path="/websocket?apiKey=k&sessionId=fast", timeout=10)
+eq(code, 0, "while one client floods pings and never reads, another is served at once")
+ok(wait_until(lambda: [r["body"] for r in delivered(up, "fast")] == [b"[7]"], 10),
+   "and its message is forwarded")
+try:
+    slow.communicate(timeout=15)
+except subprocess.TimeoutExpired:
+    slow.kill()
+    slow.communicate()
+eq(idle.stop(), 0, "the relay stops cleanly after the flood")
+
+# --- an API key the upstream refused gets the SDK's {"error"} hello -----------------------
+relay.start()
+up.behave(status=401, count=1)
+wsc(relay, ["recv", "send-text [1]", "sleep 500", "close 1000"], path="/websocket?apiKey=badkey&sessionId=k1")
+ok(wait_until(lambda: [r for r in up.requests() if r["status"] == 401], 10), "the upstream refused the key once")
+ok(wait_until(lambda: (relay.metric('watchrtc_relay_forward_attempts_total{result="rejected_key"}') or 0) >= 1, 10),
+   "the relay counted the rejection")
+code, events = wsc(relay, ["recv", "expect-eof"], path="/websocket?apiKey=badkey&sessionId=k2")
+texts = [json.loads(e["text"]) for e in of(events, "frame") if e.get("opcode") == 1]
+ok(texts and "error" in texts[0] and "interval" not in texts[0],
+   "a new connection with the refused key gets a hello {\"error\": ...}", texts)
+code, events = wsc(relay, ["recv", "close 1000", "expect-close 1000"], path="/websocket?apiKey=goodkey&sessionId=k3")
+texts = [json.loads(e["text"]) for e in of(events, "frame") if e.get("opcode") == 1]
+ok(texts and "connectionId" in texts[0], "other keys are unaffected", texts)
+relay.stop()
+
 # --- many connections, and order across a reconnect -----------------------------------
 relay.start()
 n_conn, n_msg = 1000, 5
-code, events = wsc(relay, [], args=["--load", str(n_conn), "--messages", str(n_msg),
-                                     "--session-prefix", "load-"], timeout=120)
+code, events = wsc(relay, [], path="/websocket?apiKey=k&apiVersion=v1",
+                   args=["--load", str(n_conn), "--messages", str(n_msg), "--session-prefix", "load-"],
+                   timeout=120)
 eq(code, 0, "%d concurrent connections each send %d messages" % (n_conn, n_msg))
+diag("load summary: %r" % of(events, "load"))
 
 
 def load_ok():
