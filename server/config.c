@@ -8,12 +8,7 @@
  * setting is one struct field plus one table row.
  */
 #ifdef HAVE_CONFIG_H
-/* autoconf's config.h (PACKAGE_VERSION), not server/config.h: automake puts
- * the build directory (-I.) ahead of -I$(srcdir)/server. */
-#include <config.h>
-#ifndef PACKAGE_VERSION
-#error "<config.h> found server/config.h: the build directory must come first"
-#endif
+#include "build-config.h"   /* autoconf's: PACKAGE_VERSION */
 #else
 #define PACKAGE_VERSION "unknown"  /* built outside automake, e.g. a fuzz target */
 #endif
@@ -142,6 +137,16 @@ static const struct setting settings[] = {
 	    "longest retry delay", "upstream"),
 	NUM("key-reject-ttl-s", T_UINT, key_reject_ttl_s, "300", 0, 7 * 86400,
 	    "seconds an API key refused upstream is refused here; 0: not at all", "upstream"),
+
+	STR("admin-listen", admin_listen, "",
+	    "plain-HTTP listener for /metrics and /healthcheck, e.g. 127.0.0.1:9100 (empty: none)",
+	    "monitoring"),
+	FLAG("admin-allow-remote", admin_allow_remote, "false",
+	     "allow admin-listen on a non-loopback address (it has no TLS)", "monitoring"),
+	NUM("ready-max-oldest-age-s", T_UINT, ready_max_oldest_age_s, "0", 0, 30U * 86400,
+	    "not ready while the oldest queued message is older (0: never)", "monitoring"),
+	NUM("ready-max-upstream-down-s", T_UINT, ready_max_upstream_down_s, "0", 0, 30U * 86400,
+	    "not ready while the upstream has failed for longer (0: never)", "monitoring"),
 
 	{ "log-level", T_STRING, F(log_level), "info", 0, 0,
 	  "least severe level logged: debug, info, warn or error", check_log_level, "debug, info, warn or error",

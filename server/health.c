@@ -34,11 +34,20 @@ static enum MHD_Result answer(struct MHD_Connection *c, unsigned status, const c
 	return ret;
 }
 
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 /* Why the relay should not get traffic now, or NULL if it should. */
 static const char *not_ready(struct relay *r, const struct queue_stats *st, char *buf,
                              size_t size)
 {
 	uint64_t pct = r->cfg.queue_high_water_pct;
+	int64_t now = now_ms(), down_since = metrics_upstream_down_since_ms();
 
 	if (atomic_load(&r->stopping))
 		return "shutting down";
@@ -56,6 +65,18 @@ static const char *not_ready(struct relay *r, const struct queue_stats *st, char
 		         (unsigned long long)st->bytes, (unsigned long long)st->max_bytes);
 		return buf;
 	}
+	if (r->cfg.ready_max_oldest_age_s && st->oldest_ms > 0 &&
+	    now - st->oldest_ms > (int64_t)r->cfg.ready_max_oldest_age_s * 1000) {
+		snprintf(buf, size, "oldest message waiting %lld s, over ready-max-oldest-age-s",
+		         (long long)((now - st->oldest_ms) / 1000));
+		return buf;
+	}
+	if (r->cfg.ready_max_upstream_down_s && down_since > 0 &&
+	    now - down_since > (int64_t)r->cfg.ready_max_upstream_down_s * 1000) {
+		snprintf(buf, size, "upstream failing for %lld s, over ready-max-upstream-down-s",
+		         (long long)((now - down_since) / 1000));
+		return buf;
+	}
 	return NULL;
 }
 
@@ -63,7 +84,6 @@ enum MHD_Result route_health(struct relay *r, struct MHD_Connection *c,
                              const struct request_info *ri)
 {
 	struct queue_stats st;
-	struct timespec ts;
 	const char *reason;
 	char buf[256], *text;
 	int64_t age = 0;
@@ -86,9 +106,8 @@ enum MHD_Result route_health(struct relay *r, struct MHD_Connection *c,
 
 	queue_stats(r->queue, &st);
 	reason = not_ready(r, &st, buf, sizeof buf);
-	clock_gettime(CLOCK_REALTIME, &ts);
 	if (st.oldest_ms > 0)
-		age = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 - st.oldest_ms;
+		age = now_ms() - st.oldest_ms;
 	status = reason ? 503 : 200;
 	obj = json_pack("{s:s, s:I, s:I, s:I}", "status", reason ? "unavailable" : "ok",
 	                "queue_depth", (json_int_t)st.depth, "oldest_age_ms",

@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "admin.h"
 #include "config.h"
 #include "forwarder.h"
 #include "http.h"
@@ -107,6 +108,7 @@ int main(int argc, char **argv)
 	struct tls_pair tls = { 0 };
 	struct forwarder *fwd = NULL;
 	struct http_server *http = NULL;
+	struct admin_server *admin = NULL;
 	char *cause = NULL, db_path[PATH_MAX];
 	enum log_level level;
 	sigset_t set;
@@ -190,6 +192,8 @@ int main(int argc, char **argv)
 
 	if (http_server_start(&http, &r, &tls, &cause) < 0)
 		goto out;
+	if (admin_server_start(&admin, &r, &cause) < 0)
+		goto out;
 	log_info("listening", "addr=%s port=%u state_dir=%s upstream=%s instance=%s",
 	         r.cfg.listen_address, r.cfg.port, r.cfg.state_dir, r.cfg.upstream,
 	         queue_instance_id(r.queue));
@@ -210,6 +214,7 @@ out:
 	if (r.ws)
 		ws_server_shutdown(r.ws, r.cfg.shutdown_deadline_ms);
 	http_server_stop(http);
+	admin_server_stop(admin);
 	forwarder_stop(fwd, r.cfg.shutdown_deadline_ms);
 	ws_server_destroy(r.ws);
 	queue_close(r.queue);

@@ -71,9 +71,29 @@ void metrics_gauge_add(enum metric_gauge g, int64_t delta)
 	atomic_fetch_add_explicit(&gauges[g], delta, memory_order_relaxed);
 }
 
+/* When the upstream went down (ms since the epoch), 0 while it is up or
+ * not yet tried: readiness can refuse traffic after a long outage. */
+static _Atomic int64_t upstream_down_since_ms;
+
 void metrics_gauge_set(enum metric_gauge g, int64_t value)
 {
 	atomic_store_explicit(&gauges[g], value, memory_order_relaxed);
+	if (g == G_UPSTREAM_UP) {
+		int64_t none = 0;
+		if (value) {
+			atomic_store(&upstream_down_since_ms, 0);
+		} else {
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			atomic_compare_exchange_strong(&upstream_down_since_ms, &none,
+			                               (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+		}
+	}
+}
+
+int64_t metrics_upstream_down_since_ms(void)
+{
+	return atomic_load(&upstream_down_since_ms);
 }
 
 void metrics_observe(enum metric_hist h, double value)

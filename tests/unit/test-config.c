@@ -3,7 +3,7 @@
  * the log.c helpers that config.c is linked with.
  */
 #ifdef HAVE_CONFIG_H
-#include <config.h>  /* autoconf's, for PACKAGE_VERSION */
+#include "build-config.h"  /* autoconf's, for PACKAGE_VERSION */
 #endif
 
 /* "config.h" alone would find autoconf's header in the build directory. */

@@ -1,0 +1,164 @@
+/*
+ * admin.c - the plain-HTTP admin listener (/metrics, /healthcheck*).
+ *
+ * A separate libmicrohttpd daemon without TLS, so that a scraper on the
+ * same host needs no certificate.  Plaintext is the reason it refuses a
+ * non-loopback address unless admin-allow-remote is set.
+ */
+#include "admin.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <microhttpd.h>
+
+#include "log.h"
+#include "metrics.h"
+#include "relay.h"
+#include "routes.h"
+
+#define ADMIN_THREADS 1
+#define ADMIN_CONNECTION_LIMIT 64
+#define ADMIN_TIMEOUT_S 10
+
+struct admin_server {
+	struct MHD_Daemon *daemon;
+	struct relay *relay;
+};
+
+int admin_parse_listen(const char *spec, char *addr, unsigned addr_size, unsigned *port)
+{
+	const char *colon, *start = spec, *end;
+	char *stop;
+	unsigned long p;
+
+	if (!spec || !*spec)
+		return -1;
+	if (*spec == '[') {
+		start = spec + 1;
+		end = strchr(start, ']');
+		if (!end || end[1] != ':')
+			return -1;
+		colon = end + 1;
+	} else {
+		colon = strrchr(spec, ':');
+		if (!colon)
+			return -1;
+		end = colon;
+	}
+	if ((size_t)(end - start) + 1 > addr_size || end == start)
+		return -1;
+	memcpy(addr, start, (size_t)(end - start));
+	addr[end - start] = '\0';
+	errno = 0;
+	p = strtoul(colon + 1, &stop, 10);
+	if (errno || *stop || stop == colon + 1 || p == 0 || p > 65535)
+		return -1;
+	*port = (unsigned)p;
+	return 0;
+}
+
+static bool is_loopback(const struct sockaddr_storage *ss)
+{
+	if (ss->ss_family == AF_INET)
+		return (ntohl(((const struct sockaddr_in *)ss)->sin_addr.s_addr) >> 24) == 127;
+	if (ss->ss_family == AF_INET6)
+		return IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)ss)->sin6_addr);
+	return false;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_data_size,
+                                  void **req_cls)
+{
+	struct admin_server *s = cls;
+	struct request_info ri = { .method = method, .path = url, .peer_ip = "admin" };
+
+	/* Ignore any body: none of the admin routes takes one. */
+	if (*upload_data_size) {
+		*upload_data_size = 0;
+		return MHD_YES;
+	}
+	if (!strcmp(url, "/metrics"))
+		return route_metrics(s->relay, c, &ri);
+	if (!strcmp(url, "/healthcheck") || !strncmp(url, "/healthcheck/", 13))
+		return route_health(s->relay, c, &ri);
+	metrics_http("other", 404);
+	return http_answer_error(c, 404, NULL, "not found: the admin listener serves /metrics and /healthcheck");
+}
+
+int admin_server_start(struct admin_server **out, struct relay *r, char **cause)
+{
+	struct admin_server *s;
+	struct sockaddr_storage ss;
+	char addr[64];
+	unsigned port, flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL;
+
+	*out = NULL;
+	if (!r->cfg.admin_listen || !*r->cfg.admin_listen)
+		return 0;
+	memset(&ss, 0, sizeof ss);
+	if (admin_parse_listen(r->cfg.admin_listen, addr, sizeof addr, &port) < 0)
+		goto bad;
+	if (inet_pton(AF_INET, addr, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
+		ss.ss_family = AF_INET;
+		((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)port);
+	} else if (inet_pton(AF_INET6, addr, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
+		ss.ss_family = AF_INET6;
+		((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)port);
+		flags |= MHD_USE_IPv6;
+	} else {
+		goto bad;
+	}
+	if (!is_loopback(&ss) && !r->cfg.admin_allow_remote) {
+		if (asprintf(cause, "admin-listen %s is not a loopback address: the admin listener is "
+		             "plain HTTP; set admin-allow-remote to serve it anyway", r->cfg.admin_listen) < 0)
+			*cause = NULL;
+		return -1;
+	}
+	s = calloc(1, sizeof *s);
+	if (!s) {
+		*cause = strdup("out of memory");
+		return -1;
+	}
+	s->relay = r;
+	s->daemon = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, s,
+	                             MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+	                             MHD_OPTION_THREAD_POOL_SIZE, (unsigned)ADMIN_THREADS,
+	                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)ADMIN_CONNECTION_LIMIT,
+	                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)ADMIN_TIMEOUT_S,
+	                             MHD_OPTION_END);
+	if (!s->daemon) {
+		if (asprintf(cause, "cannot listen on admin-listen %s: %s", r->cfg.admin_listen,
+		             strerror(errno)) < 0)
+			*cause = NULL;
+		free(s);
+		return -1;
+	}
+	if (!is_loopback(&ss))
+		log_warn("admin_listening", "addr=%s msg=\"plain HTTP admin listener on a non-loopback address\"",
+		         r->cfg.admin_listen);
+	else
+		log_info("admin_listening", "addr=%s", r->cfg.admin_listen);
+	*out = s;
+	return 0;
+bad:
+	if (asprintf(cause, "admin-listen %s is not ADDR:PORT (e.g. 127.0.0.1:9100 or [::1]:9100)",
+	             r->cfg.admin_listen) < 0)
+		*cause = NULL;
+	return -1;
+}
+
+void admin_server_stop(struct admin_server *s)
+{
+	if (!s)
+		return;
+	MHD_stop_daemon(s->daemon);
+	free(s);
+}

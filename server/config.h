@@ -1,0 +1,78 @@
+/*
+ * config.h - every setting of the relay, from defaults, a config file
+ * ("key = value" lines, '#' comments) and the command line ("--key value",
+ * "--key=value", and "--key" alone for a boolean), in that order of
+ * precedence from lowest to highest.  One table in config.c names each
+ * setting once; --help, the file parser and the README are made from it.
+ */
+#ifndef WATCHRTC_CONFIG_H
+#define WATCHRTC_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+struct config {
+	/* listener */
+	char *listen_address;
+	unsigned port;
+	char *tls_cert, *tls_key;   /* "" = generate a self-signed pair in state_dir */
+	char *tls_priorities;
+	unsigned http_threads;
+	unsigned max_connections;
+	/* storage */
+	char *state_dir;
+	uint64_t queue_max_bytes, queue_max_messages;
+	unsigned queue_max_age_s;
+	unsigned queue_high_water_pct;
+	unsigned commit_window_ms;
+	/* ingest */
+	uint64_t max_body_bytes;     /* HTTPS fallback body */
+	uint64_t max_message_bytes;  /* one websocket message */
+	unsigned cors_max_age_s;
+	unsigned retry_after_s;      /* Retry-After on 503 */
+	/* websocket hello and liveness */
+	bool websocket_enabled;      /* false: upgrades get 503 (the SDK falls back to HTTPS) */
+	unsigned ws_threads;
+	unsigned hello_interval_ms, hello_send_interval;
+	bool collect_console_log;
+	char *console_log_level;
+	char *project_id;            /* "" = not sent */
+	unsigned ws_ping_interval_s;
+	/* upstream */
+	char *upstream;
+	char *upstream_ca;           /* "" = the system CA bundle */
+	bool upstream_insecure;
+	unsigned forward_workers, forward_inflight;
+	unsigned upstream_timeout_ms, upstream_connect_timeout_ms;
+	unsigned retry_base_ms, retry_max_ms;
+	unsigned key_reject_ttl_s;
+	/* monitoring */
+	char *admin_listen;          /* "" = no admin listener; else "ADDR:PORT" */
+	bool admin_allow_remote;     /* allow a non-loopback admin-listen (plain HTTP) */
+	unsigned ready_max_oldest_age_s;     /* 0 = not a readiness reason */
+	unsigned ready_max_upstream_down_s;  /* 0 = not a readiness reason */
+	/* process */
+	char *log_level;
+	unsigned shutdown_deadline_ms;
+	char *config_file;
+	bool check_config;           /* validate, print nothing more, exit */
+};
+
+enum config_result {
+	CONFIG_RUN = 0,    /* settings loaded: start the relay */
+	CONFIG_EXIT = 1,   /* --help, --version or --check-config done: exit 0 */
+	CONFIG_ERROR = -1, /* *cause says why (names the file and line) */
+};
+
+/* Sets c to the defaults, then applies --config FILE, then the other
+ * arguments.  On CONFIG_ERROR *cause is malloc'd and the caller frees it.
+ * Strings in c are owned by c; free them with config_release. */
+enum config_result config_load(struct config *c, int argc, char **argv, char **cause);
+/* Applies the text of a config file (name used in messages). */
+int config_apply_file_text(struct config *c, const char *name, const char *text,
+                           char **cause);
+void config_release(struct config *c);
+void config_print_help(FILE *out);
+
+#endif
