@@ -1,0 +1,147 @@
+"""Operations: settings documented everywhere they must be, the config file,
+the admin listener, readiness reasons, logs, and `make install`."""
+import http.client
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.environ.get("TESTS_SRCDIR", os.path.join(os.path.dirname(__file__), "..")))
+from relaytest import (RELAY_BIN, TESTS_SRCDIR, Relay, done, eq, free_port, ok, request,  # noqa: E402
+                       start_upstream, tempdir, wait_until)
+
+TOP = os.path.dirname(TESTS_SRCDIR)
+BUILDDIR = os.environ.get("BUILDDIR", os.path.dirname(os.path.dirname(RELAY_BIN)))
+
+
+def run(args, **kw):
+    return subprocess.run([RELAY_BIN] + args, capture_output=True, text=True, timeout=30, **kw)
+
+
+def read(*parts):
+    with open(os.path.join(TOP, *parts)) as f:
+        return f.read()
+
+
+# --- every setting is in --help, the README, the man page and the example config ---
+help_text = run(["--help"]).stdout
+settings = re.findall(r"^  --([a-z0-9-]+)", help_text, re.M)
+ok(len(settings) > 40, "--help lists the settings (%d)" % len(settings))
+file_settings = [s for s in settings if s not in ("config", "check-config", "help", "version")]
+readme, man, example = read("README.md"), read("doc", "watchrtc-relay.8"), read("deploy", "watchrtc-relay.conf.example")
+missing = [s for s in file_settings if "`%s`" % s not in readme]
+eq(missing, [], "every setting is in the README's settings table")
+missing = [s for s in settings if "\\-\\-" + s.replace("-", "\\-") not in man]
+eq(missing, [], "every option is in the man page")
+missing = [s for s in file_settings if not re.search(r"^# %s =" % re.escape(s), example, re.M)]
+eq(missing, [], "every setting is in the example config, commented")
+ok(all(re.search(r"\(default: ", line) for line in help_text.splitlines()
+       if line.startswith("  --") and not re.match(r"  --(config|help|version) ", line)),
+   "--help gives every setting's default")
+
+# --- the config file -----------------------------------------------------------------
+p = run(["--config", os.path.join(TOP, "deploy", "watchrtc-relay.conf.example"), "--check-config"])
+eq((p.returncode, p.stdout.strip()), (0, "configuration ok"), "the example config passes --check-config")
+d = tempdir()
+bad = os.path.join(d, "bad.conf")
+with open(bad, "w") as f:
+    f.write("# a comment\nport = 9443\nno-such-setting = 1\n")
+p = run(["--config", bad, "--check-config"])
+ok(p.returncode != 0 and "bad.conf:3" in p.stderr and "no-such-setting" in p.stderr,
+   "an unknown key is an error that names the file and line", p.stderr)
+with open(bad, "w") as f:
+    f.write("port = 99999\n")
+p = run(["--config", bad, "--check-config"])
+ok(p.returncode != 0 and "bad.conf:1" in p.stderr, "a bad value is an error that names the line", p.stderr)
+ok(run(["--version"]).stdout.startswith("watchrtc-relay "), "--version prints the version")
+
+# --- the admin listener: plain HTTP, loopback only unless allowed -----------------------
+up = start_upstream()
+admin_port = free_port()
+relay = Relay(up, args=["--admin-listen", "127.0.0.1:%d" % admin_port]).start()
+conn = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=5)
+conn.request("GET", "/metrics")
+resp = conn.getresponse()
+body = resp.read().decode()
+eq(resp.status, 200, "the admin listener serves /metrics over plain HTTP")
+ok("watchrtc_relay_queue_depth" in body, "with the queue figures")
+conn.request("GET", "/healthcheck/live")
+resp = conn.getresponse()
+resp.read()
+eq(resp.status, 200, "and /healthcheck/live")
+conn.request("POST", "/websocket/trace", body="{}")
+resp = conn.getresponse()
+resp.read()
+eq(resp.status, 404, "and nothing else: no ingest on the plaintext listener")
+conn.close()
+
+# --- metric names follow the Prometheus conventions and are documented -------------------
+_, _, text = request(relay.port, "GET", "/metrics")
+names = sorted(set(re.findall(r"^# TYPE (\S+) (\S+)", text.decode(), re.M)))
+ok(all(n.startswith("watchrtc_relay_") for n, _ in names), "every metric is named watchrtc_relay_*")
+ok(all(n.endswith("_total") for n, t in names if t == "counter"), "every counter ends in _total")
+undocumented = [n for n, _ in names if "`%s`" % n not in readme and "`%s{" % n not in readme]
+eq(undocumented, [], "every metric is documented in the README")
+
+# --- logs: logfmt, levels, API keys never in full --------------------------------------------
+wsc = os.environ.get("WSC_BIN")
+subprocess.run([wsc, "--port", str(relay.port), "--path", "/websocket?apiKey=supersecretkey123&sessionId=logs",
+                "recv", "close 1000", "expect-close 1000"], capture_output=True, timeout=20)
+relay.stop()
+log = relay.log_text()
+lines = [l for l in log.splitlines() if l.strip()]
+bad_lines = [l for l in lines if not re.match(r"^ts=\S+ level=(debug|info|warn|error) event=[a-z_]+( |$)", l)]
+eq(bad_lines[:3], [], "every log line is logfmt with ts, level and event")
+ok("supersecretkey123" not in log, "the API key never appears in full in the log")
+ok("supe..." in log, "it is logged as a short prefix")
+
+p = subprocess.run([RELAY_BIN, "--listen-address", "127.0.0.1", "--port", str(free_port()),
+                    "--state-dir", tempdir(), "--admin-listen", "0.0.0.0:%d" % free_port()],
+                   capture_output=True, text=True, timeout=30)
+ok(p.returncode != 0 and "loopback" in p.stderr, "a non-loopback admin-listen is refused unless allowed",
+   p.stderr[-500:])
+
+# --- readiness reasons: old messages, a failing upstream ---------------------------------------
+up.behave(status=503, seconds=3600)
+r2 = Relay(up, args=["--ready-max-oldest-age-s", "1", "--ready-max-upstream-down-s", "1"]).start()
+status, _, _ = request(r2.port, "POST", "/websocket/trace", '{"sessionId":"old","data":[1]}',
+                       {"Content-Type": "application/json"})
+eq(status, 200, "a message is accepted while the upstream refuses")
+reason = wait_until(lambda: r2.health()[1].get("reason"), 10)
+ok(reason and ("oldest message" in reason or "upstream failing" in reason),
+   "/healthcheck turns 503 with the reason once the message is old or the upstream has failed long enough", reason)
+eq(r2.get("/healthcheck/live")[0], 200, "while /healthcheck/live stays 200 (liveness is not readiness)")
+up.reset()
+ok(wait_until(lambda: r2.health()[0] == 200, 15), "ready again once the queue drains")
+r2.stop()
+
+# --- make install: the binary, the man page, the config, the unit ------------------------------
+if shutil.which("make") and os.path.exists(os.path.join(BUILDDIR, "Makefile")):
+    dest = tempdir("destdir-")
+    p = subprocess.run(["make", "-C", BUILDDIR, "install", "DESTDIR=" + dest],
+                       capture_output=True, text=True, timeout=300)
+    eq(p.returncode, 0, "make install DESTDIR=... succeeds")
+    found = sorted(os.path.relpath(os.path.join(dp, f), dest) for dp, _, fs in os.walk(dest) for f in fs)
+    for want in (r"bin/watchrtc-relay$", r"share/man/man8/watchrtc-relay\.8$",
+                 r"etc/watchrtc-relay/watchrtc-relay\.conf\.example$", r"etc/watchrtc-relay/watchrtc-relay\.conf$",
+                 r"lib/systemd/system/watchrtc-relay\.service$"):
+        ok(any(re.search(want, f) for f in found), "installs " + want.replace("\\", "").rstrip("$"), found)
+    unit = [os.path.join(dest, f) for f in found if f.endswith(".service")]
+    if unit and shutil.which("systemd-analyze"):
+        text = open(unit[0]).read()
+        ok("@bindir@" not in text and "/bin/watchrtc-relay --config" in text, "the unit names the installed binary")
+        # Verify the unit as the target system would see it: paths under the DESTDIR.
+        with tempfile.TemporaryDirectory() as td:
+            copy = os.path.join(td, "watchrtc-relay.service")
+            with open(copy, "w") as f:
+                f.write(re.sub(r"^ExecStart=(\S+)", lambda m: "ExecStart=" + dest + m.group(1), text, flags=re.M))
+            p = subprocess.run(["systemd-analyze", "verify", copy], capture_output=True, text=True, timeout=60)
+            # The man page is not installed on this machine: that check is not the unit's fault.
+            problems = [l for l in (p.stdout + p.stderr).splitlines()
+                        if "watchrtc-relay.service" in l and "Command 'man " not in l]
+            eq(problems, [], "systemd-analyze verify finds nothing wrong with the unit")
+else:
+    ok(True, "# SKIP make install: no build tree at " + BUILDDIR)
+done()
