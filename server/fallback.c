@@ -68,30 +68,11 @@ static enum MHD_Result answer_unavailable(struct relay *r, struct MHD_Connection
                                           const struct request_info *ri, const char *route,
                                           const char *reason)
 {
-	struct MHD_Response *resp;
-	enum MHD_Result ret;
-	char retry_after[16];
-	json_t *obj = json_pack("{s:s}", "error", reason);
-	char *text = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
-
-	json_decref(obj);
-	if (!text)
-		return MHD_NO;
-	resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
-	if (!resp) {
-		free(text);
-		return MHD_NO;
-	}
-	snprintf(retry_after, sizeof retry_after, "%u", r->cfg.retry_after_s);
-	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-	MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, retry_after);
-	add_cors(resp, ri->origin);
-	ret = MHD_queue_response(c, MHD_HTTP_SERVICE_UNAVAILABLE, resp);
-	MHD_destroy_response(resp);
 	metrics_http(route, MHD_HTTP_SERVICE_UNAVAILABLE);
 	log_warn("request_refused", "route=%s status=503 peer=%s reason=\"%s\"", route, ri->peer_ip,
 	         reason);
-	return ret;
+	return http_answer_error_retry(c, MHD_HTTP_SERVICE_UNAVAILABLE, ri->origin ? ri->origin : "*",
+	                               reason, r->cfg.retry_after_s);
 }
 
 static enum MHD_Result refuse(struct MHD_Connection *c, const struct request_info *ri,

@@ -84,13 +84,14 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 	log_debug("mhd", "msg=%s", log_quote(msg, quoted, sizeof quoted));
 }
 
-enum MHD_Result http_answer_error(struct MHD_Connection *c, unsigned status, const char *origin,
-                                  const char *reason)
+enum MHD_Result http_answer_error_retry(struct MHD_Connection *c, unsigned status,
+                                        const char *origin, const char *reason,
+                                        unsigned retry_after_s)
 {
 	struct MHD_Response *resp;
 	enum MHD_Result ret;
 	json_t *obj = json_pack("{s:s}", "error", reason);
-	char *text = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+	char *text = obj ? json_dumps(obj, JSON_COMPACT) : NULL, retry[16];
 
 	json_decref(obj);
 	if (!text)
@@ -101,6 +102,11 @@ enum MHD_Result http_answer_error(struct MHD_Connection *c, unsigned status, con
 		return MHD_NO;
 	}
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+	if (retry_after_s) {
+		snprintf(retry, sizeof retry, "%u", retry_after_s);
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, retry);
+	}
+	/* Without it the browser hides the answer from the page. */
 	if (origin) {
 		MHD_add_response_header(resp, "Access-Control-Allow-Origin", origin);
 		MHD_add_response_header(resp, "Vary", "Origin");
@@ -108,6 +114,12 @@ enum MHD_Result http_answer_error(struct MHD_Connection *c, unsigned status, con
 	ret = MHD_queue_response(c, status, resp);
 	MHD_destroy_response(resp);
 	return ret;
+}
+
+enum MHD_Result http_answer_error(struct MHD_Connection *c, unsigned status, const char *origin,
+                                  const char *reason)
+{
+	return http_answer_error_retry(c, status, origin, reason, 0);
 }
 
 static bool ends_with(const char *s, const char *suffix)

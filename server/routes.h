@@ -25,7 +25,12 @@ struct request_info {
 	void **pending;
 };
 
-/* Queues a JSON error answer {"error": reason} with CORS headers for origin. */
+/* Queues a JSON error answer {"error": reason} with CORS headers for origin
+ * and, when retry_after_s is not 0, a Retry-After header. */
+enum MHD_Result http_answer_error_retry(struct MHD_Connection *c, unsigned status,
+                                        const char *origin, const char *reason,
+                                        unsigned retry_after_s);
+/* The same without Retry-After. */
 enum MHD_Result http_answer_error(struct MHD_Connection *c, unsigned status,
                                   const char *origin, const char *reason);
 

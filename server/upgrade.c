@@ -46,45 +46,20 @@ static const char *header(struct MHD_Connection *c, const char *name)
 	return MHD_lookup_connection_value(c, MHD_HEADER_KIND, name);
 }
 
-/* Answers status with {"error": reason}, logs why, counts the refusal. */
+/* Answers status with {"error": reason}, logs why, counts the refusal.  A
+ * 503 also says when to come back. */
 static enum MHD_Result refuse(struct relay *r, struct MHD_Connection *c,
                               const struct request_info *ri, unsigned status,
                               const char *reason)
 {
-	struct MHD_Response *resp;
-	enum MHD_Result ret;
-	char quoted[160], retry[16];
-	json_t *obj;
-	char *text;
+	char quoted[160];
 
 	log_info("ws_refused", "peer=%s status=%u reason=%s", ri->peer_ip, status,
 	         log_quote(reason, quoted, sizeof quoted));
 	metrics_add(M_WS_REFUSED, 1);
 	metrics_http("websocket", status);
-	if (status != MHD_HTTP_SERVICE_UNAVAILABLE)
-		return http_answer_error(c, status, ri->origin, reason);
-
-	/* 503 also says when to come back, which http_answer_error cannot. */
-	obj = json_pack("{s:s}", "error", reason);
-	text = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
-	json_decref(obj);
-	if (!text)
-		return MHD_NO;
-	resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
-	if (!resp) {
-		free(text);
-		return MHD_NO;
-	}
-	snprintf(retry, sizeof retry, "%u", r->cfg.retry_after_s);
-	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-	MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, retry);
-	if (ri->origin) {
-		MHD_add_response_header(resp, "Access-Control-Allow-Origin", ri->origin);
-		MHD_add_response_header(resp, "Vary", "Origin");
-	}
-	ret = MHD_queue_response(c, status, resp);
-	MHD_destroy_response(resp);
-	return ret;
+	return http_answer_error_retry(c, status, ri->origin, reason,
+	                               status == MHD_HTTP_SERVICE_UNAVAILABLE ? r->cfg.retry_after_s : 0);
 }
 
 /* Runs on MHD's thread once the 101 is out: the socket is ours now. */
