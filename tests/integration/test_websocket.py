@@ -11,8 +11,8 @@ import threading
 import time
 
 sys.path.insert(0, os.environ.get("TESTS_SRCDIR", os.path.join(os.path.dirname(__file__), "..")))
-from relaytest import (FIXTURES, WSC_BIN, Relay, diag, done, eq, ok, start_upstream,  # noqa: E402
-                       wait_until)
+from relaytest import (FIXTURES, WSC_BIN, Relay, diag, done, eq, ok, request,  # noqa: E402
+                       start_upstream, wait_until)
 
 ORIGIN = "https://127.0.0.1:34041"
 QUERY = ("apiKey=key123&timestamp=1795463613117&apiVersion=v1"
@@ -193,6 +193,14 @@ ok(texts and "error" in texts[0] and "interval" not in texts[0],
 code, events = wsc(relay, ["recv", "close 1000", "expect-close 1000"], path="/websocket?apiKey=goodkey&sessionId=k3")
 texts = [json.loads(e["text"]) for e in of(events, "frame") if e.get("opcode") == 1]
 ok(texts and "connectionId" in texts[0], "other keys are unaffected", texts)
+# The SDK's fallback POSTs carry the key's project part as projectId.
+before = len(up.requests())
+status, _, _ = request(relay.port, "POST", "/websocket/trace",
+                       json.dumps({"sessionId": "k4", "projectId": "badkey", "data": ["userRating", None, {}, 1]}),
+                       {"Content-Type": "application/json", "Origin": ORIGIN})
+eq(status, 401, "a fallback POST with the refused key gets 401")
+time.sleep(0.5)
+eq(len(up.requests()), before, "and is not stored or forwarded")
 relay.stop()
 
 # --- many connections, and order across a reconnect -----------------------------------
