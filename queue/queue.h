@@ -29,6 +29,7 @@ enum queue_err {
 	QUEUE_EINVAL = -5,
 	QUEUE_ECORRUPT = -6, /* the database failed its integrity check */
 	QUEUE_ENOTFOUND = -7,
+	QUEUE_EBUSY = -8,    /* another process has the database open as its queue */
 };
 
 /* A static string naming err ("queue full", ...). */
@@ -66,6 +67,10 @@ void queue_msg_free(struct queue_msg *m);
  * message inserted, microseconds from queue_put to the end of the commit. */
 typedef void queue_commit_fn(void *arg, size_t batch, const uint32_t *latency_us,
                              size_t n);
+/* Called on the writer thread, without queue locks, once each time the
+ * database stops taking writes (error says why) and once when it takes them
+ * again (error is NULL). */
+typedef void queue_writable_fn(void *arg, bool writable, const char *error);
 
 struct queue_options {
 	uint64_t max_bytes;        /* body bytes queued; 0 = unlimited */
@@ -78,16 +83,24 @@ struct queue_options {
 	void *on_commit_arg;
 	uint64_t max_db_pages;     /* PRAGMA max_page_count; 0 = SQLite's limit.  Lets
 	                            * tests simulate a full disk. */
+	queue_writable_fn *on_writable;
+	void *on_writable_arg;
 };
 
 /* Fills o with the defaults. */
 void queue_options_init(struct queue_options *o);
 
 /*
- * Opens (creating if needed) the database at path, applies the schema,
- * checks integrity (PRAGMA quick_check) and starts the writer thread.
- * On failure returns an error and, if cause is not NULL, sets *cause to a
- * malloc'd message that the caller frees.
+ * Opens (creating if needed) the database at path, takes the lock that keeps
+ * other processes from using it as their queue (flock on path.lock:
+ * QUEUE_EBUSY), applies the schema, checks integrity (PRAGMA quick_check:
+ * QUEUE_ECORRUPT, the cause names the salvage command) and starts the
+ * writer thread.  On failure returns an error and, if cause is not NULL,
+ * sets *cause to a malloc'd message that the caller frees.
+ *
+ * While it runs, the writer notices commits by other connections (the
+ * queue CLI, queue_admin.h) within a second: dead letters moved back into
+ * the queue are scheduled, and the dead-letter count is taken again.
  */
 int queue_open(struct queue **out, const char *path, const struct queue_options *o,
                char **cause) __attribute__((warn_unused_result));
@@ -129,7 +142,10 @@ size_t queue_dead_key(struct queue *q, const char *key, const char *reason);
 
 /*
  * fn(arg) is called (from any thread, without queue locks held) whenever a
- * message may have become due, so a consumer can wake from its poll.
+ * message may have become due, so a consumer can wake from its poll.  When
+ * queue_set_notify returns, no call of the callback set before is running
+ * any more, so a consumer may free arg after queue_set_notify(q, NULL,
+ * NULL).  It must not be called from inside the callback.
  */
 void queue_set_notify(struct queue *q, void (*fn)(void *arg), void *arg);
 /* Milliseconds until the next retry falls due, or -1 if none waits. */

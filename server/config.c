@@ -24,13 +24,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "clientip.h"
 #include "log.h"
 
 /* A config file is a few dozen short lines; anything bigger is a mistake. */
 #define CONFIG_FILE_MAX (1024 * 1024)
 #define CONFIG_LINE_MAX 4096
 
-enum setting_type { T_STRING, T_UINT, T_U64, T_SIZE, T_BOOL };
+/* T_LIST is a comma-separated T_STRING that a repeated option or file line
+ * extends; the command line still replaces what the file said. */
+enum setting_type { T_STRING, T_UINT, T_U64, T_SIZE, T_BOOL, T_LIST };
 
 struct setting {
 	const char *name;       /* option and file key */
@@ -52,6 +55,39 @@ static int check_log_level(const char *value)
 	return log_parse_level(value, &level);
 }
 
+static int check_cidr_list(const char *value)
+{
+	struct trusted_proxies *tp;
+	char *cause = NULL;
+	int rc = trusted_proxies_create(&tp, value, &cause);
+
+	trusted_proxies_destroy(tp);
+	free(cause);
+	return rc;
+}
+
+/* Each entry is scheme://host[:port], as a browser writes Origin: no path,
+ * no blanks inside (around commas they are fine). */
+static int check_origin_list(const char *value)
+{
+	for (const char *p = value; *p; p += *p == ',') {
+		size_t len;
+		const char *sep;
+
+		p += strspn(p, " \t");
+		len = strcspn(p, ",");
+		while (len && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+			len--;
+		sep = memmem(p, len, "://", 3);
+		if (len && (!sep || sep == p || sep + 3 == p + len ||
+		            memchr(sep + 3, '/', len - (size_t)(sep + 3 - p)) ||
+		            strcspn(p, " \t") < len))
+			return -1;
+		p += strcspn(p, ",");
+	}
+	return 0;
+}
+
 #define KiB 1024ULL
 #define MiB (1024 * KiB)
 #define GiB (1024 * MiB)
@@ -61,6 +97,7 @@ static int check_log_level(const char *value)
 #define STR(n, f, d, h, g) { n, T_STRING, F(f), d, 0, 0, h, NULL, NULL, g, false }
 #define NUM(n, t, f, d, lo, hi, h, g) { n, t, F(f), d, lo, hi, h, NULL, NULL, g, false }
 #define FLAG(n, f, d, h, g) { n, T_BOOL, F(f), d, 0, 1, h, NULL, NULL, g, false }
+#define LIST(n, f, h, chk, exp, g) { n, T_LIST, F(f), "", 0, 0, h, chk, exp, g, false }
 
 static const struct setting settings[] = {
 	STR("listen-address", listen_address, "0.0.0.0",
@@ -77,6 +114,30 @@ static const struct setting settings[] = {
 	    "HTTP worker threads", "listener"),
 	NUM("max-connections", T_UINT, max_connections, "10000", 1, 1000000,
 	    "concurrent client connections", "listener"),
+	NUM("request-timeout-s", T_UINT, request_timeout_s, "30", 1, 3600,
+	    "a request's TLS handshake, head and body must be in within this (slow clients)",
+	    "listener"),
+	NUM("max-header-bytes", T_SIZE, max_header_bytes, "32K", 8 * KiB, MiB,
+	    "memory for one connection's request line and headers (larger: refused)", "listener"),
+
+	LIST("allowed-keys", allowed_keys,
+	     "API keys allowed, comma separated (with allowed-keys-file: either; both empty: any key)",
+	     NULL, NULL, "access"),
+	STR("allowed-keys-file", allowed_keys_file, "",
+	    "file of allowed API keys, one per line, reloaded on SIGHUP (empty: none)", "access"),
+	LIST("allowed-origins", allowed_origins,
+	     "page origins allowed for websockets and CORS, comma separated (empty: any)",
+	     check_origin_list, "a comma list of origins like https://app.example.com", "access"),
+	LIST("trusted-proxy", trusted_proxies,
+	     "proxy whose X-Forwarded-For names the client: CIDR block or address, repeatable",
+	     check_cidr_list, "a comma list of addresses or CIDR blocks without host bits "
+	     "(10.0.0.0/8, 2001:db8::/32)", "access"),
+	NUM("max-connections-per-ip", T_UINT, max_connections_per_ip, "0", 0, 1000000,
+	    "concurrent websockets and requests per client address (0: no limit)", "access"),
+	NUM("max-messages-per-ip-per-s", T_UINT, max_messages_per_ip_per_s, "0", 0, 1000000,
+	    "messages per second per client address, bursts of 5 s (0: no limit)", "access"),
+	NUM("ip-table-size", T_UINT, ip_table_size, "65536", 16, 16777216,
+	    "client addresses tracked at once for the per-address limits", "access"),
 
 	STR("state-dir", state_dir, "./var",
 	    "directory for the queue database and generated keys", "storage"),
@@ -266,21 +327,27 @@ static void format_size(uint64_t v, char *buf, size_t size)
  * and err holds a message that names the setting.
  */
 static int setting_set(struct config *c, const struct setting *s, const char *value,
-                       char *err, size_t errsz)
+                       bool append, char *err, size_t errsz)
 {
 	uint64_t v = 0;
 	bool b;
 	char lo[32], hi[32];
 
 	switch (s->type) {
-	case T_STRING: {
+	case T_STRING:
+	case T_LIST: {
 		char *copy, **slot = field(c, s);
+		int n;
 
 		if (s->check && s->check(value) < 0) {
 			snprintf(err, errsz, "%s: \"%s\" is not %s", s->name, value, s->expect);
 			return -1;
 		}
-		if (!(copy = strdup(value))) {
+		if (s->type == T_LIST && append && *slot && **slot && *value)
+			n = asprintf(&copy, "%s,%s", *slot, value);
+		else
+			n = (copy = strdup(value)) ? 0 : -1;
+		if (n < 0) {
 			snprintf(err, errsz, "%s: out of memory", s->name);
 			return -1;
 		}
@@ -332,7 +399,7 @@ static int validate(const struct config *c, char **cause)
 	unsigned char addr[sizeof(struct in6_addr)];
 	const char *files[][2] = {
 		{ "tls-cert", c->tls_cert }, { "tls-key", c->tls_key },
-		{ "upstream-ca", c->upstream_ca },
+		{ "upstream-ca", c->upstream_ca }, { "allowed-keys-file", c->allowed_keys_file },
 	};
 
 	if (inet_pton(AF_INET, c->listen_address, addr) != 1 &&
@@ -379,7 +446,7 @@ static int set_defaults(struct config *c, char **cause)
 
 	memset(c, 0, sizeof *c);
 	for (size_t i = 0; i < NSETTINGS; i++) {
-		if (setting_set(c, &settings[i], settings[i].def, err, sizeof err) < 0) {
+		if (setting_set(c, &settings[i], settings[i].def, false, err, sizeof err) < 0) {
 			set_cause(cause, "default of %s", err);
 			return -1;
 		}
@@ -459,6 +526,7 @@ int config_apply_file_text(struct config *c, const char *name, const char *text,
 {
 	char line[CONFIG_LINE_MAX + 1], err[CONFIG_LINE_MAX + 128];
 	unsigned lineno = 0;
+	bool seen[NSETTINGS] = { false };   /* a list named again is extended */
 
 	if (strnlen(text, CONFIG_FILE_MAX + 1) > CONFIG_FILE_MAX) {
 		set_cause(cause, "%s: larger than %d bytes", name, CONFIG_FILE_MAX);
@@ -500,10 +568,11 @@ int config_apply_file_text(struct config *c, const char *name, const char *text,
 			          name, lineno, key);
 			return -1;
 		}
-		if (setting_set(c, s, value, err, sizeof err) < 0) {
+		if (setting_set(c, s, value, seen[s - settings], err, sizeof err) < 0) {
 			set_cause(cause, "%s:%u: %s", name, lineno, err);
 			return -1;
 		}
+		seen[s - settings] = true;
 	}
 	return 0;
 }
@@ -558,6 +627,7 @@ static enum config_result parse_args(struct config *c, int argc, char **argv,
                                      enum arg_pass pass, char **cause)
 {
 	char err[512];
+	bool seen[NSETTINGS] = { false };   /* a repeated list option is extended */
 
 	for (int i = 1; i < argc; i++) {
 		const char *arg = argv[i], *name, *eq, *value = NULL;
@@ -611,10 +681,11 @@ static enum config_result parse_args(struct config *c, int argc, char **argv,
 		}
 		if ((pass == PASS_CONFIG) != (s->offset == offsetof(struct config, config_file)))
 			continue;
-		if (setting_set(c, s, value, err, sizeof err) < 0) {
+		if (setting_set(c, s, value, seen[s - settings], err, sizeof err) < 0) {
 			set_cause(cause, "--%s", err);
 			return CONFIG_ERROR;
 		}
+		seen[s - settings] = true;
 		if (pass == PASS_CONFIG && apply_file(c, c->config_file, cause) < 0)
 			return CONFIG_ERROR;
 	}
@@ -648,7 +719,7 @@ void config_release(struct config *c)
 	if (!c)
 		return;
 	for (size_t i = 0; i < NSETTINGS; i++) {
-		if (settings[i].type == T_STRING) {
+		if (settings[i].type == T_STRING || settings[i].type == T_LIST) {
 			char **slot = field(c, &settings[i]);
 			free(*slot);
 			*slot = NULL;
@@ -665,7 +736,7 @@ void config_print_help(FILE *out)
 		const struct setting *s = &settings[i];
 		static const char *const meta[] = {
 			[T_STRING] = "TEXT", [T_UINT] = "N", [T_U64] = "N",
-			[T_SIZE] = "SIZE", [T_BOOL] = "[BOOL]",
+			[T_SIZE] = "SIZE", [T_BOOL] = "[BOOL]", [T_LIST] = "LIST",
 		};
 		char opt[64], range[80] = "", lo[32], hi[32];
 
@@ -687,8 +758,8 @@ void config_print_help(FILE *out)
 			fprintf(out, "  %-36s %s\n", opt, s->help);
 		else
 			fprintf(out, "  %-36s %s (default: %s%s%s%s)\n", opt, s->help,
-			        s->type == T_STRING ? "\"" : "", s->def,
-			        s->type == T_STRING ? "\"" : "", range);
+			        s->type == T_STRING || s->type == T_LIST ? "\"" : "", s->def,
+			        s->type == T_STRING || s->type == T_LIST ? "\"" : "", range);
 	}
 	fprintf(out, "  %-36s %s\n", "--help", "print this help and exit");
 	fprintf(out, "  %-36s %s\n", "--version", "print the version and exit");

@@ -20,6 +20,16 @@ struct config {
 	char *tls_priorities;
 	unsigned http_threads;
 	unsigned max_connections;
+	unsigned request_timeout_s;  /* a request's TLS handshake, head and body */
+	uint64_t max_header_bytes;   /* per-connection memory: request head and headers */
+	/* access control (access.c, clientip.c) */
+	char *allowed_keys;          /* comma list; "" = no inline keys */
+	char *allowed_keys_file;     /* one key per line; "" = none; reloaded on SIGHUP */
+	char *allowed_origins;       /* comma list; "" = any origin */
+	char *trusted_proxies;       /* comma list of CIDR blocks; "" = none */
+	unsigned max_connections_per_ip;     /* 0 = no limit */
+	unsigned max_messages_per_ip_per_s;  /* 0 = no limit */
+	unsigned ip_table_size;      /* clients tracked for those limits */
 	/* storage */
 	char *state_dir;
 	uint64_t queue_max_bytes, queue_max_messages;

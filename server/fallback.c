@@ -12,8 +12,8 @@
 #include <string.h>
 #include <time.h>
 
-#include <jansson.h>
-
+#include "access.h"
+#include "fallback_body.h"
 #include "keyban.h"
 #include "log.h"
 #include "metrics.h"
@@ -22,6 +22,10 @@
 #include "relay.h"
 #include "routes.h"
 #include "xff.h"
+
+/* Retry-After of a 429 for max-messages-per-ip-per-s: the bucket refills
+ * continuously, so a second is enough for the next message. */
+#define FALLBACK_RATE_RETRY_AFTER_S 1
 
 static const char *route_name(const char *path)
 {
@@ -53,6 +57,13 @@ enum MHD_Result route_preflight(struct relay *r, struct MHD_Connection *c,
 
 	if (!resp)
 		return MHD_NO;
+	if (!access_origin_allowed(r->access, ri->origin)) {
+		MHD_destroy_response(resp);
+		log_info("request_refused", "route=preflight status=403 peer=%s client=%s "
+		         "reason=\"origin not allowed\"", ri->peer_ip, ri->client_ip);
+		metrics_http("preflight", MHD_HTTP_FORBIDDEN);
+		return http_answer_error(c, MHD_HTTP_FORBIDDEN, NULL, "origin not allowed");
+	}
 	snprintf(max_age, sizeof max_age, "%u", r->cfg.cors_max_age_s);
 	add_cors(resp, ri->origin);
 	MHD_add_response_header(resp, "Access-Control-Allow-Methods", "POST, OPTIONS");
@@ -78,40 +89,58 @@ static enum MHD_Result answer_unavailable(struct relay *r, struct MHD_Connection
 static enum MHD_Result refuse(struct MHD_Connection *c, const struct request_info *ri,
                               const char *route, unsigned status, const char *reason)
 {
-	log_info("request_refused", "route=%s status=%u peer=%s reason=\"%s\"", route, status,
-	         ri->peer_ip, reason);
+	log_info("request_refused", "route=%s status=%u peer=%s client=%s reason=\"%s\"", route,
+	         status, ri->peer_ip, ri->client_ip, reason);
 	metrics_http(route, status);
 	return http_answer_error(c, status, ri->origin, reason);
 }
 
-/* The body's string member name, or NULL. */
-static const char *member(json_t *obj, const char *name)
+/* The allowlist, or a projectId that the relay itself hands out in its
+ * hello (project-id): the SDK posts that one instead of its key's. */
+static bool key_allowed(struct relay *r, const char *key, bool from_body)
 {
-	json_t *v = json_object_get(obj, name);
-
-	return json_is_string(v) ? json_string_value(v) : NULL;
+	if (access_key_allowed(r->access, key))
+		return true;
+	return from_body && key && *r->cfg.project_id && !strcmp(key, r->cfg.project_id);
 }
 
 enum MHD_Result route_fallback(struct relay *r, struct MHD_Connection *c,
                                const struct request_info *ri, const char *body, size_t body_len)
 {
 	const char *route = route_name(ri->path);
-	json_error_t jerr;
-	json_t *doc = NULL;
+	struct body_fields f = { 0 };
 	char *xff = NULL, *key = NULL, *qsession = NULL, reason[200], kbuf[16];
 	const char *session, *content_type;
 	struct MHD_Response *resp;
 	enum MHD_Result ret;
+	bool key_from_body = false;
 	int err;
 
 	if (atomic_load(&r->stopping)) {
 		ret = answer_unavailable(r, c, ri, route, "shutting down");
 		goto out;
 	}
-	doc = json_loadb(body, body_len, 0, &jerr);
-	if (!json_is_object(doc)) {
-		snprintf(reason, sizeof reason, "body is not a JSON object%s%s",
-		         doc ? "" : ": ", doc ? "" : jerr.text);
+	if (!access_origin_allowed(r->access, ri->origin)) {
+		log_info("request_refused", "route=%s status=403 peer=%s client=%s "
+		         "reason=\"origin not allowed\"", route, ri->peer_ip, ri->client_ip);
+		metrics_http(route, MHD_HTTP_FORBIDDEN);
+		ret = http_answer_error(c, MHD_HTTP_FORBIDDEN, NULL, "origin not allowed");
+		goto out;
+	}
+	if (!access_message(r->access, ri->client_ip)) {
+		log_info("request_refused", "route=%s status=429 peer=%s client=%s reason=\"rate "
+		         "limit: over max-messages-per-ip-per-s\"", route, ri->peer_ip, ri->client_ip);
+		metrics_http(route, MHD_HTTP_TOO_MANY_REQUESTS);
+		ret = http_answer_error_retry(c, MHD_HTTP_TOO_MANY_REQUESTS, ri->origin, "rate limit",
+		                             FALLBACK_RATE_RETRY_AFTER_S);
+		goto out;
+	}
+	err = body_check(body, body_len, &f, reason, sizeof reason);
+	if (err == -2) {
+		ret = MHD_NO;
+		goto out;
+	}
+	if (err < 0) {
 		ret = refuse(c, ri, route, MHD_HTTP_BAD_REQUEST, reason);
 		goto out;
 	}
@@ -121,8 +150,19 @@ enum MHD_Result route_fallback(struct relay *r, struct MHD_Connection *c,
 	key = query_get(ri->query, "apiKey");
 	if (!key)
 		key = query_get(ri->query, "token");
-	if (!key && member(doc, "projectId"))
-		key = strdup(member(doc, "projectId"));
+	if (!key && f.project_id) {
+		key = f.project_id;
+		f.project_id = NULL;
+		key_from_body = true;
+	}
+	if (!key_allowed(r, key, key_from_body)) {
+		log_info("request_refused", "route=%s status=401 peer=%s client=%s key=%s "
+		         "reason=\"api key not in allowed-keys\"", route, ri->peer_ip, ri->client_ip,
+		         log_key(key, kbuf, sizeof kbuf));
+		metrics_http(route, MHD_HTTP_UNAUTHORIZED);
+		ret = http_answer_error(c, MHD_HTTP_UNAUTHORIZED, ri->origin, "api key not allowed");
+		goto out;
+	}
 	if (key && keyban_contains(r->keyban, key)) {
 		log_info("request_refused", "route=%s status=401 peer=%s key=%s reason=\"api key rejected by upstream\"",
 		         route, ri->peer_ip, log_key(key, kbuf, sizeof kbuf));
@@ -131,7 +171,7 @@ enum MHD_Result route_fallback(struct relay *r, struct MHD_Connection *c,
 		goto out;
 	}
 
-	session = member(doc, "sessionId");
+	session = f.session;
 	if (!session)
 		session = qsession = query_get(ri->query, "sessionId");
 	content_type = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
@@ -172,7 +212,7 @@ enum MHD_Result route_fallback(struct relay *r, struct MHD_Connection *c,
 	MHD_destroy_response(resp);
 	metrics_http(route, MHD_HTTP_OK);
 out:
-	json_decref(doc);
+	body_fields_release(&f);
 	free(xff);
 	free(key);
 	free(qsession);

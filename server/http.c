@@ -12,29 +12,44 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
 #include <microhttpd.h>
 
+#include "access.h"
+#include "clientip.h"
+#include "deadline.h"
 #include "log.h"
 #include "metrics.h"
 #include "relay.h"
 #include "routes.h"
 #include "tls.h"
+#include "tls_creds.h"
 
 #define HTTP_CONNECTION_TIMEOUT_S 30   /* an idle keep-alive connection is closed after this */
 #define HTTP_DISCARD_FACTOR 4          /* oversize bodies: read at most this many limits, then drop */
+#define HTTP_LIMIT_LOG_INTERVAL_MS 1000  /* at most one "max-connections reached" line per interval */
+/* MHD itself accepts this many connections over max-connections, so that the
+ * relay can refuse them at once and say so, where MHD would leave them
+ * waiting in the listen backlog. */
+#define HTTP_ACCEPT_HEADROOM 64
 
 struct http_server {
 	struct MHD_Daemon *daemon;
 	struct relay *relay;
+	struct deadlines *deadlines;      /* request-timeout-s for slow clients */
+	atomic_uint open;                 /* connections now, upgraded ones included */
+	atomic_llong limit_logged_ms;     /* when "max-connections reached" was last logged */
+	atomic_ullong limit_unlogged;     /* refusals since, not logged one by one */
 };
 
 /* State of one request, from the URI log callback to completion. */
@@ -47,6 +62,9 @@ struct request {
 	uint64_t discarded;   /* bytes thrown away since */
 	bool is_fallback;
 	void *upgrade_pending; /* route_upgrade's record until MHD is done with it */
+	char *xff;            /* every X-Forwarded-For header, joined; NULL if none */
+	char client[CLIENTIP_SIZE]; /* the client's address (trusted proxies resolved) */
+	bool holds_slot;      /* counts against max-connections-per-ip until completed */
 };
 
 static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c)
@@ -58,20 +76,57 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c)
 	return rq;
 }
 
+/* The deadline of c's connection (see on_connection), or NULL. */
+static struct deadline *conn_deadline(struct MHD_Connection *c)
+{
+	const union MHD_ConnectionInfo *ci =
+		MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+
+	return ci ? ci->socket_context : NULL;
+}
+
 static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
                          enum MHD_RequestTerminationCode toe)
 {
+	struct http_server *s = cls;
 	struct request *rq = *req_cls;
 
+	/* An upgraded connection is the websocket server's now: no deadline. */
+	if (!rq || !rq->upgrade_pending)
+		deadline_rearm(s->deadlines, conn_deadline(c));
 	if (!rq)
 		return;
+	if (rq->holds_slot)
+		access_conn_release(s->relay->access, rq->client);
 	route_upgrade_completed(rq->upgrade_pending);
 	free(rq->uri);
 	free(rq->body);
+	free(rq->xff);
 	free(rq);
 	*req_cls = NULL;
 }
 
+/* Logs a connection refused for max-connections: clearly, but at most once
+ * per HTTP_LIMIT_LOG_INTERVAL_MS, with a count of the others, not per refusal. */
+static void note_refusal(struct http_server *s)
+{
+	struct timespec ts;
+	long long now, last;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	now = (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	last = atomic_load(&s->limit_logged_ms);
+	if (now - last < HTTP_LIMIT_LOG_INTERVAL_MS ||
+	    !atomic_compare_exchange_strong(&s->limit_logged_ms, &last, now)) {
+		atomic_fetch_add(&s->limit_unlogged, 1);
+		return;
+	}
+	log_warn("connection_refused", "reason=\"max-connections (%u) reached\" "
+	         "also_refused_since_last_line=%llu", s->relay->cfg.max_connections,
+	         (unsigned long long)atomic_exchange(&s->limit_unlogged, 0));
+}
+
+__attribute__((format(printf, 2, 0)))
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 {
 	char msg[512], quoted[600];
@@ -82,6 +137,9 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 	while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
 		msg[--n] = '\0';
 	log_debug("mhd", "msg=%s", log_quote(msg, quoted, sizeof quoted));
+	/* MHD's own refusal past MHD_OPTION_CONNECTION_LIMIT. */
+	if (strstr(msg, "connection limit"))
+		note_refusal(cls);
 }
 
 enum MHD_Result http_answer_error_retry(struct MHD_Connection *c, unsigned status,
@@ -165,9 +223,96 @@ static void peer_address(struct MHD_Connection *c, char *buf, size_t size)
 	}
 }
 
+/* Connection opened or closed: its request deadline (deadline.h) lives in
+ * MHD's socket context. */
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+	struct http_server *s = cls;
+	const union MHD_ConnectionInfo *ci;
+	char peer[INET6_ADDRSTRLEN + 1];
+
+	if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+		unsigned open = atomic_fetch_add(&s->open, 1) + 1;
+
+		ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+		peer_address(c, peer, sizeof peer);
+		*socket_context = ci ? deadline_open(s->deadlines, ci->connect_fd, peer) : NULL;
+		/* Over the cap: MHD sees the socket end and closes the connection. */
+		if (ci && open > s->relay->cfg.max_connections) {
+			shutdown(ci->connect_fd, SHUT_RDWR);
+			note_refusal(s);
+		}
+	} else {
+		atomic_fetch_sub(&s->open, 1);
+		deadline_close(s->deadlines, *socket_context);
+		*socket_context = NULL;
+	}
+}
+
 static const char *header(struct MHD_Connection *c, const char *name)
 {
 	return MHD_lookup_connection_value(c, MHD_HEADER_KIND, name);
+}
+
+struct xff_join {
+	char *text;    /* the values so far, joined with ',' */
+	bool failed;   /* out of memory: text is incomplete */
+};
+
+/* Appends one X-Forwarded-For value to the xff_join in cls. */
+static enum MHD_Result join_xff(void *cls, enum MHD_ValueKind kind, const char *key,
+                                const char *value)
+{
+	struct xff_join *j = cls;
+	size_t have = j->text ? strlen(j->text) : 0, n;
+	char *grown;
+
+	if (strcasecmp(key, "X-Forwarded-For") || !value)
+		return MHD_YES;
+	n = strlen(value);
+	if (!(grown = realloc(j->text, have + n + 2))) {
+		j->failed = true;
+		return MHD_NO;
+	}
+	if (have)
+		grown[have++] = ',';
+	memcpy(grown + have, value, n + 1);
+	j->text = grown;
+	return MHD_YES;
+}
+
+/*
+ * Who sent the request: every X-Forwarded-For header joined (a proxy may
+ * add its own header rather than extend the client's, and reading only the
+ * first would then believe the client), and the client address behind the
+ * trusted proxies.  -1 when out of memory.
+ */
+static int identify(struct request *rq, struct relay *r, struct MHD_Connection *c,
+                    const char *peer)
+{
+	struct xff_join j = { NULL, false };
+
+	MHD_get_connection_values(c, MHD_HEADER_KIND, join_xff, &j);
+	rq->xff = j.text;   /* on_completed frees it */
+	if (j.failed)
+		return -1;
+	clientip_resolve(r->proxies, peer, rq->xff, rq->client);
+	return 0;
+}
+
+/* 429 for a client over max-connections-per-ip (logged, with Retry-After). */
+static enum MHD_Result refuse_client(struct relay *r, struct MHD_Connection *c,
+                                     const struct request_info *ri, const char *route,
+                                     enum access_verdict v)
+{
+	log_info("request_refused", "route=%s status=429 peer=%s client=%s reason=\"%s: over "
+	         "max-connections-per-ip\"", route, ri->peer_ip, ri->client_ip,
+	         access_verdict_reason(v));
+	metrics_http(route, MHD_HTTP_TOO_MANY_REQUESTS);
+	return http_answer_error_retry(c, MHD_HTTP_TOO_MANY_REQUESTS,
+	                               access_origin_allowed(r->access, ri->origin) ? ri->origin : NULL,
+	                               access_verdict_reason(v), r->cfg.retry_after_s);
 }
 
 /* Appends upload data to rq->body up to the body limit. */
@@ -218,9 +363,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	if (q)
 		*q++ = '\0';
 	peer_address(c, peer, sizeof peer);
+	if (!rq->started && identify(rq, r, c, peer) < 0) {
+		free(path);
+		return MHD_NO;
+	}
 	ri = (struct request_info){
 		.method = method, .path = path, .query = q, .peer_ip = peer,
-		.xff = header(c, "X-Forwarded-For"),
+		.client_ip = rq->client, .xff = rq->xff,
 		.user_agent = header(c, MHD_HTTP_HEADER_USER_AGENT),
 		.origin = header(c, "Origin"),
 		.pending = &rq->upgrade_pending,
@@ -230,6 +379,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 		rq->started = true;
 		bool fallback_path = ends_with(path, "/trace") || ends_with(path, "/error");
 		const char *upgrade = header(c, MHD_HTTP_HEADER_UPGRADE);
+		enum access_verdict v;
 
 		if (!strcmp(path, "/healthcheck") || !strncmp(path, "/healthcheck/", 13)) {
 			ret = route_health(r, c, &ri);
@@ -248,7 +398,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 				metrics_http(ends_with(path, "/trace") ? "trace" : "error", 413);
 				ret = http_answer_error(c, MHD_HTTP_CONTENT_TOO_LARGE, ri.origin,
 				                        "body too large");
+			} else if ((v = access_conn_acquire(r->access, rq->client)) != ACCESS_OK) {
+				ret = refuse_client(r, c, &ri, ends_with(path, "/trace") ? "trace" : "error", v);
 			} else {
+				rq->holds_slot = true;
 				rq->is_fallback = true;
 				ret = MHD_YES; /* the body follows */
 			}
@@ -260,6 +413,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 			ret = http_answer_error(c, MHD_HTTP_NOT_FOUND, ri.origin,
 			                        "not found: the relay serves websockets, POST .../trace and .../error, /healthcheck and /metrics");
 		}
+		/* Until its body is in, a POST is still on request-timeout-s. */
+		if (!rq->is_fallback)
+			deadline_disarm(s->deadlines, conn_deadline(c));
 		goto out;
 	}
 
@@ -279,6 +435,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 		ret = rq->discarded > HTTP_DISCARD_FACTOR * r->cfg.max_body_bytes ? MHD_NO : MHD_YES;
 		goto out;
 	}
+	deadline_disarm(s->deadlines, conn_deadline(c));
 	if (rq->too_big) {
 		const char *route = ends_with(path, "/trace") ? "trace" : "error";
 		log_info("request_refused", "route=%s status=413 peer=%s reason=\"body over max-body-bytes\"",
@@ -337,24 +494,38 @@ int http_server_start(struct http_server **out, struct relay *r, const struct tl
 	}
 	if (family == AF_INET6)
 		flags |= MHD_USE_IPv6;
+	if (deadlines_create(&s->deadlines, r->cfg.request_timeout_s, cause) < 0) {
+		free(s);
+		return -1;
+	}
+	/* Each handshake asks tls_creds for the certificate: SIGHUP swaps it. */
+	if (tls_creds_install(tls, cause) < 0) {
+		deadlines_destroy(s->deadlines);
+		free(s);
+		return -1;
+	}
 
 	s->daemon = MHD_start_daemon(
 		flags, (uint16_t)r->cfg.port, NULL, NULL, on_request, s,
 		MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-		MHD_OPTION_HTTPS_MEM_CERT, tls->cert_pem,
-		MHD_OPTION_HTTPS_MEM_KEY, tls->key_pem,
+		MHD_OPTION_HTTPS_CERT_CALLBACK, tls_creds_retrieve,
 		MHD_OPTION_HTTPS_PRIORITIES, r->cfg.tls_priorities,
 		MHD_OPTION_THREAD_POOL_SIZE, (unsigned)r->cfg.http_threads,
-		MHD_OPTION_CONNECTION_LIMIT, (unsigned)r->cfg.max_connections,
+		MHD_OPTION_CONNECTION_LIMIT, (unsigned)r->cfg.max_connections + HTTP_ACCEPT_HEADROOM,
 		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_CONNECTION_TIMEOUT_S,
+		/* The pool holds the request line and headers: a bigger head is refused. */
+		MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)r->cfg.max_header_bytes,
 		MHD_OPTION_URI_LOG_CALLBACK, on_uri, s,
 		MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+		MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
 		MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
 		MHD_OPTION_END);
 	if (!s->daemon) {
 		if (asprintf(cause, "cannot listen on %s port %u: %s", r->cfg.listen_address,
 		             r->cfg.port, strerror(errno)) < 0)
 			*cause = NULL;
+		deadlines_destroy(s->deadlines);
+		tls_creds_release();
 		free(s);
 		return -1;
 	}
@@ -377,5 +548,7 @@ void http_server_stop(struct http_server *s)
 		return;
 	if (s->daemon)
 		MHD_stop_daemon(s->daemon);
+	deadlines_destroy(s->deadlines);   /* every connection is closed by now */
+	tls_creds_release();
 	free(s);
 }

@@ -5,7 +5,8 @@
  *
  * Signals are blocked in every thread and taken here with sigwait(), so no
  * handler ever runs inside library code: SIGTERM/SIGINT shut down cleanly,
- * SIGHUP is logged (certificate reload comes with the durability work).
+ * SIGHUP reloads the API key allowlist (allowed-keys-file) and the TLS
+ * certificate and key.  `watchrtc-relay queue ...` is the queue CLI (cli.c).
  */
 #include <curl/curl.h>
 #include <errno.h>
@@ -20,7 +21,10 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "access.h"
 #include "admin.h"
+#include "cli.h"
+#include "clientip.h"
 #include "config.h"
 #include "forwarder.h"
 #include "http.h"
@@ -30,6 +34,7 @@
 #include "queue.h"
 #include "relay.h"
 #include "tls.h"
+#include "tls_creds.h"
 #include "websocket.h"
 
 /* Feeds the queue's commit figures into the metrics (writer thread). */
@@ -39,6 +44,37 @@ static void on_commit(void *arg, size_t batch, const uint32_t *latency_us, size_
 	metrics_observe(H_COMMIT_BATCH, (double)batch);
 	for (size_t i = 0; i < n; i++)
 		metrics_observe(H_COMMIT_SECONDS, latency_us[i] / 1e6);
+}
+
+/* The queue's database stopped or started taking writes (writer thread):
+ * one line each way, not one per refused message. */
+static void on_writable(void *arg, bool writable, const char *error)
+{
+	char quoted[256];
+
+	if (writable)
+		log_info("queue_writable", "msg=\"the database takes writes again: ingest resumes\"");
+	else
+		log_error("queue_unwritable", "reason=%s msg=\"new messages are refused (503, "
+		          "close 1013) until it takes writes again\"",
+		          log_quote(error, quoted, sizeof quoted));
+}
+
+/* SIGHUP: new handshakes get the certificate and key now in the files;
+ * open connections keep theirs.  On failure the current pair stays. */
+static void reload_tls(const struct config *cfg)
+{
+	struct tls_pair p;
+	char *cause = NULL;
+
+	if (tls_load(&p, cfg->tls_cert, cfg->tls_key, cfg->state_dir, &cause) < 0 ||
+	    tls_creds_install(&p, &cause) < 0)
+		log_error("tls_reload_failed", "reason=\"%s\" msg=\"the current certificate stays "
+		          "in use\"", cause ? cause : "out of memory");
+	else
+		log_info("tls_reloaded", "sha256=%s", p.fingerprint);
+	tls_pair_release(&p);
+	free(cause);
 }
 
 /* Each connection is a file descriptor: take what the hard limit allows. */
@@ -79,7 +115,7 @@ fail:
 	return -1;
 }
 
-static int wait_for_signal(void)
+static int wait_for_signal(struct relay *r)
 {
 	sigset_t set;
 	int sig;
@@ -92,7 +128,9 @@ static int wait_for_signal(void)
 		if (sigwait(&set, &sig) != 0)
 			continue;
 		if (sig == SIGHUP) {
-			log_info("sighup", "msg=\"nothing to reload yet\"");
+			log_info("sighup", "msg=\"reloading\"");
+			access_reload(r->access);
+			reload_tls(&r->cfg);
 			continue;
 		}
 		return sig;
@@ -105,6 +143,7 @@ int main(int argc, char **argv)
 	struct queue_options qo;
 	struct ws_options wo;
 	struct forwarder_options fo;
+	struct access_options ao;
 	struct tls_pair tls = { 0 };
 	struct forwarder *fwd = NULL;
 	struct http_server *http = NULL;
@@ -114,6 +153,8 @@ int main(int argc, char **argv)
 	sigset_t set;
 	int rc = 1, sig;
 
+	if (argc > 1 && !strcmp(argv[1], "queue"))
+		return cli_queue_main(argc - 1, argv + 1);
 	switch (config_load(&r.cfg, argc, argv, &cause)) {
 	case CONFIG_EXIT:
 		config_release(&r.cfg);
@@ -153,6 +194,7 @@ int main(int argc, char **argv)
 	qo.max_age_ms = (uint64_t)r.cfg.queue_max_age_s * 1000;
 	qo.commit_window_ms = r.cfg.commit_window_ms;
 	qo.on_commit = on_commit;
+	qo.on_writable = on_writable;
 	snprintf(db_path, sizeof db_path, "%s/queue.db", r.cfg.state_dir);
 	if (queue_open(&r.queue, db_path, &qo, &cause) != QUEUE_OK)
 		goto out;
@@ -162,6 +204,18 @@ int main(int argc, char **argv)
 		cause = strdup("out of memory");
 		goto out;
 	}
+	if (trusted_proxies_create(&r.proxies, r.cfg.trusted_proxies, &cause) < 0)
+		goto out;
+	ao = (struct access_options){
+		.keys = r.cfg.allowed_keys,
+		.keys_file = r.cfg.allowed_keys_file,
+		.origins = r.cfg.allowed_origins,
+		.max_conns_per_ip = r.cfg.max_connections_per_ip,
+		.max_msgs_per_ip_per_s = r.cfg.max_messages_per_ip_per_s,
+		.ip_table_size = r.cfg.ip_table_size,
+	};
+	if (access_create(&r.access, &ao, &cause) < 0)
+		goto out;
 
 	wo = (struct ws_options){
 		.threads = r.cfg.ws_threads,
@@ -198,7 +252,7 @@ int main(int argc, char **argv)
 	         r.cfg.listen_address, r.cfg.port, r.cfg.state_dir, r.cfg.upstream,
 	         queue_instance_id(r.queue));
 
-	sig = wait_for_signal();
+	sig = wait_for_signal(&r);
 	log_info("shutdown", "signal=%s deadline_ms=%u", sig == SIGINT ? "SIGINT" : "SIGTERM",
 	         r.cfg.shutdown_deadline_ms);
 	atomic_store(&r.stopping, true);
@@ -219,6 +273,8 @@ out:
 	ws_server_destroy(r.ws);
 	queue_close(r.queue);
 	keyban_destroy(r.keyban);
+	access_destroy(r.access);   /* after the websockets: they hold its slots */
+	trusted_proxies_destroy(r.proxies);
 	tls_pair_release(&tls);
 	curl_global_cleanup();
 	gnutls_global_deinit();

@@ -13,12 +13,16 @@
 struct queue;
 struct keyban;
 struct ws_server;
+struct access;
+struct trusted_proxies;
 
 struct relay {
 	struct config cfg;
 	struct queue *queue;
 	struct keyban *keyban;
 	struct ws_server *ws;
+	struct access *access;              /* allowlists and per-client limits */
+	struct trusted_proxies *proxies;    /* whose X-Forwarded-For is believed */
 	atomic_bool stopping;   /* set on SIGTERM: refuse new work */
 };
 

@@ -17,7 +17,8 @@ struct request_info {
 	const char *path;      /* without the query */
 	const char *query;     /* exactly as sent, without '?'; NULL if none */
 	const char *peer_ip;   /* the TCP peer's address */
-	const char *xff;       /* the client's X-Forwarded-For header, or NULL */
+	const char *client_ip; /* the client's: peer_ip, or behind a trusted proxy its XFF's */
+	const char *xff;       /* every X-Forwarded-For header, joined; NULL if none */
 	const char *user_agent, *origin;
 	/* Where a route may leave per-request state; http.c hands what it finds
 	 * there to route_upgrade_completed when MHD reports the request done.

@@ -19,6 +19,7 @@
 #include <jansson.h>
 #include <microhttpd.h>
 
+#include "access.h"
 #include "keyban.h"
 #include "log.h"
 #include "metrics.h"
@@ -47,19 +48,23 @@ static const char *header(struct MHD_Connection *c, const char *name)
 }
 
 /* Answers status with {"error": reason}, logs why, counts the refusal.  A
- * 503 also says when to come back. */
+ * 503 or 429 also says when to come back; a page origin that is not allowed
+ * gets no CORS header. */
 static enum MHD_Result refuse(struct relay *r, struct MHD_Connection *c,
                               const struct request_info *ri, unsigned status,
                               const char *reason)
 {
 	char quoted[160];
 
-	log_info("ws_refused", "peer=%s status=%u reason=%s", ri->peer_ip, status,
+	log_info("ws_refused", "peer=%s client=%s status=%u reason=%s", ri->peer_ip,
+	         ri->client_ip ? ri->client_ip : ri->peer_ip, status,
 	         log_quote(reason, quoted, sizeof quoted));
 	metrics_add(M_WS_REFUSED, 1);
 	metrics_http("websocket", status);
-	return http_answer_error_retry(c, status, ri->origin, reason,
-	                               status == MHD_HTTP_SERVICE_UNAVAILABLE ? r->cfg.retry_after_s : 0);
+	return http_answer_error_retry(c, status,
+	                               access_origin_allowed(r->access, ri->origin) ? ri->origin : NULL,
+	                               reason, status == MHD_HTTP_SERVICE_UNAVAILABLE ||
+	                               status == MHD_HTTP_TOO_MANY_REQUESTS ? r->cfg.retry_after_s : 0);
 }
 
 /* Runs on MHD's thread once the 101 is out: the socket is ours now. */
@@ -98,7 +103,11 @@ static char *required_param(const char *query, const char *name)
 	return v;
 }
 
-/* Copies what the websocket server needs out of ri, which dies with the request. */
+/*
+ * Copies what the websocket server needs out of ri, which dies with the
+ * request.  The meta takes over the client's max-connections-per-ip slot:
+ * freeing it gives the slot back.  On failure the slot is given back here.
+ */
 static struct ws_conn_meta *meta_create(struct relay *r, const struct request_info *ri,
                                         char *api_key, char *session)
 {
@@ -107,8 +116,14 @@ static struct ws_conn_meta *meta_create(struct relay *r, const struct request_in
 	if (!m) {
 		free(api_key);
 		free(session);
+		access_conn_release(r->access, ri->client_ip);
 		return NULL;
 	}
+	m->client_ip = strdup(ri->client_ip ? ri->client_ip : "");
+	if (m->client_ip)
+		m->access = r->access;   /* from here on, freeing m gives the slot back */
+	else
+		access_conn_release(r->access, ri->client_ip);
 	m->api_key = api_key;
 	m->session = session;
 	m->query = strdup(ri->query ? ri->query : "");
@@ -116,12 +131,21 @@ static struct ws_conn_meta *meta_create(struct relay *r, const struct request_in
 	m->xff = xff_forward_chain(ri->xff, ri->peer_ip);
 	m->user_agent = ri->user_agent ? strdup(ri->user_agent) : NULL;
 	m->origin = ri->origin ? strdup(ri->origin) : NULL;
-	if (!m->query || !m->peer_ip || !m->xff || (ri->user_agent && !m->user_agent) ||
-	    (ri->origin && !m->origin)) {
+	if (!m->client_ip || !m->query || !m->peer_ip || !m->xff ||
+	    (ri->user_agent && !m->user_agent) || (ri->origin && !m->origin)) {
 		ws_conn_meta_free(m);
 		return NULL;
 	}
 	m->key_rejected = keyban_contains(r->keyban, api_key);
+	/* Not on the allowlist: the SDK's rejection too ({"error"} hello, 1008). */
+	if (!m->key_rejected && !access_key_allowed(r->access, api_key)) {
+		char kbuf[16];
+
+		log_info("ws_key_refused", "peer=%s client=%s key=%s reason=\"api key not in "
+		         "allowed-keys\"", m->peer_ip, m->client_ip, log_key(api_key, kbuf, sizeof kbuf));
+		m->key_rejected = true;
+		m->key_reason = "api key not allowed";
+	}
 	return m;
 }
 
@@ -142,11 +166,14 @@ enum MHD_Result route_upgrade(struct relay *r, struct MHD_Connection *c,
 	enum MHD_Result ret = MHD_NO;
 	const char *why;
 	bool proto20;
+	enum access_verdict v;
 
 	if (atomic_load(&r->stopping))
 		return refuse(r, c, ri, MHD_HTTP_SERVICE_UNAVAILABLE, "server shutting down");
 	if (!r->cfg.websocket_enabled)
 		return refuse(r, c, ri, MHD_HTTP_SERVICE_UNAVAILABLE, "websockets disabled");
+	if (!access_origin_allowed(r->access, ri->origin))
+		return refuse(r, c, ri, MHD_HTTP_FORBIDDEN, "origin not allowed");
 	why = ws_handshake_check(&req, accept, &proto20);
 	if (why)
 		return refuse(r, c, ri, MHD_HTTP_BAD_REQUEST, why);
@@ -160,11 +187,20 @@ enum MHD_Result route_upgrade(struct relay *r, struct MHD_Connection *c,
 		free(api_key);
 		return refuse(r, c, ri, MHD_HTTP_BAD_REQUEST, "missing sessionId");
 	}
+	/* An HTTP refusal, not a close after the upgrade: the SDK then backs
+	 * off exponentially, where a dropped open socket is retried in 1-4 s. */
+	v = access_conn_acquire(r->access, ri->client_ip);
+	if (v != ACCESS_OK) {
+		free(api_key);
+		free(session);
+		return refuse(r, c, ri, MHD_HTTP_TOO_MANY_REQUESTS, access_verdict_reason(v));
+	}
 
 	t = calloc(1, sizeof *t);
 	if (!t) {
 		free(api_key);
 		free(session);
+		access_conn_release(r->access, ri->client_ip);
 		goto out;
 	}
 	t->relay = r;

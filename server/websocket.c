@@ -40,6 +40,7 @@
 #include <microhttpd.h>
 #include <wslay/wslay.h>
 
+#include "access.h"
 #include "log.h"
 #include "metrics.h"
 #include "queue.h"
@@ -128,6 +129,9 @@ void ws_conn_meta_free(struct ws_conn_meta *meta)
 {
 	if (!meta)
 		return;
+	if (meta->access)
+		access_conn_release(meta->access, meta->client_ip);
+	free(meta->client_ip);
 	free(meta->query);
 	free(meta->session);
 	free(meta->api_key);
@@ -301,6 +305,14 @@ static void conn_take_message(struct ws_conn *c, const struct wslay_event_on_msg
 		log_info("ws_protocol_error", "conn=%s reason=\"invalid UTF-8 in a text message\"", c->id);
 		c->refuse_data = true;
 		conn_close(c, WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA, "invalid UTF-8");
+		wslay_event_shutdown_read(c->ctx);
+		return;
+	}
+	if (!access_message(m->access, m->client_ip)) {
+		log_info("ws_message_refused", "conn=%s client=%s reason=\"rate limit: over "
+		         "max-messages-per-ip-per-s\"", c->id, m->client_ip ? m->client_ip : "-");
+		c->refuse_data = true;
+		conn_close(c, WSLAY_CODE_POLICY_VIOLATION, "rate limit");
 		wslay_event_shutdown_read(c->ctx);
 		return;
 	}
@@ -500,7 +512,8 @@ static char *hello_text(const struct ws_server *s, const struct ws_conn *c)
 	char *text = NULL;
 
 	if (c->meta->key_rejected)
-		obj = json_pack("{s:s}", "error", "api key rejected by upstream");
+		obj = json_pack("{s:s}", "error",
+		                c->meta->key_reason ? c->meta->key_reason : "api key rejected by upstream");
 	else
 		obj = json_pack("{s:s, s:I, s:I, s:b, s:s}", "connectionId", c->id,
 		                "interval", (json_int_t)o->interval_ms,
@@ -538,8 +551,9 @@ static void conn_start(struct ws_loop *l, struct ws_conn *c)
 		conn_finish(c, "cannot poll");
 		return;
 	}
-	log_info("ws_open", "conn=%s peer=%s key=%s session=%s ua=%s", c->id,
+	log_info("ws_open", "conn=%s peer=%s client=%s key=%s session=%s ua=%s", c->id,
 	         c->meta->peer_ip ? c->meta->peer_ip : "-",
+	         c->meta->client_ip ? c->meta->client_ip : "-",
 	         log_key(c->meta->api_key, key, sizeof key),
 	         log_quote(c->meta->session ? c->meta->session : "", sess, sizeof sess),
 	         log_quote(c->meta->user_agent ? c->meta->user_agent : "", ua, sizeof ua));

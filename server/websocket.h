@@ -16,6 +16,7 @@
 
 struct queue;
 struct ws_server;
+struct access;
 struct MHD_UpgradeResponseHandle;
 
 struct ws_options {
@@ -36,9 +37,15 @@ struct ws_conn_meta {
 	char *session;     /* sessionId */
 	char *api_key;     /* apiKey or token */
 	char *peer_ip;
+	char *client_ip;   /* the client's address (trusted proxies resolved): limits, logs */
 	char *xff;         /* chain to send upstream (client's + peer) */
 	char *user_agent, *origin;
-	bool key_rejected; /* the upstream refused api_key: hello {"error"}, close 1008 */
+	bool key_rejected; /* api_key refused: hello {"error"}, close 1008 */
+	const char *key_reason;  /* static: the hello's error; NULL: the upstream refused it */
+	/* When not NULL, the connection holds one max-connections-per-ip slot
+	 * of client_ip, given back when the meta is freed, and each message is
+	 * asked for against max-messages-per-ip-per-s. */
+	struct access *access;
 };
 
 int ws_server_create(struct ws_server **out, const struct ws_options *o, struct queue *q,

@@ -26,7 +26,7 @@ for bin in "$builddir"/tests/fuzz/fuzz-*; do
 	if "$bin" $dict -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
 	      -artifact_prefix="$builddir/tests/fuzz/crashes/$name-" "$work" \
 	      >"$builddir/tests/fuzz/$name.log" 2>&1; then
-		echo "ok   $name: $(grep -o 'stat::number_of_executed_runs: *[0-9]*' "$builddir/tests/fuzz/$name.log" | grep -o '[0-9]*$' || tail -n 1 "$builddir/tests/fuzz/$name.log") runs in ${seconds}s"
+		echo "ok   $name: $(grep -o 'stat::number_of_executed_[a-z]*: *[0-9]*' "$builddir/tests/fuzz/$name.log" | grep -o '[0-9]*$' || tail -n 1 "$builddir/tests/fuzz/$name.log") runs in ${seconds}s"
 	else
 		echo "FAIL $name: see $builddir/tests/fuzz/$name.log"
 		tail -n 30 "$builddir/tests/fuzz/$name.log"

@@ -611,6 +611,51 @@ static void test_log(void)
 	}
 }
 
+/* List settings: a repeat extends, the command line replaces the file. */
+static void test_lists(void)
+{
+	struct config c;
+	char *cause = NULL, *cfg;
+
+	is_int(load(&c, &cause, "--trusted-proxy", "10.0.0.0/8", "--trusted-proxy=::1, 192.0.2.1",
+	            NULL), CONFIG_RUN, "--trusted-proxy twice");
+	is_str(c.trusted_proxies, "10.0.0.0/8,::1, 192.0.2.1", "a repeated list option is extended");
+	is_str(c.allowed_keys, "", "a list defaults to empty");
+	config_release(&c);
+
+	cfg = strdup(write_file("lists.conf", "allowed-keys = a, b\nallowed-keys = c\n"
+	                        "allowed-origins = https://app.example.com\n"));
+	is_int(load(&c, &cause, "--config", cfg, NULL), CONFIG_RUN, "lists in a file");
+	is_str(c.allowed_keys, "a, b,c", "a repeated file line is extended");
+	config_release(&c);
+	is_int(load(&c, &cause, "--config", cfg, "--allowed-keys", "z", NULL), CONFIG_RUN,
+	       "a list in the file and on the command line");
+	is_str(c.allowed_keys, "z", "the command line replaces the file's list");
+	is_str(c.allowed_origins, "https://app.example.com", "the file's other lists stay");
+	config_release(&c);
+	free(cfg);
+
+	cli_error("--trusted-proxy: \"10.0.0.1/8\" is not a comma list of addresses or CIDR blocks "
+	          "without host bits (10.0.0.0/8, 2001:db8::/32)", "a block with host bits",
+	          "--trusted-proxy", "10.0.0.1/8");
+	cli_error("--trusted-proxy: \"proxy.example\" is not a comma list of addresses or CIDR "
+	          "blocks without host bits (10.0.0.0/8, 2001:db8::/32)", "a hostname",
+	          "--trusted-proxy", "10.0.0.0/8", "--trusted-proxy", "proxy.example");
+	cli_error("--allowed-origins: \"https://app.example.com/\" is not a comma list of origins "
+	          "like https://app.example.com", "an origin with a path",
+	          "--allowed-origins", "https://app.example.com/");
+	cli_error("--allowed-origins: \"app.example.com\" is not a comma list of origins like "
+	          "https://app.example.com", "an origin without a scheme",
+	          "--allowed-origins", "app.example.com");
+	is_int(load(&c, &cause, "--allowed-origins", " https://a.example , http://b.example:8080,",
+	            NULL), CONFIG_RUN, "origins with blanks and a trailing comma");
+	config_release(&c);
+	cli_error("allowed-keys-file: cannot read /nonexistent/keys: No such file or directory",
+	          "a key file that cannot be read", "--allowed-keys-file", "/nonexistent/keys");
+	cli_error("--max-header-bytes: 4K is out of range (8K..1M)", "a header limit too small",
+	          "--max-header-bytes", "4K");
+}
+
 int main(void)
 {
 	if (!mkdtemp(tmpdir)) {
@@ -624,10 +669,11 @@ int main(void)
 	test_files_and_precedence();
 	test_exit_options();
 	test_log();
+	test_lists();
 
 	{
 		/* Remove what write_file made. */
-		const char *names[] = { "relay.conf", "bad.conf", "big.conf", "cert.pem" };
+		const char *names[] = { "relay.conf", "bad.conf", "big.conf", "cert.pem", "lists.conf" };
 		char path[300];
 		for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
 			snprintf(path, sizeof path, "%s/%s", tmpdir, names[i]);

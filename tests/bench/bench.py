@@ -1,0 +1,794 @@
+#!/usr/bin/env python3
+"""bench.py - the driver of tests/bench/run.sh (see there for the usage).
+
+Every step runs on loopback with processes this script starts and stops
+(also when it fails): the relay from the build tree, nginx with a config
+and prefix of its own in a temporary directory, the websocket sink, the
+load generator and the two raw-rate programs.
+
+  ingest        relay, upstream a closed port (all stays queued), wsload flat
+                out: messages committed/s, commit latency p50/p99, CPU, RSS
+  nginx         nginx as a TLS websocket proxy in front of wssink, the same
+                wsload: messages/s arriving at the sink
+  sqlite        sqlite-insert: raw group-commit inserts/s of the same rows
+  curl          curl-post to nginx's HTTPS `return 200`: raw POSTs/s over
+                HTTP/1.1 keep-alive and over HTTP/2 multiplexing
+  drain         queue-fill pre-fills a queue, the relay drains it to the same
+                nginx: messages delivered/s until empty
+  scale         10,000 SDK-like connections, one message each every 8 s:
+                RSS per connection, CPU, p99 commit latency, errors
+
+Each measurement is taken --runs times; the report gives medians and the
+ratios of the issue's targets.  Python 3 standard library only.
+"""
+import argparse
+import http.client
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRCDIR = os.path.abspath(os.path.join(HERE, "..", ".."))
+CERTS = os.path.join(SRCDIR, "tests", "certs")
+FIXTURES = os.path.join(SRCDIR, "tests", "fixtures", "watchrtc-sdk")
+FRAME_LOGS = [os.path.join(FIXTURES, "frame-log-baseline1000.jsonl"),
+              os.path.join(FIXTURES, "frame-log-baseline8000.jsonl")]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+# The issue's targets.
+TARGET_INGEST_VS_NGINX = 0.5
+TARGET_INGEST_VS_SQLITE = 0.6
+TARGET_DRAIN_VS_CURL = 0.8
+TARGET_RSS_PER_CONN_KB = 30
+TARGET_P99_COMMIT_S = 0.020
+
+# Sizes of a full run and of CI's smoke run.
+FULL = dict(runs=3, ingest_conns=64, ingest_threads=2, ingest_warmup=3, ingest_window=10,
+            sqlite_seconds=4, sqlite_batches="100,300,1000", curl_seconds=4,
+            drain_messages=200000, drain_sessions=1000, drain_timeout=300,
+            scale_conns=10000, scale_rate=0.125, scale_settle=10, scale_window=60,
+            scale_threads=2, scale_connect_timeout=120)
+SMOKE = dict(runs=1, ingest_conns=8, ingest_threads=1, ingest_warmup=0.5, ingest_window=1.5,
+             sqlite_seconds=0.5, sqlite_batches="100,1000", curl_seconds=1,
+             drain_messages=3000, drain_sessions=100, drain_timeout=30,
+             scale_conns=200, scale_rate=2, scale_settle=0.5, scale_window=2,
+             scale_threads=1, scale_connect_timeout=20)
+TOLERATED_ERROR_SHARE = 0.001   # failed upstream POSTs (retried) that are only noted
+# Open files for the relay and the generator: what the shipped systemd unit
+# gives the relay (LimitNOFILE), capped; raised only where we may (root).
+BENCH_NOFILE = 65536
+BIG_EVERY = 200          # one initial batch (~34 KB) per 200 messages
+POLL_S = 0.25            # metrics polling period while draining
+
+
+class BenchError(Exception):
+    pass
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------ processes ----
+_procs = []
+
+
+def raise_nofile():
+    """In the child: the hard and soft open-file limits up to BENCH_NOFILE."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (BENCH_NOFILE, max(hard, BENCH_NOFILE)))
+    except (ValueError, OSError):
+        pass
+
+
+def spawn(cmd, **kw):
+    log("  $ " + " ".join(cmd))
+    p = subprocess.Popen(cmd, preexec_fn=raise_nofile, **kw)
+    _procs.append(p)
+    return p
+
+
+def stop(p, sig=signal.SIGTERM, timeout=20):
+    """Signals p and waits for it (SIGKILL after timeout); returns its status."""
+    if p.poll() is None:
+        p.send_signal(sig)
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    if p in _procs:
+        _procs.remove(p)
+    return p.returncode
+
+
+def stop_all():
+    for p in list(_procs):
+        stop(p, timeout=5)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(pred, timeout, interval=0.05):
+    end = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v or time.monotonic() >= end:
+            return v
+        time.sleep(interval)
+
+
+def cpu_ticks(pids):
+    """utime + stime of the processes (all their threads), in seconds."""
+    total = 0
+    for pid in pids:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / CLK_TCK
+
+
+def rss_kb(pid):
+    with open("/proc/%d/statm" % pid) as f:
+        return int(f.read().split()[1]) * PAGE // 1024
+
+
+def open_fds(pid):
+    try:
+        return len(os.listdir("/proc/%d/fd" % pid))
+    except OSError:
+        return 0
+
+
+def children(pid):
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open("/proc/%s/stat" % d) as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(d))
+            except OSError:
+                pass
+    return out
+
+
+def http_get(port, path, timeout=5):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------- metrics ---
+def scrape(port):
+    """The relay's /metrics (admin listener) as {sample: value}."""
+    status, body = http_get(port, "/metrics")
+    if status != 200:
+        raise BenchError("/metrics answered %d" % status)
+    out = {}
+    for line in body.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def hist_delta(m0, m1, name):
+    """[(upper bound, count)] of a histogram's increase between two scrapes."""
+    out = []
+    prefix = name + "_bucket{le=\""
+    for k, v in m1.items():
+        if k.startswith(prefix):
+            le = k[len(prefix):-2]
+            out.append((float("inf") if le == "+Inf" else float(le), v - m0.get(k, 0)))
+    return sorted(out)
+
+
+def quantile(buckets, q):
+    """Prometheus-style estimate: linear within the bucket holding rank q."""
+    total = buckets[-1][1] if buckets else 0
+    if total <= 0:
+        return None
+    rank, lower, below = q * total, 0.0, 0.0
+    for le, cum in buckets:
+        if cum >= rank:
+            if le == float("inf"):
+                return lower
+            return lower + (le - lower) * ((rank - below) / (cum - below) if cum > below else 1)
+        lower, below = le, cum
+    return lower
+
+
+def share_within(buckets, bound):
+    total = buckets[-1][1] if buckets else 0
+    for le, cum in buckets:
+        if abs(le - bound) < 1e-9:
+            return cum / total if total else None
+    return None
+
+
+# ----------------------------------------------------------------- tools ---
+class Bench:
+    def __init__(self, args, sizes):
+        self.a = args
+        self.s = sizes
+        build = os.environ.get("BUILDDIR") or (
+            os.getcwd() if os.path.exists("server/watchrtc-relay") else SRCDIR)
+        self.build = os.path.abspath(build)
+        self.relay_bin = os.path.join(self.build, "server", "watchrtc-relay")
+        self.tool = lambda n: os.path.join(self.build, "tests", "bench", n)
+        self.tmp = tempfile.mkdtemp(prefix="relay-bench-")
+        self.errors = []
+        self.nginx = None
+        self.sink = None
+        self.relays = 0
+
+    def check_tools(self):
+        need = [self.relay_bin] + [self.tool(n) for n in
+                                   ("wsload", "wssink", "sqlite-insert", "curl-post", "queue-fill")]
+        missing = [p for p in need if not os.access(p, os.X_OK)]
+        if missing:
+            raise BenchError("not built: %s (make check builds them; BUILDDIR=%s)"
+                             % (", ".join(missing), self.build))
+        if not shutil.which("nginx") and not os.path.exists("/usr/sbin/nginx"):
+            raise BenchError("nginx not found: apt-get install -y nginx-light")
+        try:
+            ldd = subprocess.run(["ldd", self.relay_bin], capture_output=True, text=True).stdout
+        except OSError:
+            ldd = ""
+        if "libasan" in ldd or "libubsan" in ldd:
+            log("WARNING: the relay is built with sanitizers; its figures mean little")
+
+    def error(self, what):
+        log("ERROR: " + what)
+        self.errors.append(what)
+
+    # ---- nginx and the sink, shared by every run ----
+    def start_peers(self):
+        self.sink = spawn([self.tool("wssink"), "--port", "0"], stdout=subprocess.PIPE,
+                          stderr=open(os.path.join(self.tmp, "wssink.log"), "wb"))
+        line = self.sink.stdout.readline().decode()
+        if not line.startswith("PORT "):
+            raise BenchError("wssink did not start")
+        self.sink_port = int(line.split()[1])
+        self.nginx_ws_port, self.nginx_post_port = free_port(), free_port()
+        prefix = os.path.join(self.tmp, "nginx")
+        os.makedirs(prefix)
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        nofile = min(hard if hard != resource.RLIM_INFINITY else 65536, 65536)
+        conf = NGINX_CONF % dict(
+            user="user root;" if os.geteuid() == 0 else "", prefix=prefix, nofile=nofile,
+            cert=os.path.join(CERTS, "server.pem"), key=os.path.join(CERTS, "server-key.pem"),
+            ws_port=self.nginx_ws_port, post_port=self.nginx_post_port, sink_port=self.sink_port)
+        with open(os.path.join(prefix, "nginx.conf"), "w") as f:
+            f.write(conf)
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.nginx = spawn([nginx, "-p", prefix, "-c", os.path.join(prefix, "nginx.conf"),
+                            "-e", os.path.join(prefix, "error.log")],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+        def up():
+            try:
+                with socket.create_connection(("127.0.0.1", self.nginx_post_port), 0.5):
+                    return True
+            except OSError:
+                return self.nginx.poll() is not None
+        if not wait_until(up, 10) or self.nginx.poll() is not None:
+            raise BenchError("nginx did not start: " + self.tail(os.path.join(prefix, "error.log")))
+
+    def nginx_pids(self):
+        return [self.nginx.pid] + children(self.nginx.pid)
+
+    def sink_stats(self):
+        return json.loads(http_get(self.sink_port, "/stats")[1])
+
+    @staticmethod
+    def tail(path, n=2000):
+        try:
+            with open(path, errors="replace") as f:
+                return f.read()[-n:]
+        except OSError:
+            return ""
+
+    # ---- the relay ----
+    def start_relay(self, name, upstream, extra=(), state=None):
+        """A relay on fresh ports; a fresh state directory unless given one."""
+        self.relays += 1
+        name = "%s-%d" % (name, self.relays)
+        if state is None:
+            state = os.path.join(self.tmp, name + "-state")
+            os.makedirs(state)
+        admin = free_port()
+        port = free_port()
+        logf = os.path.join(self.tmp, name + ".log")
+        cmd = [self.relay_bin, "--listen-address", "127.0.0.1", "--port", str(port),
+               "--state-dir", state, "--admin-listen", "127.0.0.1:%d" % admin,
+               "--tls-cert", os.path.join(CERTS, "server.pem"),
+               "--tls-key", os.path.join(CERTS, "server-key.pem"),
+               "--upstream", upstream, "--upstream-ca", os.path.join(CERTS, "ca.pem")]
+        p = spawn(cmd + list(extra) + self.a.relay_arg, stdout=open(logf, "ab"),
+                  stderr=subprocess.STDOUT)
+
+        def live():
+            if p.poll() is not None:
+                return True
+            try:
+                return http_get(admin, "/healthcheck/live", 1)[0] == 200
+            except OSError:
+                return False
+        if not wait_until(live, 30) or p.poll() is not None:
+            raise BenchError("relay did not start:\n" + self.tail(logf))
+        p.port, p.admin, p.logf, p.state = port, admin, logf, state
+        return p
+
+    def stop_relay(self, p):
+        rc = stop(p, signal.SIGTERM, 30)
+        if rc != 0:
+            self.error("relay exited %s (log %s): %s" % (rc, p.logf, self.tail(p.logf, 300)))
+        else:
+            shutil.rmtree(p.state, ignore_errors=True)  # the queue: hundreds of MB
+
+    def paused_upstream(self):
+        # A closed port: every attempt fails at once and backs off for a
+        # minute, so everything stays queued.
+        return "https://127.0.0.1:%d" % free_port()
+
+    # ---- wsload ----
+    def wsload(self, port, conns, threads, duration, rate=0, initial=True, connect_timeout=60):
+        cmd = [self.tool("wsload"), "--port", str(port), "--connections", str(conns),
+               "--threads", str(threads), "--duration", str(duration), "--rate", str(rate),
+               "--big-every", str(BIG_EVERY), "--handshakes", "256",
+               "--connect-timeout", str(connect_timeout)]
+        for f in FRAME_LOGS:
+            cmd += ["--frame-log", f]
+        if not initial:
+            cmd.append("--no-initial-batch")
+        p = spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        p.ready = threading.Event()
+        p.stderr_lines = []
+
+        def reader():
+            for line in p.stderr:
+                line = line.decode(errors="replace").rstrip()
+                p.stderr_lines.append(line)
+                if line.startswith("ready"):
+                    p.ready.set()
+            p.ready.set()
+        p.reader = threading.Thread(target=reader, daemon=True)
+        p.reader.start()
+        return p
+
+    def wsload_result(self, p, timeout):
+        try:
+            out, _ = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            stop(p)
+            raise BenchError("wsload did not finish")
+        _procs.remove(p)
+        p.reader.join(5)
+        try:
+            r = json.loads(out.decode().strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise BenchError("wsload exited %d: %s" % (p.returncode, "\n".join(p.stderr_lines)))
+        if r["errors"]:
+            self.error("wsload: %d errors (%s)" % (r["errors"], r["first_error"]))
+        return r
+
+    def wait_ready(self, p, timeout):
+        if not p.ready.wait(timeout) or p.poll() is not None:
+            stop(p)
+            raise BenchError("wsload never became ready: %s" % "\n".join(p.stderr_lines))
+
+    # ---- the steps ----
+    def ingest_relay(self):
+        s = self.s
+        relay = self.start_relay("ingest", self.paused_upstream(),
+                                 ["--retry-base-ms", "60000", "--retry-max-ms", "600000"])
+        try:
+            gen = self.wsload(relay.port, s["ingest_conns"], s["ingest_threads"],
+                              s["ingest_warmup"] + s["ingest_window"] + 1)
+            self.wait_ready(gen, 60)
+            time.sleep(s["ingest_warmup"])
+            m0, c0, g0, t0 = scrape(relay.admin), cpu_ticks([relay.pid]), cpu_ticks([gen.pid]), time.monotonic()
+            time.sleep(s["ingest_window"])
+            m1, c1, g1, t1 = scrape(relay.admin), cpu_ticks([relay.pid]), cpu_ticks([gen.pid]), time.monotonic()
+            rss = rss_kb(relay.pid)
+            w = self.wsload_result(gen, 120)
+        finally:
+            self.stop_relay(relay)
+        dt = t1 - t0
+        lat = hist_delta(m0, m1, "watchrtc_relay_commit_latency_seconds")
+        committed = m1["watchrtc_relay_messages_committed_total"] - m0["watchrtc_relay_messages_committed_total"]
+        commits = m1["watchrtc_relay_commits_total"] - m0["watchrtc_relay_commits_total"]
+        if committed <= 0:
+            self.error("ingest: nothing committed")
+        return dict(committed_per_s=committed / dt,
+                    received_per_s=(m1['watchrtc_relay_messages_received_total{transport="websocket"}']
+                                    - m0['watchrtc_relay_messages_received_total{transport="websocket"}']) / dt,
+                    mean_batch=committed / commits if commits else 0,
+                    p50_ms=(quantile(lat, 0.5) or 0) * 1000, p99_ms=(quantile(lat, 0.99) or 0) * 1000,
+                    cpu_cores=(c1 - c0) / dt, gen_cpu_cores=(g1 - g0) / dt, rss_mb=rss / 1024,
+                    sent_per_s=w["messages_per_s"], errors=w["errors"])
+
+    def ingest_nginx(self):
+        s = self.s
+        gen = self.wsload(self.nginx_ws_port, s["ingest_conns"], s["ingest_threads"],
+                          s["ingest_warmup"] + s["ingest_window"] + 1)
+        self.wait_ready(gen, 60)
+        time.sleep(s["ingest_warmup"])
+        pids = self.nginx_pids()
+        s0, c0, k0, g0, t0 = (self.sink_stats(), cpu_ticks(pids), cpu_ticks([self.sink.pid]),
+                              cpu_ticks([gen.pid]), time.monotonic())
+        time.sleep(s["ingest_window"])
+        s1, c1, k1, g1, t1 = (self.sink_stats(), cpu_ticks(pids), cpu_ticks([self.sink.pid]),
+                              cpu_ticks([gen.pid]), time.monotonic())
+        w = self.wsload_result(gen, 120)
+        dt = t1 - t0
+        got = s1["messages"] - s0["messages"]
+        if got <= 0:
+            self.error("nginx: nothing reached the sink")
+        return dict(sink_per_s=got / dt, cpu_cores=(c1 - c0) / dt, sink_cpu_cores=(k1 - k0) / dt,
+                    gen_cpu_cores=(g1 - g0) / dt, sent_per_s=w["messages_per_s"], errors=w["errors"])
+
+    def sqlite(self):
+        cmd = [self.tool("sqlite-insert"), "--db", os.path.join(self.tmp, "raw.db"),
+               "--seconds", str(self.s["sqlite_seconds"]), "--batch", self.s["sqlite_batches"],
+               "--big-every", str(BIG_EVERY)]
+        for f in FRAME_LOGS:
+            cmd += ["--frame-log", f]
+        r = self.run_json(cmd, 120)
+        out = {"rows_per_s_%d" % x["batch"]: x["rows_per_s"] for x in r["results"]}
+        out.update({"cpu_us_per_row_%d" % x["batch"]: x["cpu_us_per_row"] for x in r["results"]})
+        out["best_rows_per_s"] = max(x["rows_per_s"] for x in r["results"])
+        return out
+
+    def curl(self):
+        url = "https://127.0.0.1:%d/" % self.nginx_post_port
+        base = [self.tool("curl-post"), "--url", url, "--cainfo", os.path.join(CERTS, "ca.pem"),
+                "--seconds", str(self.s["curl_seconds"])]
+        for f in FRAME_LOGS:
+            base += ["--frame-log", f]
+        h1 = self.run_json(base + ["--connections", "8"], 120)
+        h2 = self.run_json(base + ["--http2", "--connections", "4", "--streams", "16"], 120)
+        for r in (h1, h2):
+            # libcurl 7.88 with nginx 1.22 over HTTP/2 now and then fails a
+            # stream ("Error in the HTTP2 framing layer"): a handful is noted,
+            # more is an error.
+            if r["errors"] > TOLERATED_ERROR_SHARE * r["requests"]:
+                self.error("curl-post %s: %d errors" % (r["mode"], r["errors"]))
+            elif r["errors"]:
+                log("note: curl-post %s: %d of %d requests failed" % (r["mode"], r["errors"], r["requests"]))
+        return dict(h1_errors=h1["errors"], h2_errors=h2["errors"],
+                    h1_per_s=h1["requests_per_s"], h1_cpu_us=h1["cpu_us_per_request"],
+                    h2_per_s=h2["requests_per_s"], h2_cpu_us=h2["cpu_us_per_request"],
+                    best_per_s=max(h1["requests_per_s"], h2["requests_per_s"]))
+
+    def drain(self):
+        s = self.s
+        state = os.path.join(self.tmp, "drain-state")
+        shutil.rmtree(state, ignore_errors=True)
+        os.makedirs(state, mode=0o700)
+        cmd = [self.tool("queue-fill"), "--db", os.path.join(state, "queue.db"),
+               "--messages", str(s["drain_messages"]), "--sessions", str(s["drain_sessions"])]
+        for f in FRAME_LOGS:
+            cmd += ["--frame-log", f]
+        fill = self.run_json(cmd, 600)
+        relay = self.start_relay("drain", "https://127.0.0.1:%d" % self.nginx_post_port, state=state)
+        pids = self.nginx_pids()
+        try:
+            samples = []
+            end = time.monotonic() + s["drain_timeout"]
+            c0 = n0 = None
+            while time.monotonic() < end:
+                m = scrape(relay.admin)
+                t = time.monotonic()
+                fwd = m["watchrtc_relay_messages_forwarded_total"]
+                depth = m["watchrtc_relay_queue_depth"]
+                if c0 is None and fwd > 0:
+                    c0, n0 = cpu_ticks([relay.pid]), cpu_ticks(pids)
+                samples.append((t, fwd, depth))
+                if depth == 0:
+                    break
+                time.sleep(POLL_S)
+            c1, n1 = cpu_ticks([relay.pid]), cpu_ticks(pids)
+            final = scrape(relay.admin)
+        finally:
+            self.stop_relay(relay)
+        t_end, fwd_end, depth_end = samples[-1]
+        if depth_end != 0:
+            self.error("drain: %d messages still queued after %ds" % (depth_end, s["drain_timeout"]))
+        first = next((x for x in samples if x[1] > 0), None)
+        if first is None or fwd_end <= first[1]:
+            self.error("drain: nothing forwarded")
+            return dict(delivered_per_s=0, filled=fill["messages"])
+        # From the first sample that saw a delivery: the relay's start-up
+        # (loading the queue's index) is not part of the rate.
+        dt = t_end - first[0]
+        failed = sum(final.get('watchrtc_relay_forward_attempts_total{result="%s"}' % r, 0)
+                     for r in ("retry", "dead_letter", "rejected_key"))
+        if failed > TOLERATED_ERROR_SHARE * fill["messages"]:
+            self.error("drain: %d attempts not delivered" % failed)
+        return dict(delivered_per_s=(fwd_end - first[1]) / dt, filled=fill["messages"],
+                    fill_per_s=fill["messages_per_s"], seconds=dt,
+                    cpu_cores=(c1 - c0) / dt if c0 is not None else 0,
+                    nginx_cpu_cores=(n1 - n0) / dt if n0 is not None else 0,
+                    not_delivered=failed)
+
+    def scale(self):
+        s = self.s
+        relay = self.start_relay("scale", self.paused_upstream(),
+                                 ["--retry-base-ms", "600000", "--retry-max-ms", "600000"])
+        try:
+            rss0, fds0 = rss_kb(relay.pid), open_fds(relay.pid)
+            duration = s["scale_settle"] + s["scale_window"] + 1
+            gen = self.wsload(relay.port, s["scale_conns"], s["scale_threads"], duration,
+                              rate=s["scale_rate"], initial=False,
+                              connect_timeout=s["scale_connect_timeout"])
+            self.wait_ready(gen, s["scale_connect_timeout"] + 30)
+            time.sleep(s["scale_settle"])
+            m0, c0, t0 = scrape(relay.admin), cpu_ticks([relay.pid]), time.monotonic()
+            time.sleep(s["scale_window"])
+            m1, c1, t1 = scrape(relay.admin), cpu_ticks([relay.pid]), time.monotonic()
+            rss1, fds1 = rss_kb(relay.pid), open_fds(relay.pid)
+            w = self.wsload_result(gen, duration + 120)
+        finally:
+            self.stop_relay(relay)
+        dt = t1 - t0
+        lat = hist_delta(m0, m1, "watchrtc_relay_commit_latency_seconds")
+        opened = max(w["opened"], 1)
+        committed = m1["watchrtc_relay_messages_committed_total"] - m0["watchrtc_relay_messages_committed_total"]
+        errors = w["errors"] + (m1.get("watchrtc_relay_websocket_protocol_errors_total", 0)
+                                - m0.get("watchrtc_relay_websocket_protocol_errors_total", 0))
+        return dict(connections=w["opened"], connects_per_s=w["connects_per_s"],
+                    rss_mb=rss1 / 1024, rss_kb_per_conn=rss1 / opened,
+                    rss_delta_kb_per_conn=(rss1 - rss0) / opened,
+                    fds_per_conn=(fds1 - fds0) / opened,
+                    cpu_cores=(c1 - c0) / dt, committed_per_s=committed / dt,
+                    p50_ms=(quantile(lat, 0.5) or 0) * 1000, p99_ms=(quantile(lat, 0.99) or 0) * 1000,
+                    within_20ms=share_within(lat, TARGET_P99_COMMIT_S) or 0,
+                    late=w["late"], errors=errors)
+
+    def run_json(self, cmd, timeout):
+        p = spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            stop(p)
+            raise BenchError("%s timed out" % os.path.basename(cmd[0]))
+        _procs.remove(p)
+        if err:
+            log(err.decode(errors="replace").rstrip())
+        try:
+            return json.loads(out.decode())
+        except ValueError:
+            raise BenchError("%s exited %d" % (os.path.basename(cmd[0]), p.returncode))
+
+
+NGINX_CONF = """\
+# Written by tests/bench/bench.py: nginx as the SDK docs' websocket proxy.
+%(user)s
+worker_processes auto;
+worker_rlimit_nofile %(nofile)d;
+daemon off;
+master_process on;
+pid %(prefix)s/nginx.pid;
+error_log %(prefix)s/error.log warn;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    client_body_temp_path %(prefix)s/body;
+    proxy_temp_path %(prefix)s/proxy;
+    fastcgi_temp_path %(prefix)s/fastcgi;
+    uwsgi_temp_path %(prefix)s/uwsgi;
+    scgi_temp_path %(prefix)s/scgi;
+    keepalive_requests 10000000;
+    ssl_certificate %(cert)s;
+    ssl_certificate_key %(key)s;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    map $http_upgrade $connection_upgrade { default upgrade; '' close; }
+
+    # The TLS websocket proxy in front of the sink.
+    server {
+        listen 127.0.0.1:%(ws_port)d ssl;
+        location / {
+            proxy_pass http://127.0.0.1:%(sink_port)d;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_read_timeout 3600s;
+            proxy_send_timeout 3600s;
+        }
+    }
+
+    # The HTTPS POST sink: the upstream of the drain and of curl-post.
+    server {
+        listen 127.0.0.1:%(post_port)d ssl http2;
+        client_max_body_size 4m;
+        location / { return 200 "ok\\n"; }
+    }
+}
+"""
+
+
+# ---------------------------------------------------------------- report ---
+def median(runs, step, key):
+    vals = [r[step][key] for r in runs if step in r and key in r[step]]
+    return statistics.median(vals) if vals else None
+
+
+def fmt(v, digits=0):
+    if v is None:
+        return "n/a"
+    if isinstance(v, float) and digits:
+        return "%.*f" % (digits, v)
+    return "{:,.0f}".format(v)
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def report(runs, machine, smoke):
+    med = lambda step, key: median(runs, step, key)
+    r_ng = ratio(med("ingest", "committed_per_s"), med("nginx", "sink_per_s"))
+    r_sq = ratio(med("ingest", "committed_per_s"), med("sqlite", "best_rows_per_s"))
+    r_cu = ratio(med("drain", "delivered_per_s"), med("curl", "best_per_s"))
+    rss = med("scale", "rss_kb_per_conn")
+    p99 = med("scale", "p99_ms")
+    within = med("scale", "within_20ms")
+    met = lambda ok: "n/a" if ok is None else ("**met**" if ok else "**not met**")
+    rows = [
+        ("Ingest: relay, messages committed/s", fmt(med("ingest", "committed_per_s"))),
+        ("Ingest: relay, mean messages per commit", fmt(med("ingest", "mean_batch"), 1)),
+        ("Ingest: relay, commit latency p50 / p99 (ms)",
+         "%s / %s" % (fmt(med("ingest", "p50_ms"), 2), fmt(med("ingest", "p99_ms"), 2))),
+        ("Ingest: relay CPU (cores) / RSS (MB)",
+         "%s / %s" % (fmt(med("ingest", "cpu_cores"), 2), fmt(med("ingest", "rss_mb"), 1))),
+        ("Ingest: generator CPU (cores) with the relay", fmt(med("ingest", "gen_cpu_cores"), 2)),
+        ("Peer: nginx proxy, messages/s at the sink", fmt(med("nginx", "sink_per_s"))),
+        ("Peer: nginx CPU / sink CPU / generator CPU (cores)",
+         "%s / %s / %s" % (fmt(med("nginx", "cpu_cores"), 2), fmt(med("nginx", "sink_cpu_cores"), 2),
+                           fmt(med("nginx", "gen_cpu_cores"), 2))),
+        ("Raw SQLite inserts/s, 100 rows per transaction", fmt(med("sqlite", "rows_per_s_100"))),
+        ("Raw SQLite inserts/s, 300 rows per transaction", fmt(med("sqlite", "rows_per_s_300"))),
+        ("Raw SQLite inserts/s, 1000 rows per transaction", fmt(med("sqlite", "rows_per_s_1000"))),
+        ("Raw SQLite CPU per row at 1000 rows/txn (µs)", fmt(med("sqlite", "cpu_us_per_row_1000"), 1)),
+        ("Raw libcurl POSTs/s, HTTP/1.1 keep-alive, 8 connections", fmt(med("curl", "h1_per_s"))),
+        ("Raw libcurl POSTs/s, HTTP/2, 4 connections x 16 streams", fmt(med("curl", "h2_per_s"))),
+        ("Raw libcurl CPU per POST, HTTP/1.1 / HTTP/2 (µs)",
+         "%s / %s" % (fmt(med("curl", "h1_cpu_us"), 1), fmt(med("curl", "h2_cpu_us"), 1))),
+        ("Drain: relay, messages delivered/s", fmt(med("drain", "delivered_per_s"))),
+        ("Drain: relay CPU / nginx CPU (cores)",
+         "%s / %s" % (fmt(med("drain", "cpu_cores"), 2), fmt(med("drain", "nginx_cpu_cores"), 2))),
+        ("Scale: connections open", fmt(med("scale", "connections"))),
+        ("Scale: connection set-up rate (/s)", fmt(med("scale", "connects_per_s"))),
+        ("Scale: relay RSS (MB), per connection (KB)",
+         "%s / %s" % (fmt(med("scale", "rss_mb"), 1), fmt(rss, 1))),
+        ("Scale: RSS added per connection (KB)", fmt(med("scale", "rss_delta_kb_per_conn"), 1)),
+        ("Scale: relay file descriptors per connection", fmt(med("scale", "fds_per_conn"), 2)),
+        ("Scale: relay CPU (cores), messages committed/s",
+         "%s / %s" % (fmt(med("scale", "cpu_cores"), 2), fmt(med("scale", "committed_per_s")))),
+        ("Scale: commit latency p50 / p99 (ms)",
+         "%s / %s" % (fmt(med("scale", "p50_ms"), 2), fmt(p99, 2))),
+        ("Scale: errors", fmt(med("scale", "errors"))),
+    ]
+    targets = [
+        ("Ingest ≥ 0.5 × nginx", fmt(r_ng, 3), met(None if r_ng is None else r_ng >= TARGET_INGEST_VS_NGINX)),
+        ("Ingest ≥ 0.6 × raw SQLite (best batch size)", fmt(r_sq, 3),
+         met(None if r_sq is None else r_sq >= TARGET_INGEST_VS_SQLITE)),
+        ("Drain ≥ 0.8 × raw libcurl (best mode)", fmt(r_cu, 3),
+         met(None if r_cu is None else r_cu >= TARGET_DRAIN_VS_CURL)),
+        ("Scale ≤ 30 KB RSS per connection", fmt(rss, 1),
+         met(None if rss is None else rss <= TARGET_RSS_PER_CONN_KB)),
+        ("Scale p99 commit latency ≤ 20 ms", "%s (%.1f%% within 20 ms)" % (fmt(p99, 2), 100 * (within or 0)),
+         met(None if within is None else within >= 0.99)),
+        ("Scale: zero errors", fmt(med("scale", "errors")),
+         met(None if med("scale", "errors") is None else med("scale", "errors") == 0)),
+    ]
+    md = ["# Benchmark results%s" % (" (smoke run: tiny counts, figures mean nothing)" if smoke else ""),
+          "", machine, "", "Medians of %d run(s)." % len(runs), "",
+          "| measurement | median |", "|---|---|"]
+    md += ["| %s | %s |" % r for r in rows]
+    md += ["", "| target | measured | |", "|---|---|---|"]
+    md += ["| %s | %s | %s |" % t for t in targets]
+    md += ["", "Every run:", "", "```json"] + [json.dumps(r, sort_keys=True) for r in runs] + ["```", ""]
+    return "\n".join(md)
+
+
+def machine_line():
+    model = "?"
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PHYS_PAGES") * PAGE / 2**30
+    return "Machine: %d CPU(s), %s, %.0f GiB; %s" % (os.cpu_count(), model, mem, " ".join(os.uname()[2:3]))
+
+
+def main():
+    ap = argparse.ArgumentParser(description="watchrtc-relay benchmark")
+    ap.add_argument("--smoke", action="store_true", help="CI's ~20 s run: small counts, one run")
+    ap.add_argument("--runs", type=int, help="runs of each measurement (default 3, smoke 1)")
+    ap.add_argument("--out", help="write the markdown report here")
+    ap.add_argument("--json", help="write every run's figures here")
+    ap.add_argument("--only", help="comma list of steps: ingest,nginx,sqlite,curl,drain,scale")
+    ap.add_argument("--scale-connections", type=int,
+                    help="connections of the scale step (default 10000, smoke 200)")
+    ap.add_argument("--relay-arg", action="append", default=[],
+                    help="one more argument for every relay started (repeat it)")
+    a = ap.parse_args()
+    sizes = dict(SMOKE if a.smoke else FULL)
+    if a.runs:
+        sizes["runs"] = a.runs
+    if a.scale_connections:
+        sizes["scale_conns"] = a.scale_connections
+    steps = (a.only or "ingest,nginx,sqlite,curl,drain,scale").split(",")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    b = Bench(a, sizes)
+    runs = []
+    t_start = time.monotonic()
+    try:
+        b.check_tools()
+        b.start_peers()
+        for i in range(sizes["runs"]):
+            run = {}
+            for step in steps:
+                log("== run %d/%d: %s" % (i + 1, sizes["runs"], step))
+                try:
+                    run[step] = getattr(b, {"ingest": "ingest_relay", "nginx": "ingest_nginx"}.get(step, step))()
+                except BenchError as e:
+                    b.error("%s: %s" % (step, e))
+                log("   %s" % json.dumps(run.get(step)))
+            runs.append(run)
+    except BenchError as e:
+        b.error(str(e))
+    finally:
+        if b.nginx:
+            stop(b.nginx, signal.SIGQUIT)
+        if b.sink:
+            stop(b.sink)
+        stop_all()
+    text = report(runs, machine_line(), a.smoke)
+    print(text)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(text)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(runs, f, indent=1)
+    if b.errors:
+        log("bench: %d error(s):\n  %s" % (len(b.errors), "\n  ".join(b.errors)))
+    else:
+        shutil.rmtree(b.tmp, ignore_errors=True)
+    log("bench: %.0f s, %s" % (time.monotonic() - t_start, "FAILED" if b.errors else "ok"))
+    return 1 if b.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+/*
+ * wsframe.h - the bits of RFC 6455 the benchmark's load generator and sink
+ * share: building a frame, an incremental frame parser that skips data
+ * payloads (the benchmark counts messages, it does not read them) and
+ * keeps control payloads, and the Sec-WebSocket-Accept value.
+ */
+#ifndef WATCHRTC_WSFRAME_H
+#define WATCHRTC_WSFRAME_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define WSF_HEADER_MAX 14            /* 2 + 8 (length) + 4 (mask) */
+#define WSF_CONTROL_MAX 125          /* payload of a control frame */
+#define WSF_ACCEPT_LEN 28            /* base64 of a SHA-1 */
+
+/* Parser state: zero it before the first frame. */
+struct wsf_parser {
+	uint8_t hdr[WSF_HEADER_MAX];
+	size_t hdr_len;
+	bool in_payload;
+	bool fin;
+	uint8_t opcode;
+	uint64_t len;                    /* payload length of the current frame */
+	uint64_t rem;                    /* payload bytes still to come */
+	uint8_t ctl[WSF_CONTROL_MAX];    /* a control frame's payload */
+	size_t ctl_len;
+};
+
+/* Called once per complete frame; a non-zero return stops the parse. */
+typedef int wsf_frame_fn(void *arg, const struct wsf_parser *p);
+
+/*
+ * Feeds n bytes of the stream to p, calling fn for each frame completed.
+ * Returns 0, fn's first non-zero return, or -1 for a control frame longer
+ * than WSF_CONTROL_MAX.  Masked payloads are not unmasked (control ones
+ * included): the benchmark's peers send none that matter.
+ */
+int wsf_parse(struct wsf_parser *p, const uint8_t *buf, size_t n, wsf_frame_fn *fn, void *arg);
+
+/*
+ * Writes one frame with FIN set into out (room for len + WSF_HEADER_MAX
+ * bytes): masked with mask (the payload XORed with it) or unmasked.
+ * Returns the frame's length.
+ */
+size_t wsf_build(uint8_t *out, unsigned opcode, bool masked, uint32_t mask,
+                 const uint8_t *payload, size_t len);
+
+/* Base64 of in[0..n) into out, which has room for 4 * ((n + 2) / 3) + 1. */
+void wsf_base64(const uint8_t *in, size_t n, char *out);
+
+/* The Sec-WebSocket-Accept value for key, NUL-terminated.  Returns 0, or
+ * -1 if the key is too long or hashing failed. */
+int wsf_accept(const char *key, char out[WSF_ACCEPT_LEN + 1]);
+
+#endif
