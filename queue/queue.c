@@ -30,6 +30,7 @@
 #include "queue_internal.h"
 
 #define LEASE_MAX 64            /* messages one queue_lease call hands out at most */
+#define QUEUE_PENDING_FACTOR 2  /* producers wait while this many commit batches are pending */
 
 /* --- messages --------------------------------------------------------------- */
 
@@ -375,6 +376,13 @@ int queue_put(struct queue *q, const struct queue_msg *m, bool wait, int64_t *id
 	e = NULL; /* the writer owns it now */
 	while (wait && !w.done)
 		pthread_cond_wait(&q->done_cv, &q->mu);
+	/* Back-pressure: a producer that outruns the disk waits for the next
+	 * commit, so memory and the crash-loss window stay bounded (and its
+	 * clients' TCP windows fill).  Not while writes fail: then the next
+	 * put is refused instead. */
+	while (!wait && q->npending >= QUEUE_PENDING_FACTOR * q->opt.commit_batch_max &&
+	       q->writable && !q->closing)
+		pthread_cond_wait(&q->done_cv, &q->mu);
 	if (wait)
 		err = w.result;
 	pthread_mutex_unlock(&q->mu);
@@ -635,4 +643,69 @@ void queue_stats(struct queue *q, struct queue_stats *st)
 	st->commits_total = q->commits_total;
 	st->expired_total = q->expired_total;
 	pthread_mutex_unlock(&q->mu);
+}
+
+/* The reasons queue_dead_reasons collects: out[] until it is full, then
+ * the rest of the dead letters in rest. */
+struct reasons {
+	struct queue_dead_reason *out;
+	size_t max, n;
+	uint64_t rest;
+};
+
+static struct queue_dead_reason *reason_find(struct reasons *r, const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < r->n; i++)
+		if (strcmp(r->out[i].reason, name) == 0)
+			return &r->out[i];
+	return NULL;
+}
+
+static void reason_add(void *arg, const char *reason, uint64_t count)
+{
+	struct reasons *r = arg;
+	struct queue_dead_reason *d;
+	char name[QUEUE_REASON_MAX + 1];
+
+	/* Cut as the queue cuts it: two reasons longer than that (written by
+	 * something else) become one, never two entries of one name. */
+	snprintf(name, sizeof name, "%s", reason);
+	if ((d = reason_find(r, name)) != NULL) {
+		d->count += count;
+	} else if (r->n < r->max) {
+		d = &r->out[r->n++];
+		memcpy(d->reason, name, sizeof d->reason);
+		d->count = count;
+	} else {
+		r->rest += count;
+	}
+}
+
+int queue_dead_reasons(struct queue *q, struct queue_dead_reason *out, size_t max, size_t *n)
+{
+	struct reasons r = { out, max, 0, 0 };
+	struct queue_dead_reason *other;
+	int err;
+
+	*n = 0;
+	if (max == 0)
+		return QUEUE_EINVAL;
+	err = qstore_dead_reasons(q, reason_add, &r);
+	if (err != QUEUE_OK)
+		return err;
+	if (r.rest > 0) {
+		/* The last entry joins the rest as "other", or in a reason that
+		 * is itself called "other". */
+		r.rest += out[--r.n].count;
+		if ((other = reason_find(&r, "other")) == NULL) {
+			other = &out[r.n++];
+			snprintf(other->reason, sizeof other->reason, "other");
+			other->count = 0;
+		}
+		other->count += r.rest;
+	}
+	*n = r.n;
+	return QUEUE_OK;
 }

@@ -115,7 +115,9 @@ const char *queue_instance_id(const struct queue *q);
 /*
  * Submits a copy of m.  With wait, returns only after the message is durably
  * committed (fsync'd) or failed.  Without wait, returns once the message is
- * accepted for the next commit.  QUEUE_EFULL / QUEUE_EIO / QUEUE_ECLOSED mean
+ * accepted for the next commit; while two commit batches (2 x
+ * commit_batch_max operations) already wait, that first waits for a commit,
+ * so a producer faster than the disk is slowed to its pace.  QUEUE_EFULL / QUEUE_EIO / QUEUE_ECLOSED mean
  * the message was not taken.  If id is not NULL it receives the message id.
  */
 int queue_put(struct queue *q, const struct queue_msg *m, bool wait, int64_t *id)
@@ -168,5 +170,26 @@ struct queue_stats {
 	uint64_t committed_total, commits_total, expired_total;
 };
 void queue_stats(struct queue *q, struct queue_stats *st);
+
+#define QUEUE_REASON_MAX 128    /* bytes of a dead letter's reason that are kept */
+
+struct queue_dead_reason {
+	char reason[QUEUE_REASON_MAX + 1];
+	uint64_t count;
+};
+
+/*
+ * The committed dead letters by reason, the most common first, into
+ * out[0..*n-1].  At most max entries (max >= 1): when there are more
+ * reasons, the least common ones are summed under the reason "other", so a
+ * caller can label a metric with the reasons and keep the number of labels
+ * bounded.  Reasons are distinct.  It is a GROUP BY over the index on
+ * reason, through the read connection that queue_lease also uses: a scan of
+ * that index (about 0.1 s per million dead letters), so call it at a
+ * scrape's pace, not per message.  QUEUE_EINVAL if max is 0, QUEUE_EIO (or
+ * QUEUE_ECORRUPT) if SQLite cannot read.
+ */
+int queue_dead_reasons(struct queue *q, struct queue_dead_reason *out, size_t max, size_t *n)
+	__attribute__((warn_unused_result));
 
 #endif

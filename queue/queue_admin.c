@@ -156,7 +156,9 @@ static int report(struct queue_admin *a, sqlite3_stmt *st,
 	return rc;
 }
 
-static void head_row(sqlite3_stmt *st, struct queue_admin_row *r)
+/* The columns both reports start with: id, received_ms, session, target,
+ * attempts, length(body). */
+static void msg_row(sqlite3_stmt *st, struct queue_admin_row *r)
 {
 	r->id = sqlite3_column_int64(st, 0);
 	r->received_ms = sqlite3_column_int64(st, 1);
@@ -164,6 +166,11 @@ static void head_row(sqlite3_stmt *st, struct queue_admin_row *r)
 	r->target = (const char *)sqlite3_column_text(st, 3);
 	r->attempts = (uint32_t)sqlite3_column_int64(st, 4);
 	r->body_len = (uint64_t)sqlite3_column_int64(st, 5);
+}
+
+static void head_row(sqlite3_stmt *st, struct queue_admin_row *r)
+{
+	msg_row(st, r);
 	r->queued = (uint64_t)sqlite3_column_int64(st, 6);
 }
 
@@ -200,8 +207,7 @@ int queue_admin_dead_reasons(struct queue_admin *a, queue_admin_row_fn *fn, void
 	sqlite3_stmt *st = NULL;
 	int rc;
 
-	rc = sqlite3_prepare_v2(a->db, "SELECT reason, count(*) FROM dead_letters GROUP BY reason "
-	                        "ORDER BY count(*) DESC, reason", -1, &st, NULL);
+	rc = sqlite3_prepare_v2(a->db, QSQL_DEAD_REASONS, -1, &st, NULL);
 	if (rc != SQLITE_OK)
 		return fail(a, cause, rc, "dead letters by reason");
 	return report(a, st, reason_row, fn, arg, cause, "dead letters by reason");
@@ -209,12 +215,7 @@ int queue_admin_dead_reasons(struct queue_admin *a, queue_admin_row_fn *fn, void
 
 static void dead_row(sqlite3_stmt *st, struct queue_admin_row *r)
 {
-	r->id = sqlite3_column_int64(st, 0);
-	r->received_ms = sqlite3_column_int64(st, 1);
-	r->session = (const char *)sqlite3_column_text(st, 2);
-	r->target = (const char *)sqlite3_column_text(st, 3);
-	r->attempts = (uint32_t)sqlite3_column_int64(st, 4);
-	r->body_len = (uint64_t)sqlite3_column_int64(st, 5);
+	msg_row(st, r);
 	r->dead_ms = sqlite3_column_int64(st, 6);
 	r->reason = (const char *)sqlite3_column_text(st, 7);
 	r->status = sqlite3_column_int(st, 8);

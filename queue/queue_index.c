@@ -12,7 +12,6 @@
 #include "queue_internal.h"
 
 #define HTAB_MIN 64
-#define REASON_MAX 128          /* bytes of a dead letter's reason that are kept */
 #define DETAIL_MAX 1024         /* bytes of a dead letter's detail that are kept */
 
 /* Used when a dead letter's details cannot be allocated: the message is
@@ -360,7 +359,7 @@ struct dead_info *qidx_dead_info_create(const char *reason, int status, const ch
 
 	if (reason == NULL)
 		reason = "unknown";
-	rl = strnlen(reason, REASON_MAX);
+	rl = strnlen(reason, QUEUE_REASON_MAX);
 	dl = detail != NULL ? strnlen(detail, DETAIL_MAX) : 0;
 	d = malloc(sizeof *d + rl + 1 + (detail != NULL ? dl + 1 : 0));
 	if (d == NULL)

@@ -33,6 +33,11 @@
 #define BUSY_TIMEOUT_MS 5000    /* another connection (the queue CLI) holds the lock */
 #define PICKUP_MAX 256          /* replayed rows the writer loads per transaction */
 
+/* Dead letters by reason, the most common first: the relay's metrics and
+ * the queue CLI's report count alike.  A scan of the index on reason. */
+#define QSQL_DEAD_REASONS "SELECT reason, count(*) FROM dead_letters GROUP BY reason " \
+	"ORDER BY count(*) DESC, reason"
+
 #define container_of(p, type, member) \
 	((type *)(void *)((char *)(p) - offsetof(type, member)))
 
@@ -193,9 +198,9 @@ struct queue {
 	size_t lat_cap;                 /* ... at most one per message in a batch */
 	unsigned backoff_ms;
 
-	pthread_mutex_t read_mu;        /* guards rdb and st_read */
+	pthread_mutex_t read_mu;        /* guards rdb, st_read and st_reasons */
 	sqlite3 *rdb;
-	sqlite3_stmt *st_read;
+	sqlite3_stmt *st_read, *st_reasons;
 
 	/* Everything below is guarded by mu. */
 	struct htab sessions, leases, keys;
@@ -282,6 +287,11 @@ void *qwriter_main(void *arg);
 int qstore_open(struct queue *q, char **cause);
 void qstore_close(struct queue *q);
 int qstore_read_message(struct queue *q, int64_t id, struct queue_msg **out);
+/* Runs QSQL_DEAD_REASONS through the read connection and calls fn for each
+ * reason (under q->read_mu: fn must not call into the queue).  Returns a
+ * queue_err. */
+int qstore_dead_reasons(struct queue *q, void (*fn)(void *arg, const char *reason,
+                                                     uint64_t count), void *arg);
 void qstore_set_max_pages(sqlite3 *db, uint64_t pages);
 /* Runs batch in one transaction; on failure copies the error into err.
  * Returns an SQLite result code. */

@@ -64,51 +64,42 @@ static int open_fail(const char *path, sqlite3 *db, char **cause, int rc, const 
 	return qcause(cause, err, "queue database %s: %s: %s", path, what, msg);
 }
 
+/* Prepares sql and steps it once: SQLITE_ROW with *st on the first row,
+ * SQLITE_DONE if there is none, or the error.  The caller finalizes *st
+ * whatever the result. */
+static int query_first_row(sqlite3 *db, const char *sql, sqlite3_stmt **st)
+{
+	int rc = sqlite3_prepare_v2(db, sql, -1, st, NULL);
+
+	return rc == SQLITE_OK ? sqlite3_step(*st) : rc;
+}
+
 /* Runs sql and copies the first column of its first row into buf ("" if
  * there is none). */
 int qstore_query_text(sqlite3 *db, const char *sql, char *buf, size_t len)
 {
 	sqlite3_stmt *st = NULL;
-	int rc;
+	int rc = query_first_row(db, sql, &st);
 
 	buf[0] = '\0';
-	rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
-	if (rc != SQLITE_OK)
-		goto out;
-	rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW) {
 		const unsigned char *t = sqlite3_column_text(st, 0);
 
 		snprintf(buf, len, "%s", t != NULL ? (const char *)t : "");
-		rc = SQLITE_OK;
-	} else if (rc == SQLITE_DONE) {
-		rc = SQLITE_OK;
 	}
-out:
 	sqlite3_finalize(st);
-	return rc;
+	return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
 /* Runs sql and stores the first column of its first row (0 if none or NULL). */
 int qstore_query_int(sqlite3 *db, const char *sql, int64_t *v)
 {
 	sqlite3_stmt *st = NULL;
-	int rc;
+	int rc = query_first_row(db, sql, &st);
 
-	*v = 0;
-	rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
-	if (rc != SQLITE_OK)
-		goto out;
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
-		*v = sqlite3_column_int64(st, 0);
-		rc = SQLITE_OK;
-	} else if (rc == SQLITE_DONE) {
-		rc = SQLITE_OK;
-	}
-out:
+	*v = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
 	sqlite3_finalize(st);
-	return rc;
+	return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
 /* Steps a prepared statement that returns no rows and makes it reusable. */
@@ -355,7 +346,8 @@ static int db_prepare(struct queue *q, char **cause)
 	return QUEUE_OK;
 }
 
-/* Opens the read-only connection queue_lease reads uncached bodies with. */
+/* Opens the read-only connection queue_lease reads uncached bodies with,
+ * and the metrics count dead letters with. */
 static int db_open_reader(struct queue *q, char **cause)
 {
 	int rc;
@@ -369,6 +361,9 @@ static int db_open_reader(struct queue *q, char **cause)
 		                        "peer_ip, user_agent, origin, api_key, conn_id, seq, body "
 		                        "FROM messages WHERE id = ?1",
 		                        -1, SQLITE_PREPARE_PERSISTENT, &q->st_read, NULL);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_prepare_v3(q->rdb, QSQL_DEAD_REASONS, -1, SQLITE_PREPARE_PERSISTENT,
+		                        &q->st_reasons, NULL);
 	if (rc != SQLITE_OK)
 		return open_fail(q->path, q->rdb, cause, rc, "open reader");
 	return QUEUE_OK;
@@ -463,7 +458,7 @@ void qstore_close(struct queue *q)
 	sqlite3_stmt *stmts[] = {
 		q->st_begin, q->st_commit, q->st_rollback, q->st_insert, q->st_delete,
 		q->st_attempts, q->st_dead, q->st_probe_put, q->st_probe_del, q->st_read,
-		q->st_version, q->st_pickup, q->st_unmark, q->st_dead_count,
+		q->st_version, q->st_pickup, q->st_unmark, q->st_dead_count, q->st_reasons,
 	};
 	size_t i;
 
@@ -506,6 +501,23 @@ int qstore_read_message(struct queue *q, int64_t id, struct queue_msg **out)
 	sqlite3_clear_bindings(st);
 	pthread_mutex_unlock(&q->read_mu);
 	return err;
+}
+
+int qstore_dead_reasons(struct queue *q, void (*fn)(void *arg, const char *reason,
+                                                     uint64_t count), void *arg)
+{
+	sqlite3_stmt *st = q->st_reasons;
+	int rc;
+
+	pthread_mutex_lock(&q->read_mu);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		const char *reason = (const char *)sqlite3_column_text(st, 0);
+
+		fn(arg, reason != NULL ? reason : "", (uint64_t)sqlite3_column_int64(st, 1));
+	}
+	sqlite3_reset(st);  /* ends the read transaction: checkpoints can proceed */
+	pthread_mutex_unlock(&q->read_mu);
+	return rc == SQLITE_DONE ? QUEUE_OK : sql_to_err(rc);
 }
 
 /* --- the writer's transactions ----------------------------------------------------- */

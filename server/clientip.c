@@ -225,3 +225,20 @@ const char *clientip_resolve(const struct trusted_proxies *tp, const char *peer,
 		snprintf(out, CLIENTIP_SIZE, "%s", peer);
 	return out;
 }
+
+void clientip_from_sockaddr(const struct sockaddr *sa, char *buf, size_t size)
+{
+	snprintf(buf, size, "unknown");
+	if (sa == NULL)
+		return;
+	if (sa->sa_family == AF_INET) {
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, buf, (socklen_t)size);
+	} else if (sa->sa_family == AF_INET6) {
+		const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+
+		if (IN6_IS_ADDR_V4MAPPED(a))
+			inet_ntop(AF_INET, &a->s6_addr[12], buf, (socklen_t)size);
+		else
+			inet_ntop(AF_INET6, a, buf, (socklen_t)size);
+	}
+}

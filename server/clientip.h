@@ -40,6 +40,11 @@ bool cidr_contains(const struct cidr *c, const char *ip);
  */
 int clientip_parse(const char *s, size_t len, int *family, unsigned char addr[16]);
 
+struct sockaddr;
+/* A socket address as text ("unknown" if not IP); an IPv4 client on a
+ * dual-stack socket shows as IPv4. */
+void clientip_from_sockaddr(const struct sockaddr *sa, char *buf, size_t size);
+
 struct trusted_proxies;
 
 /*

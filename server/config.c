@@ -88,6 +88,11 @@ static int check_origin_list(const char *value)
 	return 0;
 }
 
+static int check_http_version(const char *value)
+{
+	return strcmp(value, "1.1") && strcmp(value, "2") ? -1 : 0;
+}
+
 #define KiB 1024ULL
 #define MiB (1024 * KiB)
 #define GiB (1024 * MiB)
@@ -184,9 +189,14 @@ static const struct setting settings[] = {
 	    "PEM CA bundle for upstream; empty: the system's", "upstream"),
 	FLAG("upstream-insecure", upstream_insecure, "false",
 	     "do not verify the upstream certificate (testing only)", "upstream"),
-	NUM("forward-workers", T_UINT, forward_workers, "4", 1, 256,
+	{ "upstream-http-version", T_STRING, F(upstream_http_version), "1.1", 0, 0,
+	  "upstream HTTP version: 1.1 (keep-alive connections) or 2 (multiplexed where offered)",
+	  check_http_version, "1.1 or 2",
+	  "upstream", false },
+	/* The maxima are forwarder.c's FWD_WORKERS_MAX and FWD_INFLIGHT_MAX. */
+	NUM("forward-workers", T_UINT, forward_workers, "4", 1, 64,
 	    "upstream forwarding threads", "upstream"),
-	NUM("forward-inflight", T_UINT, forward_inflight, "16", 1, 4096,
+	NUM("forward-inflight", T_UINT, forward_inflight, "16", 1, 1024,
 	    "upstream requests in flight per worker", "upstream"),
 	NUM("upstream-timeout-ms", T_UINT, upstream_timeout_ms, "10000", 1, 600000,
 	    "whole upstream request timeout", "upstream"),

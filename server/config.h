@@ -53,6 +53,7 @@ struct config {
 	char *upstream;
 	char *upstream_ca;           /* "" = the system CA bundle */
 	bool upstream_insecure;
+	char *upstream_http_version; /* "1.1" or "2" */
 	unsigned forward_workers, forward_inflight;
 	unsigned upstream_timeout_ms, upstream_connect_timeout_ms;
 	unsigned retry_base_ms, retry_max_ms;

@@ -9,6 +9,11 @@
  * queue_ack / queue_retry / queue_dead and sleeps in curl_multi_poll(),
  * which the queue's notify callback interrupts when new messages arrive.
  *
+ * The per-message path allocates nothing of its own once the buffers have
+ * grown: the body is sent from the leased message (itself one allocation),
+ * and the URL and header lines are written into a buffer and a header list
+ * that belong to the easy handle.
+ *
  * Ordering is the queue's job: it leases at most one message per session,
  * so a worker never needs to know about sessions.
  */
@@ -37,6 +42,8 @@
 #define FWD_INFLIGHT_MAX 1024   /* easy handles per worker */
 #define FWD_ANSWER_MAX 256      /* bytes of an upstream answer kept for a dead letter */
 #define FWD_HEADER_MAX 8192     /* one request header line; longer ones are not sent */
+#define FWD_URL_MAX (4 << 20)   /* a longer upstream URL is not sent (dead-lettered) */
+#define FWD_REQ_BUF_MIN 1024    /* first size of a transfer's URL and header buffer */
 #define FWD_POLL_MAX_MS 1000    /* longest sleep, so nothing is missed for long */
 #define FWD_SYSTEM_CA "/etc/ssl/certs/ca-certificates.crt"
 #define FWD_DEFAULT_CONTENT_TYPE "text/plain; charset=utf-8"
@@ -45,12 +52,21 @@ enum upstream_state { UPSTREAM_UNKNOWN = -1, UPSTREAM_DOWN = 0, UPSTREAM_UP = 1 
 
 struct worker;
 
+/* The request's header lines: the first and the last never change, the
+ * others are the message's own (HDR_VARIABLE of them at most). */
+enum { HDR_VARIABLE = 5, HDR_NODES = HDR_VARIABLE + 2 };
+
 /* One reusable easy handle and what belongs to the message it carries. */
 struct transfer {
 	struct worker *w;
 	CURL *easy;
 	struct queue_msg *msg;          /* NULL while the slot is idle */
-	struct curl_slist *headers;
+	/* The header list given to libcurl once: hdr[0] is its head for good,
+	 * the nodes after it are relinked for each message.  Their lines live
+	 * in buf, after the URL; buf grows up to FWD_URL_MAX + the headers. */
+	struct curl_slist hdr[HDR_NODES];
+	char *buf;
+	size_t buf_size;
 	long long retry_after_s;        /* -1: the answer had no usable Retry-After */
 	size_t answer_len;
 	char answer[FWD_ANSWER_MAX + 1];
@@ -67,6 +83,9 @@ struct worker {
 	unsigned nidle;
 	struct queue_msg **leased;      /* scratch for queue_lease() */
 	uint64_t rng;                   /* xorshift state for the backoff jitter */
+	/* Set while the worker sleeps with free slots: only then does a queue
+	 * notification need to wake it (see worker_main). */
+	atomic_bool wants_wake;
 };
 
 struct forwarder {
@@ -192,60 +211,100 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *arg)
 	return size * nmemb;
 }
 
-/* Appends "name: value".  A value that contains CR or LF (it would forge a
- * header) or does not fit FWD_HEADER_MAX is left out.  -1 only on ENOMEM. */
-static int header_add(struct curl_slist **list, const char *name, const char *value)
-{
-	char line[FWD_HEADER_MAX];
-	struct curl_slist *l;
-	int len;
+/* Header lines that are the same for every request.  libcurl only reads
+ * them (an empty "Expect:" removes its 100-continue round trip). */
+static char hdr_proto_line[] = "X-Forwarded-Proto: https";
+static char hdr_expect_line[] = "Expect:";
 
+/* A value that contains CR or LF (it would forge a header) or does not fit
+ * FWD_HEADER_MAX is not sent; returns its line length with the NUL, or 0. */
+static size_t header_size(const char *name, const char *value)
+{
+	size_t len;
+
+	if (!value)
+		return 0;
 	if (strpbrk(value, "\r\n")) {
 		log_debug("forward_header_dropped", "header=%s reason=newline", name);
 		return 0;
 	}
-	len = snprintf(line, sizeof line, "%s: %s", name, value);
-	if (len < 0 || (size_t)len >= sizeof line) {
+	len = strlen(name) + 2 + strlen(value) + 1;
+	if (len > FWD_HEADER_MAX) {
 		log_debug("forward_header_dropped", "header=%s reason=too_long", name);
 		return 0;
 	}
-	l = curl_slist_append(*list, line);
-	if (!l)
+	return len;
+}
+
+/* Makes t->buf at least size bytes; it never shrinks.  -1 on ENOMEM. */
+static int transfer_reserve(struct transfer *t, size_t size)
+{
+	size_t want = t->buf_size ? t->buf_size : FWD_REQ_BUF_MIN;
+	char *p;
+
+	if (size <= t->buf_size)
+		return 0;
+	while (want < size)
+		want *= 2;
+	p = realloc(t->buf, want);
+	if (!p)
 		return -1;
-	*list = l;
+	t->buf = p;
+	t->buf_size = want;
 	return 0;
 }
 
-/* The request headers for m.  NULL on ENOMEM. */
-static struct curl_slist *request_headers(struct forwarder *f, const struct queue_msg *m)
+/*
+ * Writes m's URL and header lines into t->buf and links the lines into
+ * t->hdr; *url points into t->buf.  0, or -ENOMEM, or -E2BIG for a URL over
+ * FWD_URL_MAX.
+ */
+static int request_prepare(struct forwarder *f, struct transfer *t, const struct queue_msg *m,
+                           const char **url)
 {
-	struct curl_slist *list = NULL, *l;
+	const char *target = m->target ? m->target : "/";
 	char idem[128];
+	struct { const char *name, *value; size_t size; } h[HDR_VARIABLE] = {
+		{ "Content-Type", m->content_type ? m->content_type : FWD_DEFAULT_CONTENT_TYPE, 0 },
+		{ "X-Forwarded-For", m->xff, 0 },
+		{ "User-Agent", m->user_agent, 0 },
+		{ "Origin", m->origin, 0 },
+		{ "Idempotency-Key", idem, 0 },
+	};
+	size_t ulen = strlen(f->upstream), tlen = strlen(target), need, off;
+	struct curl_slist *last = &t->hdr[0];
 
 	snprintf(idem, sizeof idem, "%s-%" PRId64, queue_instance_id(f->q), m->id);
-	if (header_add(&list, "Content-Type",
-	               m->content_type ? m->content_type : FWD_DEFAULT_CONTENT_TYPE) < 0 ||
-	    (m->xff && header_add(&list, "X-Forwarded-For", m->xff) < 0) ||
-	    header_add(&list, "X-Forwarded-Proto", "https") < 0 ||
-	    (m->user_agent && header_add(&list, "User-Agent", m->user_agent) < 0) ||
-	    (m->origin && header_add(&list, "Origin", m->origin) < 0) ||
-	    header_add(&list, "Idempotency-Key", idem) < 0)
-		goto fail;
-	l = curl_slist_append(list, "Expect:");   /* no 100-continue round trip */
-	if (!l)
-		goto fail;
-	return l;
-fail:
-	curl_slist_free_all(list);
-	return NULL;
+	if (ulen > FWD_URL_MAX || tlen > FWD_URL_MAX - ulen)
+		return -E2BIG;
+	need = ulen + tlen + 1;
+	for (size_t i = 0; i < HDR_VARIABLE; i++) {
+		h[i].size = header_size(h[i].name, h[i].value);
+		need += h[i].size;
+	}
+	if (transfer_reserve(t, need) < 0)
+		return -ENOMEM;
+	memcpy(t->buf, f->upstream, ulen);
+	memcpy(t->buf + ulen, target, tlen + 1);
+	off = ulen + tlen + 1;
+	for (size_t i = 0; i < HDR_VARIABLE; i++) {
+		if (!h[i].size)
+			continue;
+		snprintf(t->buf + off, h[i].size, "%s: %s", h[i].name, h[i].value);
+		last->next = &t->hdr[1 + i];
+		last = last->next;
+		last->data = t->buf + off;
+		off += h[i].size;
+	}
+	last->next = &t->hdr[HDR_NODES - 1];
+	*url = t->buf;
+	return 0;
 }
 
 static void transfer_release(struct worker *w, struct transfer *t)
 {
 	queue_msg_free(t->msg);
 	t->msg = NULL;
-	curl_slist_free_all(t->headers);
-	t->headers = NULL;
 	w->idle[w->nidle++] = t;
 }
 
@@ -255,26 +314,31 @@ static void transfer_begin(struct worker *w, struct queue_msg *m)
 {
 	struct forwarder *f = w->f;
 	struct transfer *t = w->idle[--w->nidle];
-	const char *target = m->target ? m->target : "/";
-	char *url = NULL;
+	const char *url = NULL;
 	CURLcode rc;
+	int err;
 
 	t->msg = m;
 	t->answer_len = 0;
 	t->answer[0] = '\0';
 	t->error[0] = '\0';
 	t->retry_after_s = -1;
-	t->headers = request_headers(f, m);
-	if (!t->headers || asprintf(&url, "%s%s", f->upstream, target) < 0) {
-		url = NULL;
+	err = request_prepare(f, t, m, &url);
+	if (err == -ENOMEM) {
 		log_error("forward_nomem", "id=%" PRId64, m->id);
 		queue_retry(f->q, m->id, f->o.retry_max_ms);
 		goto release;
 	}
-	/* The body is sent from the leased message itself: no copy. */
+	if (err < 0) {
+		log_warn("forward_dead", "id=%" PRId64 " reason=unsendable error=\"URL too long\"",
+		         m->id);
+		queue_dead(f->q, m->id, "unsendable", 0, "URL too long");
+		metrics_add(M_ATTEMPT_DEAD, 1);
+		goto release;
+	}
+	/* The body is sent from the leased message itself: no copy.  libcurl
+	 * copies the URL; the header list was given to it in easy_setup. */
 	rc = curl_easy_setopt(t->easy, CURLOPT_URL, url);
-	if (rc == CURLE_OK)
-		rc = curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers);
 	if (rc == CURLE_OK)
 		rc = curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE_LARGE,
 		                      (curl_off_t)m->body_len);
@@ -292,10 +356,8 @@ static void transfer_begin(struct worker *w, struct queue_msg *m)
 		queue_retry(f->q, m->id, f->o.retry_max_ms);
 		goto release;
 	}
-	free(url);
 	return;
 release:
-	free(url);
 	transfer_release(w, t);
 }
 
@@ -421,14 +483,16 @@ static unsigned reap(struct worker *w)
 	return n;
 }
 
-static void fill(struct worker *w)
+/* Leases messages for the idle slots and starts them; returns how many. */
+static size_t fill(struct worker *w)
 {
 	size_t n = 0;
 
 	if (w->nidle == 0 || queue_lease(w->f->q, w->leased, w->nidle, &n) < 0)
-		return;
+		return 0;
 	for (size_t i = 0; i < n; i++)
 		transfer_begin(w, w->leased[i]);
+	return n;
 }
 
 /* At the stop deadline: whatever is still in flight stays queued and is
@@ -481,13 +545,24 @@ static void *worker_main(void *arg)
 		if (reap(w))
 			continue;       /* slots are free and sessions may have moved on */
 		if (!stopping && w->nidle > 0) {
-			long due = queue_next_due_ms(f->q);
+			long due;
 
+			/* From here until the poll returns, a queue notification
+			 * wakes this worker; one that came before the flag was set
+			 * is seen by this second look at the queue.  A worker with
+			 * no free slot is never woken: it could not take more. */
+			atomic_store(&w->wants_wake, true);
+			if (fill(w) > 0) {
+				atomic_store(&w->wants_wake, false);
+				continue;
+			}
 			/* A retry falls due without anyone notifying us. */
+			due = queue_next_due_ms(f->q);
 			if (due >= 0 && due < timeout)
 				timeout = due < 1 ? 1 : due;
 		}
 		curl_multi_poll(w->multi, NULL, 0, (int)timeout, NULL);
+		atomic_store(&w->wants_wake, false);
 	}
 	return NULL;
 }
@@ -499,51 +574,19 @@ static void wake_workers(struct forwarder *f)
 			curl_multi_wakeup(f->workers[i].multi);
 }
 
-/*
- * The queue calls its notify callback after dropping its lock, so a call
- * may still be on its way in after queue_set_notify(q, NULL, NULL) has
- * returned.  The callback's argument therefore must outlive any forwarder:
- * it is this process-wide slot, which forwarder_stop() empties under the
- * lock before freeing anything.  Hence one running forwarder per process.
- */
-static struct {
-	pthread_mutex_t lock;
-	struct forwarder *f;
-} notify_slot = { PTHREAD_MUTEX_INITIALIZER, NULL };
-
-/* Called by the queue when a message may have become due. */
+/* Called by the queue, from any thread, when a message may have become
+ * due.  Only workers asleep with free slots are woken: each wake-up is a
+ * write to a socketpair, and a busy drain makes one notification per ack. */
 static void on_queue_notify(void *arg)
 {
-	pthread_mutex_lock(&notify_slot.lock);
-	if (notify_slot.f)
-		wake_workers(notify_slot.f);
-	pthread_mutex_unlock(&notify_slot.lock);
-}
+	struct forwarder *f = arg;
 
-/* Makes f the forwarder the queue wakes; -1 if another one runs. */
-static int notify_attach(struct forwarder *f)
-{
-	int rc = -1;
+	for (unsigned i = 0; i < f->nworkers; i++) {
+		struct worker *w = &f->workers[i];
 
-	pthread_mutex_lock(&notify_slot.lock);
-	if (!notify_slot.f) {
-		notify_slot.f = f;
-		rc = 0;
+		if (atomic_load(&w->wants_wake) && atomic_exchange(&w->wants_wake, false))
+			curl_multi_wakeup(w->multi);
 	}
-	pthread_mutex_unlock(&notify_slot.lock);
-	if (rc == 0)
-		queue_set_notify(f->q, on_queue_notify, &notify_slot);
-	return rc;
-}
-
-/* After this returns no notification touches f any more. */
-static void notify_detach(struct forwarder *f)
-{
-	queue_set_notify(f->q, NULL, NULL);
-	pthread_mutex_lock(&notify_slot.lock);
-	if (notify_slot.f == f)
-		notify_slot.f = NULL;
-	pthread_mutex_unlock(&notify_slot.lock);
 }
 
 static void share_lock(CURL *h, curl_lock_data data, curl_lock_access a, void *arg)
@@ -560,21 +603,38 @@ static void share_unlock(CURL *h, curl_lock_data data, void *arg)
 	pthread_mutex_unlock(&f->share_locks[data % CURL_LOCK_DATA_LAST]);
 }
 
-/* The options every request of every worker shares. */
+/* Whether the workers use HTTP/2: asked for, and libcurl has nghttp2. */
+static bool use_http2(const struct forwarder *f)
+{
+	return f->o.http_version == FWD_HTTP_2 &&
+	       (curl_version_info(CURLVERSION_NOW)->features & CURL_VERSION_HTTP2);
+}
+
+/* The options every request of every worker shares.  They are set once:
+ * per message only the URL and the body change (transfer_begin). */
 static int easy_setup(struct forwarder *f, struct transfer *t)
 {
 	const struct forwarder_options *o = &f->o;
+	bool h2 = use_http2(f);
 
 	t->easy = curl_easy_init();
 	if (!t->easy)
 		return -1;
-	/* HTTP/2 is wanted but not required: this fails only without nghttp2. */
-	curl_easy_setopt(t->easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-	if (curl_easy_setopt(t->easy, CURLOPT_PRIVATE, t) ||
+	t->hdr[0].data = hdr_proto_line;
+	t->hdr[0].next = &t->hdr[HDR_NODES - 1];
+	t->hdr[HDR_NODES - 1].data = hdr_expect_line;
+	t->hdr[HDR_NODES - 1].next = NULL;
+	/* 2TLS: HTTP/2 where ALPN offers it, HTTP/1.1 otherwise.  PIPEWAIT
+	 * makes a new request wait for a connection that may multiplex
+	 * rather than open another one. */
+	if (curl_easy_setopt(t->easy, CURLOPT_HTTP_VERSION,
+	                     h2 ? (long)CURL_HTTP_VERSION_2TLS : (long)CURL_HTTP_VERSION_1_1) ||
+	    curl_easy_setopt(t->easy, CURLOPT_PIPEWAIT, h2 ? 1L : 0L) ||
+	    curl_easy_setopt(t->easy, CURLOPT_PRIVATE, t) ||
 	    curl_easy_setopt(t->easy, CURLOPT_NOSIGNAL, 1L) ||
 	    curl_easy_setopt(t->easy, CURLOPT_SHARE, f->share) ||
 	    curl_easy_setopt(t->easy, CURLOPT_PROTOCOLS_STR, "https,http") ||
-	    curl_easy_setopt(t->easy, CURLOPT_PIPEWAIT, 1L) ||
+	    curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, &t->hdr[0]) ||
 	    curl_easy_setopt(t->easy, CURLOPT_TCP_KEEPALIVE, 1L) ||
 	    curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, (long)o->timeout_ms) ||
 	    curl_easy_setopt(t->easy, CURLOPT_CONNECTTIMEOUT_MS, (long)o->connect_timeout_ms) ||
@@ -607,11 +667,14 @@ static int worker_setup(struct forwarder *f, struct worker *w, unsigned index)
 	w->slots = calloc(n, sizeof *w->slots);
 	w->idle = calloc(n, sizeof *w->idle);
 	w->leased = calloc(n, sizeof *w->leased);
+	atomic_init(&w->wants_wake, false);
 	if (!w->multi || !w->slots || !w->idle || !w->leased)
 		return -1;
-	/* One connection per request in flight covers HTTP/1.1; over HTTP/2
-	 * the requests share one connection as streams. */
-	if (curl_multi_setopt(w->multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX) ||
+	/* One connection per request in flight: HTTP/1.1 needs them all, and
+	 * the cache keeps them all, so each is reused rather than handshaked
+	 * again.  Over HTTP/2 the requests share one connection as streams. */
+	if (curl_multi_setopt(w->multi, CURLMOPT_PIPELINING,
+	                      use_http2(f) ? CURLPIPE_MULTIPLEX : CURLPIPE_NOTHING) ||
 	    curl_multi_setopt(w->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)n) ||
 	    curl_multi_setopt(w->multi, CURLMOPT_MAXCONNECTS, (long)n))
 		return -1;
@@ -632,7 +695,7 @@ static void worker_release(struct worker *w, unsigned inflight)
 				curl_multi_remove_handle(w->multi, w->slots[i].easy);
 			curl_easy_cleanup(w->slots[i].easy);
 			queue_msg_free(w->slots[i].msg);
-			curl_slist_free_all(w->slots[i].headers);
+			free(w->slots[i].buf);
 		}
 	}
 	curl_multi_cleanup(w->multi);
@@ -734,10 +797,7 @@ int forwarder_start(struct forwarder **out, struct queue *q, struct keyban *kb,
 	f = forwarder_create(q, kb, o, ca);
 	if (!f)
 		return fail_with(cause, "cannot set up the forwarders (out of memory?)");
-	if (notify_attach(f) < 0) {
-		forwarder_free(f);
-		return fail_with(cause, "a forwarder is already running in this process");
-	}
+	queue_set_notify(q, on_queue_notify, f);
 	for (unsigned i = 0; i < f->nworkers; i++) {
 		if (pthread_create(&f->workers[i].thread, NULL, worker_main, &f->workers[i])) {
 			forwarder_stop(f, 0);   /* joins the ones already running */
@@ -745,12 +805,16 @@ int forwarder_start(struct forwarder **out, struct queue *q, struct keyban *kb,
 		}
 		f->workers[i].running = true;
 	}
+	if (o->http_version == FWD_HTTP_2 && !use_http2(f))
+		log_warn("upstream_http2_unavailable", "detail=\"this libcurl has no HTTP/2: "
+		         "using HTTP/1.1\"");
 	if (o->insecure)
 		log_warn("upstream_tls_unverified", "upstream=%s detail=\"the upstream's "
 		         "certificate is NOT verified: anyone on the path can read and alter "
 		         "the telemetry\"", log_quote(f->upstream, ubuf, sizeof ubuf));
-	log_info("forwarder_started", "upstream=%s workers=%u inflight=%u ca=%s",
-	         log_quote(f->upstream, ubuf, sizeof ubuf), o->workers, o->inflight,
+	log_info("forwarder_started", "upstream=%s http=%s workers=%u inflight=%u ca=%s",
+	         log_quote(f->upstream, ubuf, sizeof ubuf), use_http2(f) ? "2" : "1.1",
+	         o->workers, o->inflight,
 	         o->insecure ? "none" : log_quote(f->ca_file, cbuf, sizeof cbuf));
 	*out = f;
 	return 0;
@@ -760,7 +824,8 @@ void forwarder_stop(struct forwarder *f, unsigned deadline_ms)
 {
 	if (!f)
 		return;
-	notify_detach(f);
+	/* Waits for a notification under way: none touches f after this. */
+	queue_set_notify(f->q, NULL, NULL);
 	atomic_store(&f->deadline_ms, now_ms() + deadline_ms);
 	atomic_store(&f->stopping, true);
 	wake_workers(f);

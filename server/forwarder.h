@@ -1,10 +1,14 @@
 /*
  * forwarder.h - worker threads that drain the queue to the upstream over
  * HTTPS with libcurl.  Each worker drives one curl multi handle with up to
- * `inflight` concurrent requests over kept-alive connections (HTTP/2 where the
- * upstream offers it).  2xx acks a message; 408/425/429/5xx and transport
- * errors retry it with exponential backoff and jitter (Retry-After honoured);
- * 401/403 reject its API key; any other status dead-letters it.
+ * `inflight` concurrent requests over kept-alive connections: one connection
+ * per request in flight over HTTP/1.1, or streams multiplexed over HTTP/2
+ * where the upstream offers it.  2xx acks a message; 408/425/429/5xx and
+ * transport errors retry it with exponential backoff and jitter (Retry-After
+ * honoured); 401/403 reject its API key; any other status dead-letters it.
+ *
+ * A forwarder owns its queue's notify callback (queue_set_notify): run one
+ * forwarder per queue.
  */
 #ifndef WATCHRTC_FORWARDER_H
 #define WATCHRTC_FORWARDER_H
@@ -15,6 +19,14 @@ struct queue;
 struct keyban;
 struct forwarder;
 
+/* The upstream HTTP version.  HTTP/1.1 costs libcurl less CPU per request
+ * than HTTP/2 (see BENCHMARKS.md), so it is the zero value and the default. */
+enum forward_http {
+	FWD_HTTP_1_1 = 0,       /* HTTP/1.1 keep-alive, workers x inflight connections */
+	FWD_HTTP_2,             /* HTTP/2 over TLS when the upstream offers it (ALPN),
+	                         * else HTTP/1.1; one multiplexed connection per worker */
+};
+
 struct forwarder_options {
 	const char *upstream;     /* base URL, e.g. "https://host:port" (no trailing '/') */
 	const char *ca_file;      /* NULL or "": the system CA bundle */
@@ -23,6 +35,7 @@ struct forwarder_options {
 	unsigned inflight;        /* concurrent requests per worker */
 	unsigned timeout_ms, connect_timeout_ms;
 	unsigned retry_base_ms, retry_max_ms;
+	enum forward_http http_version;
 };
 
 /* Starts the workers.  On failure *cause (malloc'd, caller frees) says why. */

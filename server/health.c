@@ -127,17 +127,24 @@ enum MHD_Result route_health(struct relay *r, struct MHD_Connection *c,
 enum MHD_Result route_metrics(struct relay *r, struct MHD_Connection *c,
                               const struct request_info *ri)
 {
+	struct queue_dead_reason dead[METRICS_DEAD_REASONS_MAX];
 	struct queue_stats st;
-	size_t len = 0;
+	size_t len = 0, ndead = 0;
 	char *text;
+	int err;
 
 	if (strcmp(ri->method, "GET")) {
 		metrics_http("metrics", 405);
 		return http_answer_error(c, 405, NULL, "method not allowed");
 	}
 	queue_stats(r->queue, &st);
+	/* A failed read leaves the family empty rather than failing the scrape:
+	 * the other figures matter most when the database is in trouble. */
+	err = queue_dead_reasons(r->queue, dead, METRICS_DEAD_REASONS_MAX, &ndead);
+	if (err != QUEUE_OK)
+		log_warn("metrics_dead_letters", "error=\"%s\"", queue_strerror(err));
 	metrics_http("metrics", 200);
-	text = metrics_render(&st, &len);
+	text = metrics_render(&st, dead, ndead, &len);
 	if (!text)
 		return http_answer_error(c, 500, NULL, "cannot render metrics");
 	return answer(c, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);

@@ -1,10 +1,12 @@
 /*
- * http.c - the TLS listener.  libmicrohttpd terminates TLS with GnuTLS and
- * parses HTTP; this file owns the daemon, keeps per-request state (the raw
- * URI, the body being received) and dispatches each request to a route.
+ * http.c - the HTTP side of the main listener.  The TLS listener
+ * (listener.c) accepts and decrypts; libmicrohttpd, fed the plaintext
+ * through a socketpair per connection, parses HTTP.  This file owns the
+ * daemon, keeps per-request state (the raw URI, the body being received)
+ * and dispatches each request to a route.
  *
- * The listener speaks TLS only: a plaintext request on the port fails the
- * TLS handshake and the connection is closed.
+ * The port speaks TLS only: a plaintext request fails the TLS handshake
+ * and the connection is closed.
  */
 #include "http.h"
 
@@ -28,6 +30,7 @@
 #include "access.h"
 #include "clientip.h"
 #include "deadline.h"
+#include "listener.h"
 #include "log.h"
 #include "metrics.h"
 #include "relay.h"
@@ -37,19 +40,15 @@
 
 #define HTTP_CONNECTION_TIMEOUT_S 30   /* an idle keep-alive connection is closed after this */
 #define HTTP_DISCARD_FACTOR 4          /* oversize bodies: read at most this many limits, then drop */
-#define HTTP_LIMIT_LOG_INTERVAL_MS 1000  /* at most one "max-connections reached" line per interval */
-/* MHD itself accepts this many connections over max-connections, so that the
- * relay can refuse them at once and say so, where MHD would leave them
- * waiting in the listen backlog. */
+/* The listener enforces max-connections; libmicrohttpd's own cap is only
+ * a backstop above it. */
 #define HTTP_ACCEPT_HEADROOM 64
 
 struct http_server {
 	struct MHD_Daemon *daemon;
+	struct listener *listener;        /* accepts, does TLS, feeds the daemon */
 	struct relay *relay;
 	struct deadlines *deadlines;      /* request-timeout-s for slow clients */
-	atomic_uint open;                 /* connections now, upgraded ones included */
-	atomic_llong limit_logged_ms;     /* when "max-connections reached" was last logged */
-	atomic_ullong limit_unlogged;     /* refusals since, not logged one by one */
 };
 
 /* State of one request, from the URI log callback to completion. */
@@ -106,26 +105,6 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
 	*req_cls = NULL;
 }
 
-/* Logs a connection refused for max-connections: clearly, but at most once
- * per HTTP_LIMIT_LOG_INTERVAL_MS, with a count of the others, not per refusal. */
-static void note_refusal(struct http_server *s)
-{
-	struct timespec ts;
-	long long now, last;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	now = (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-	last = atomic_load(&s->limit_logged_ms);
-	if (now - last < HTTP_LIMIT_LOG_INTERVAL_MS ||
-	    !atomic_compare_exchange_strong(&s->limit_logged_ms, &last, now)) {
-		atomic_fetch_add(&s->limit_unlogged, 1);
-		return;
-	}
-	log_warn("connection_refused", "reason=\"max-connections (%u) reached\" "
-	         "also_refused_since_last_line=%llu", s->relay->cfg.max_connections,
-	         (unsigned long long)atomic_exchange(&s->limit_unlogged, 0));
-}
-
 __attribute__((format(printf, 2, 0)))
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 {
@@ -137,9 +116,6 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 	while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
 		msg[--n] = '\0';
 	log_debug("mhd", "msg=%s", log_quote(msg, quoted, sizeof quoted));
-	/* MHD's own refusal past MHD_OPTION_CONNECTION_LIMIT. */
-	if (strstr(msg, "connection limit"))
-		note_refusal(cls);
 }
 
 enum MHD_Result http_answer_error_retry(struct MHD_Connection *c, unsigned status,
@@ -206,25 +182,13 @@ static void peer_address(struct MHD_Connection *c, char *buf, size_t size)
 {
 	const union MHD_ConnectionInfo *ci =
 		MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-	const struct sockaddr *sa = ci ? ci->client_addr : NULL;
 
-	snprintf(buf, size, "unknown");
-	if (!sa)
-		return;
-	if (sa->sa_family == AF_INET) {
-		inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, buf, (socklen_t)size);
-	} else if (sa->sa_family == AF_INET6) {
-		const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
-		/* An IPv4 client on a dual-stack socket: show it as IPv4. */
-		if (IN6_IS_ADDR_V4MAPPED(a))
-			inet_ntop(AF_INET, &a->s6_addr[12], buf, (socklen_t)size);
-		else
-			inet_ntop(AF_INET6, a, buf, (socklen_t)size);
-	}
+	clientip_from_sockaddr(ci ? ci->client_addr : NULL, buf, size);
 }
 
 /* Connection opened or closed: its request deadline (deadline.h) lives in
- * MHD's socket context. */
+ * MHD's socket context.  The socket is MHD's end of the listener's
+ * socketpair: shutting it down makes both sides close, mid-handshake too. */
 static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
                           enum MHD_ConnectionNotificationCode toe)
 {
@@ -233,18 +197,10 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
 	char peer[INET6_ADDRSTRLEN + 1];
 
 	if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
-		unsigned open = atomic_fetch_add(&s->open, 1) + 1;
-
 		ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
 		peer_address(c, peer, sizeof peer);
 		*socket_context = ci ? deadline_open(s->deadlines, ci->connect_fd, peer) : NULL;
-		/* Over the cap: MHD sees the socket end and closes the connection. */
-		if (ci && open > s->relay->cfg.max_connections) {
-			shutdown(ci->connect_fd, SHUT_RDWR);
-			note_refusal(s);
-		}
 	} else {
-		atomic_fetch_sub(&s->open, 1);
 		deadline_close(s->deadlines, *socket_context);
 		*socket_context = NULL;
 	}
@@ -450,33 +406,20 @@ out:
 	return ret;
 }
 
-static int parse_listen(const char *addr, unsigned port, struct sockaddr_storage *ss)
-{
-	struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
-	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
-
-	memset(ss, 0, sizeof *ss);
-	if (inet_pton(AF_INET, addr, &in4->sin_addr) == 1) {
-		in4->sin_family = AF_INET;
-		in4->sin_port = htons((uint16_t)port);
-		return AF_INET;
-	}
-	if (inet_pton(AF_INET6, addr, &in6->sin6_addr) == 1) {
-		in6->sin6_family = AF_INET6;
-		in6->sin6_port = htons((uint16_t)port);
-		return AF_INET6;
-	}
-	return -1;
-}
-
 int http_server_start(struct http_server **out, struct relay *r, const struct tls_pair *tls,
                       char **cause)
 {
 	struct http_server *s = calloc(1, sizeof *s);
-	struct sockaddr_storage ss;
-	unsigned flags = MHD_USE_TLS | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
-	                 MHD_ALLOW_UPGRADE | MHD_USE_ITC | MHD_USE_ERROR_LOG;
-	int family;
+	struct listener_options lo = {
+		.address = r->cfg.listen_address,
+		.port = r->cfg.port,
+		.threads = r->cfg.http_threads,
+		.max_connections = r->cfg.max_connections,
+		.priorities = r->cfg.tls_priorities,
+	};
+	/* No socket of its own: the listener adds each connection. */
+	unsigned flags = MHD_USE_NO_LISTEN_SOCKET | MHD_USE_INTERNAL_POLLING_THREAD |
+	                 MHD_USE_EPOLL | MHD_ALLOW_UPGRADE | MHD_USE_ITC | MHD_USE_ERROR_LOG;
 
 	*out = NULL;
 	if (!s) {
@@ -484,16 +427,6 @@ int http_server_start(struct http_server **out, struct relay *r, const struct tl
 		return -1;
 	}
 	s->relay = r;
-	family = parse_listen(r->cfg.listen_address, r->cfg.port, &ss);
-	if (family < 0) {
-		if (asprintf(cause, "listen-address %s is not an IPv4 or IPv6 address",
-		             r->cfg.listen_address) < 0)
-			*cause = NULL;
-		free(s);
-		return -1;
-	}
-	if (family == AF_INET6)
-		flags |= MHD_USE_IPv6;
 	if (deadlines_create(&s->deadlines, r->cfg.request_timeout_s, cause) < 0) {
 		free(s);
 		return -1;
@@ -506,10 +439,7 @@ int http_server_start(struct http_server **out, struct relay *r, const struct tl
 	}
 
 	s->daemon = MHD_start_daemon(
-		flags, (uint16_t)r->cfg.port, NULL, NULL, on_request, s,
-		MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-		MHD_OPTION_HTTPS_CERT_CALLBACK, tls_creds_retrieve,
-		MHD_OPTION_HTTPS_PRIORITIES, r->cfg.tls_priorities,
+		flags, 0, NULL, NULL, on_request, s,
 		MHD_OPTION_THREAD_POOL_SIZE, (unsigned)r->cfg.http_threads,
 		MHD_OPTION_CONNECTION_LIMIT, (unsigned)r->cfg.max_connections + HTTP_ACCEPT_HEADROOM,
 		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_CONNECTION_TIMEOUT_S,
@@ -521,33 +451,37 @@ int http_server_start(struct http_server **out, struct relay *r, const struct tl
 		MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
 		MHD_OPTION_END);
 	if (!s->daemon) {
-		if (asprintf(cause, "cannot listen on %s port %u: %s", r->cfg.listen_address,
-		             r->cfg.port, strerror(errno)) < 0)
+		if (asprintf(cause, "cannot start the HTTP server: %s", strerror(errno)) < 0)
 			*cause = NULL;
-		deadlines_destroy(s->deadlines);
-		tls_creds_release();
-		free(s);
+		http_server_stop(s);
 		return -1;
 	}
+	if (listener_start(&s->listener, &lo, s->daemon, r->ws, cause) < 0) {
+		http_server_stop(s);
+		return -1;
+	}
+	r->listener = s->listener;
 	*out = s;
 	return 0;
 }
 
 void http_server_quiesce(struct http_server *s)
 {
-	if (!s || !s->daemon)
-		return;
-	MHD_socket fd = MHD_quiesce_daemon(s->daemon);
-	if (fd != MHD_INVALID_SOCKET)
-		close(fd);
+	if (s)
+		listener_quiesce(s->listener);
 }
 
 void http_server_stop(struct http_server *s)
 {
 	if (!s)
 		return;
+	/* The loops first, then the daemon (its upgrade callbacks may still
+	 * name the listener), then the listener's memory. */
+	listener_stop(s->listener);
 	if (s->daemon)
 		MHD_stop_daemon(s->daemon);
+	listener_free(s->listener);
+	s->relay->listener = NULL;
 	deadlines_destroy(s->deadlines);   /* every connection is closed by now */
 	tls_creds_release();
 	free(s);

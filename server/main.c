@@ -240,6 +240,8 @@ int main(int argc, char **argv)
 		.connect_timeout_ms = r.cfg.upstream_connect_timeout_ms,
 		.retry_base_ms = r.cfg.retry_base_ms,
 		.retry_max_ms = r.cfg.retry_max_ms,
+		/* config.c accepts only "1.1" and "2" */
+		.http_version = strcmp(r.cfg.upstream_http_version, "2") ? FWD_HTTP_1_1 : FWD_HTTP_2,
 	};
 	if (forwarder_start(&fwd, r.queue, r.keyban, &fo, &cause) < 0)
 		goto out;

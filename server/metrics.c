@@ -199,7 +199,37 @@ static void render_hist(struct out *o, enum metric_hist h)
 	out_printf(o, "%s_count %llu\n", d->name, (unsigned long long)cum);
 }
 
-static void render_queue(struct out *o, const struct queue_stats *qs)
+/* A label value with \\, \" and \n escaped as the text format wants. */
+static void out_label(struct out *o, const char *v)
+{
+	size_t run;
+
+	while (*v != '\0') {
+		run = strcspn(v, "\\\"\n");
+		out_printf(o, "%.*s", (int)run, v);
+		v += run;
+		if (*v != '\0') {
+			out_printf(o, "\\%c", *v == '\n' ? 'n' : *v);
+			v++;
+		}
+	}
+}
+
+/* One labelled family, not an unlabelled total beside it: sum() in PromQL
+ * gives the total. */
+static void render_dead(struct out *o, const struct queue_dead_reason *dead, size_t n)
+{
+	head(o, "watchrtc_relay_dead_letters", "gauge",
+	     "Messages in the dead-letter table, by reason.");
+	for (size_t i = 0; i < n; i++) {
+		out_printf(o, "watchrtc_relay_dead_letters{reason=\"");
+		out_label(o, dead[i].reason);
+		out_printf(o, "\"} %llu\n", (unsigned long long)dead[i].count);
+	}
+}
+
+static void render_queue(struct out *o, const struct queue_stats *qs,
+                         const struct queue_dead_reason *dead, size_t ndead)
 {
 	struct timespec ts;
 	double age = 0;
@@ -227,8 +257,7 @@ static void render_queue(struct out *o, const struct queue_stats *qs)
 	one(o, "watchrtc_relay_queue_writable", "gauge",
 	    "1 while the database accepts writes, 0 while writes fail (disk full, I/O error).",
 	    qs->writable ? 1 : 0);
-	one(o, "watchrtc_relay_dead_letters", "gauge", "Messages in the dead-letter table.",
-	    (double)qs->dead);
+	render_dead(o, dead, ndead);
 	one(o, "watchrtc_relay_messages_committed_total", "counter",
 	    "Messages durably committed to the queue.", (double)qs->committed_total);
 	one(o, "watchrtc_relay_commits_total", "counter", "Queue transactions committed.",
@@ -238,14 +267,15 @@ static void render_queue(struct out *o, const struct queue_stats *qs)
 	    (double)qs->expired_total);
 }
 
-char *metrics_render(const struct queue_stats *qs, size_t *len)
+char *metrics_render(const struct queue_stats *qs, const struct queue_dead_reason *dead,
+                     size_t ndead, size_t *len)
 {
 	struct out o = { malloc(16384), 0, 16384, 0 };
 
 	if (!o.buf)
 		return NULL;
 	if (qs)
-		render_queue(&o, qs);
+		render_queue(&o, qs, dead, ndead);
 
 	head(&o, "watchrtc_relay_messages_received_total", "counter",
 	     "Messages accepted from clients, by transport.");

@@ -10,6 +10,11 @@
 #include <stdint.h>
 
 struct queue_stats;
+struct queue_dead_reason;
+
+/* Most reason labels of watchrtc_relay_dead_letters; the queue sums the
+ * rest under reason="other" (queue_dead_reasons). */
+#define METRICS_DEAD_REASONS_MAX 32
 
 enum metric_counter {
 	M_RECEIVED_WS,          /* watchrtc_relay_messages_received_total{transport="websocket"} */
@@ -49,7 +54,9 @@ int64_t metrics_upstream_down_since_ms(void);
 /* One HTTP answer: route is a short static name ("trace", "healthcheck"). */
 void metrics_http(const char *route, unsigned status);
 
-/* Renders everything, with the queue's figures from qs.  Caller frees. */
-char *metrics_render(const struct queue_stats *qs, size_t *len);
+/* Renders everything, with the queue's figures from qs (none if NULL) and
+ * its dead letters by reason from dead[0..ndead-1].  Caller frees. */
+char *metrics_render(const struct queue_stats *qs, const struct queue_dead_reason *dead,
+                     size_t ndead, size_t *len);
 
 #endif

@@ -15,6 +15,7 @@ struct keyban;
 struct ws_server;
 struct access;
 struct trusted_proxies;
+struct listener;
 
 struct relay {
 	struct config cfg;
@@ -23,6 +24,7 @@ struct relay {
 	struct ws_server *ws;
 	struct access *access;              /* allowlists and per-client limits */
 	struct trusted_proxies *proxies;    /* whose X-Forwarded-For is believed */
+	struct listener *listener;          /* set by http_server_start: takes upgrades */
 	atomic_bool stopping;   /* set on SIGTERM: refuse new work */
 };
 

@@ -1,9 +1,9 @@
 /*
  * tls_creds.h - the certificate and key the TLS listener presents, as
  * parsed GnuTLS credentials that SIGHUP swaps without dropping a
- * connection.  libmicrohttpd asks for them at every handshake through
- * MHD_OPTION_HTTPS_CERT_CALLBACK; that callback takes no argument, so there
- * is one set of live credentials per process.
+ * connection.  The listener asks for them at every handshake through
+ * gnutls_certificate_set_retrieve_function2, whose callback takes no
+ * argument of ours, so there is one set of live credentials per process.
  */
 #ifndef WATCHRTC_TLS_CREDS_H
 #define WATCHRTC_TLS_CREDS_H

@@ -3,8 +3,8 @@
  * server.
  *
  * The handshake and the query are checked here, on MHD's thread; a good
- * request is answered 101 and, once MHD has sent that, its socket goes to
- * ws_server_adopt with everything the forwarder will need later (the query
+ * request is answered 101 and, once MHD has sent that, the listener takes
+ * its TLS connection to ws_server_adopt with everything the forwarder will need later (the query
  * verbatim, the session, the key, the client's addresses).  A key the
  * upstream refused is still upgraded: the websocket server then says so in
  * the hello, because an {error} hello is the one answer that makes the SDK
@@ -21,6 +21,7 @@
 
 #include "access.h"
 #include "keyban.h"
+#include "listener.h"
 #include "log.h"
 #include "metrics.h"
 #include "query.h"
@@ -67,7 +68,7 @@ static enum MHD_Result refuse(struct relay *r, struct MHD_Connection *c,
 	                               status == MHD_HTTP_TOO_MANY_REQUESTS ? r->cfg.retry_after_s : 0);
 }
 
-/* Runs on MHD's thread once the 101 is out: the socket is ours now. */
+/* Runs on MHD's thread once the 101 is out: the connection is ours now. */
 static void on_upgraded(void *cls, struct MHD_Connection *c, void *req_cls, const char *extra,
                         size_t extra_len, MHD_socket sock, struct MHD_UpgradeResponseHandle *urh)
 {
@@ -78,7 +79,7 @@ static void on_upgraded(void *cls, struct MHD_Connection *c, void *req_cls, cons
 	t->meta = NULL;
 	if (!t->completion_frees)
 		free(t);
-	ws_server_adopt(r->ws, meta, sock, urh, extra, extra_len);
+	listener_upgraded(r->listener, sock, urh, extra, extra_len, meta);
 }
 
 void route_upgrade_completed(void *pending)

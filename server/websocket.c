@@ -1,9 +1,10 @@
 /*
  * websocket.c - the SDK's websocket sessions after the HTTP upgrade.
  *
- * MHD hands each upgraded socket to ws_server_adopt on its own thread; the
- * connection is passed through a mutex-protected handoff list to one of a
- * few event-loop threads (round robin) and lives there until it closes.  A
+ * The TLS listener (listener.c) hands each upgraded connection, its socket
+ * and its GnuTLS session, to ws_server_adopt; the connection is passed
+ * through a mutex-protected handoff list to one of a few event-loop threads
+ * (round robin) and lives there until it closes.  A
  * loop owns its connections outright: nothing else touches them, so the
  * per-connection state needs no locks.
  *
@@ -37,7 +38,6 @@
 #include <gnutls/crypto.h>
 #include <gnutls/gnutls.h>
 #include <jansson.h>
-#include <microhttpd.h>
 #include <wslay/wslay.h>
 
 #include "access.h"
@@ -63,8 +63,8 @@ struct ws_conn {
 	struct ws_conn *prev, *next;      /* the loop's list, or the handoff list */
 	wslay_event_context_ptr ctx;
 	struct ws_conn_meta *meta;
-	struct MHD_UpgradeResponseHandle *urh;
-	int fd;                           /* closed by MHD, never by us */
+	gnutls_session_t tls;             /* the connection's TLS session: ours */
+	int fd;                           /* its socket: ours */
 	char id[2 * WS_CONN_ID_BYTES + 1];
 	char *target;                     /* "/?" + the query: the upstream target */
 	char *extra;                      /* bytes MHD read past the request head */
@@ -107,6 +107,7 @@ struct ws_server {
 	pthread_mutex_t open_lock;
 	pthread_cond_t open_cond;         /* signalled when open drops */
 	size_t open;                      /* adopted and not yet finished */
+	atomic_size_t open_now;           /* the same, readable without the lock */
 };
 
 static int64_t mono_ms(void)
@@ -148,6 +149,7 @@ static void open_count_add(struct ws_server *s, int delta)
 {
 	pthread_mutex_lock(&s->open_lock);
 	s->open = (size_t)((ptrdiff_t)s->open + delta);
+	atomic_store(&s->open_now, s->open);
 	if (delta < 0)
 		pthread_cond_broadcast(&s->open_cond);
 	pthread_mutex_unlock(&s->open_lock);
@@ -173,8 +175,8 @@ static void conn_set_deadline(struct ws_conn *c, int64_t at)
 }
 
 /*
- * Ends c: hands the socket back to MHD (which closes it), logs the close and
- * frees c.  why says what ended it when no close code tells.
+ * Ends c: closes the TLS connection, logs the close and frees c.  why says
+ * what ended it when no close code tells.
  */
 static void conn_finish(struct ws_conn *c, const char *why)
 {
@@ -201,8 +203,11 @@ static void conn_finish(struct ws_conn *c, const char *why)
 	         !c->close_noted ? "none" : c->close_by_relay ? "relay" : "client", c->seq,
 	         mono_ms() - c->opened_ms, log_quote(why, reason, sizeof reason));
 
-	/* MHD owns the fd: this is the one and only close of it. */
-	MHD_upgrade_action(c->urh, MHD_UPGRADE_ACTION_CLOSE);
+	/* Best effort, never waiting: the close frame said goodbye already. */
+	if (!c->io_failed)
+		gnutls_bye(c->tls, GNUTLS_SHUT_WR);
+	gnutls_deinit(c->tls);
+	close(c->fd);
 	metrics_gauge_add(G_WS_OPEN, -1);
 	open_count_add(l->srv, -1);
 	conn_free(c);
@@ -253,17 +258,18 @@ static ssize_t on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
 		return n;
 	}
 	do
-		n = recv(c->fd, buf, len, 0);
-	while (n < 0 && errno == EINTR);
+		n = gnutls_record_recv(c->tls, buf, len);
+	while (n == GNUTLS_E_INTERRUPTED);
 	if (n > 0) {
 		c->last_rx_ms = mono_ms();
 		c->ping_sent_ms = 0;
 		return n;
 	}
-	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+	if (n == GNUTLS_E_AGAIN) {
 		wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
 	} else {
-		c->io_failed = true;   /* EOF or a socket error */
+		/* EOF, a socket error, or TLS refusing (a renegotiation too). */
+		c->io_failed = true;
 		wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
 	}
 	return -1;
@@ -275,12 +281,13 @@ static ssize_t on_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t 
 	struct ws_conn *c = user;
 	ssize_t n;
 
+	/* After AGAIN wslay offers the same bytes again, as GnuTLS requires. */
 	do
-		n = send(c->fd, data, len, MSG_NOSIGNAL);
-	while (n < 0 && errno == EINTR);
+		n = gnutls_record_send(c->tls, data, len);
+	while (n == GNUTLS_E_INTERRUPTED);
 	if (n >= 0)
 		return n;
-	if (errno == EAGAIN || errno == EWOULDBLOCK) {
+	if (n == GNUTLS_E_AGAIN) {
 		c->send_blocked = true;
 		wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
 	} else {
@@ -400,15 +407,16 @@ static void conn_drain(struct ws_conn *c)
 	ssize_t n;
 
 	for (int i = 0; i < 64; i++) {
-		n = recv(c->fd, buf, sizeof buf, 0);
+		n = gnutls_record_recv(c->tls, buf, sizeof buf);
 		if (n > 0) {
 			c->last_rx_ms = mono_ms();
 			continue;
 		}
-		if (n < 0 && errno == EINTR)
+		if (n == GNUTLS_E_INTERRUPTED)
 			continue;
-		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+		if (n == GNUTLS_E_AGAIN)
 			return;
+		c->io_failed = true;
 		conn_finish(c, "closed");
 		return;
 	}
@@ -435,7 +443,7 @@ static void conn_protocol_error(struct ws_conn *c)
 
 	log_info("ws_protocol_error", "conn=%s reason=\"malformed frame\"", c->id);
 	if (!c->send_blocked && !wslay_event_get_close_sent(c->ctx)) {
-		ssize_t n = send(c->fd, close_1002, sizeof close_1002, MSG_NOSIGNAL);
+		ssize_t n = gnutls_record_send(c->tls, close_1002, sizeof close_1002);
 		(void)n;   /* best effort: the connection is going away either way */
 		conn_note_close(c, WSLAY_CODE_PROTOCOL_ERROR, true);
 	}
@@ -626,8 +634,10 @@ static void loop_check_deadlines(struct ws_loop *l, int64_t now)
 }
 
 /*
- * Pings a connection idle for ping_interval_s and drops one idle for twice
- * that: a peer that vanished without a FIN would otherwise stay forever.
+ * Pings a connection idle for ping_interval_s and drops one that has not
+ * answered within another interval: a peer that vanished without a FIN
+ * would otherwise stay forever.  The drop counts from the ping, not from
+ * the last byte, so a late tick never drops a connection it did not ping.
  */
 static void loop_check_liveness(struct ws_loop *l, int64_t now)
 {
@@ -642,7 +652,7 @@ static void loop_check_liveness(struct ws_loop *l, int64_t now)
 		next = c->next;
 		if (c->deadline_ms)
 			continue;   /* closing already */
-		if (idle >= 2 * ping_ms) {
+		if (c->ping_sent_ms && now - c->ping_sent_ms >= ping_ms) {
 			/* Try to say why, but do not wait for an answer. */
 			conn_close(c, WSLAY_CODE_GOING_AWAY, "ping timeout");
 			c->send_blocked = false;
@@ -676,12 +686,18 @@ static void *loop_main(void *arg)
 			log_error("ws_error", "reason=\"epoll_wait: %s\"", strerror(errno));
 			break;
 		}
+		bool woken = false;
+
 		for (int i = 0; i < n; i++) {
 			if (evs[i].data.ptr)
 				conn_service(evs[i].data.ptr, evs[i].events);
 			else
-				loop_wake(l);
+				woken = true;
 		}
+		/* After the batch: a wake-up may finish connections that later
+		 * entries of the batch still name. */
+		if (woken)
+			loop_wake(l);
 		now = mono_ms();
 		if (l->closing && now >= next_deadlines) {
 			loop_check_deadlines(l, now);
@@ -778,9 +794,13 @@ nomem:
 	return -1;
 }
 
+size_t ws_server_open(struct ws_server *s)
+{
+	return s ? atomic_load(&s->open_now) : 0;
+}
+
 void ws_server_adopt(struct ws_server *s, struct ws_conn_meta *meta, int fd,
-                     struct MHD_UpgradeResponseHandle *urh, const char *extra,
-                     size_t extra_len)
+                     gnutls_session_t tls, const char *extra, size_t extra_len)
 {
 	struct ws_conn *c = calloc(1, sizeof *c);
 	uint8_t rnd[WS_CONN_ID_BYTES];
@@ -790,7 +810,7 @@ void ws_server_adopt(struct ws_server *s, struct ws_conn_meta *meta, int fd,
 	if (!c)
 		goto fail;
 	c->meta = meta;
-	c->urh = urh;
+	c->tls = tls;
 	c->fd = fd;
 	if (wslay_event_context_server_init(&c->ctx, &ws_callbacks, c) != 0)
 		goto fail;
@@ -829,7 +849,8 @@ void ws_server_adopt(struct ws_server *s, struct ws_conn_meta *meta, int fd,
 fail:
 	log_error("ws_error", "peer=%s reason=\"cannot adopt the connection: out of resources\"",
 	          meta && meta->peer_ip ? meta->peer_ip : "-");
-	MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
+	gnutls_deinit(tls);
+	close(fd);
 	if (c)
 		conn_free(c);   /* frees meta too */
 	else

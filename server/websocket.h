@@ -17,7 +17,7 @@
 struct queue;
 struct ws_server;
 struct access;
-struct MHD_UpgradeResponseHandle;
+struct gnutls_session_int;
 
 struct ws_options {
 	unsigned threads;
@@ -51,11 +51,14 @@ struct ws_conn_meta {
 int ws_server_create(struct ws_server **out, const struct ws_options *o, struct queue *q,
                      char **cause) __attribute__((warn_unused_result));
 
-/* Takes over an upgraded connection (called from MHD's upgrade callback):
- * fd is the socket to speak websocket on, extra the bytes MHD already read. */
+/* Takes over an upgraded TLS connection (from the listener, any thread):
+ * its non-blocking socket fd, its session tls, and extra, the bytes the
+ * client sent past the request head.  Takes meta, fd and tls in every case. */
 void ws_server_adopt(struct ws_server *s, struct ws_conn_meta *meta, int fd,
-                     struct MHD_UpgradeResponseHandle *urh, const char *extra,
-                     size_t extra_len);
+                     struct gnutls_session_int *tls, const char *extra, size_t extra_len);
+
+/* Connections adopted and not yet finished (for max-connections). */
+size_t ws_server_open(struct ws_server *s);
 
 /* Closes every connection with 1001 and refuses new ones; waits up to
  * deadline_ms for the close handshakes.  Messages already received are in

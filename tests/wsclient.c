@@ -23,13 +23,14 @@
 #include <gnutls/crypto.h>
 #include <gnutls/gnutls.h>
 
+#include "wsframe.h"
+
 #define WSC_DEFAULT_TIMEOUT_MS 5000
 #define WSC_MAX_HEAD 16384             /* the answer's head */
 #define WSC_MAX_BODY 65536             /* the body of a refusal */
 #define WSC_MAX_FRAME (64u << 20)      /* one received frame */
 #define WSC_MAX_HEADERS 64
 #define WSC_RBUF_SIZE 65536
-#define WSC_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 struct wsclient {
 	int fd;
@@ -46,8 +47,6 @@ struct wsclient {
 	uint8_t rbuf[WSC_RBUF_SIZE];
 	size_t roff, rlen;                 /* unread bytes: rbuf[roff..rlen) */
 };
-
-static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 const char *wsclient_strerror(int err)
 {
@@ -69,25 +68,6 @@ static int64_t now_ms(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void b64_encode(const uint8_t *in, size_t n, char *out)
-{
-	size_t o = 0;
-
-	for (size_t i = 0; i < n; i += 3) {
-		uint32_t v = (uint32_t)in[i] << 16;
-
-		if (i + 1 < n)
-			v |= (uint32_t)in[i + 1] << 8;
-		if (i + 2 < n)
-			v |= in[i + 2];
-		out[o++] = b64[(v >> 18) & 63];
-		out[o++] = b64[(v >> 12) & 63];
-		out[o++] = i + 1 < n ? b64[(v >> 6) & 63] : '=';
-		out[o++] = i + 2 < n ? b64[v & 63] : '=';
-	}
-	out[o] = '\0';
 }
 
 /* --- transport ------------------------------------------------------------ */
@@ -253,8 +233,7 @@ static int parse_head(struct wsclient *c, char *head)
 static int read_answer(struct wsclient *c)
 {
 	int64_t deadline = now_ms() + c->timeout_ms;
-	char head[WSC_MAX_HEAD + 1], expect[32], buf[192];
-	uint8_t digest[20];
+	char head[WSC_MAX_HEAD + 1], expect[WSF_ACCEPT_LEN + 1];
 	const char *cl, *acc;
 	size_t hlen = 0;
 	int r;
@@ -275,12 +254,8 @@ static int read_answer(struct wsclient *c)
 	if (r < 0)
 		return r;
 
-	snprintf(buf, sizeof buf, "%s%s", c->key, WSC_GUID);
-	if (gnutls_hash_fast(GNUTLS_DIG_SHA1, buf, strlen(buf), digest) == 0) {
-		b64_encode(digest, sizeof digest, expect);
-		acc = wsclient_header(c, "Sec-WebSocket-Accept");
-		c->accept_ok = acc && !strcmp(acc, expect);
-	}
+	acc = wsclient_header(c, "Sec-WebSocket-Accept");
+	c->accept_ok = wsf_accept(c->key, expect) == 0 && acc && !strcmp(acc, expect);
 	if (c->status == 101)
 		return WSC_OK;
 
@@ -350,7 +325,7 @@ int wsclient_connect(struct wsclient **out, const struct wsclient_opts *o, char 
 		snprintf(c->key, sizeof c->key, "%s", o->key);
 	} else {
 		gnutls_rnd(GNUTLS_RND_NONCE, nonce, sizeof nonce);
-		b64_encode(nonce, sizeof nonce, c->key);
+		wsf_base64(nonce, sizeof nonce, c->key);
 	}
 
 	c->fd = tcp_connect(host, o->port, c->timeout_ms, err, errlen);
@@ -455,47 +430,20 @@ int wsclient_fd(const struct wsclient *c)
 
 /* --- frames --------------------------------------------------------------- */
 
-/* Builds a frame header into h (at most 14 bytes); returns its length. */
-static size_t frame_header(uint8_t *h, unsigned opcode, bool fin, bool masked, uint64_t len,
-                           const uint8_t mask[4])
-{
-	size_t n = 0;
-
-	h[n++] = (uint8_t)((fin ? 0x80 : 0) | (opcode & 0x7f));   /* RSV bits pass through */
-	if (len < 126) {
-		h[n++] = (uint8_t)((masked ? 0x80 : 0) | len);
-	} else if (len <= 0xffff) {
-		h[n++] = (uint8_t)((masked ? 0x80 : 0) | 126);
-		h[n++] = (uint8_t)(len >> 8);
-		h[n++] = (uint8_t)len;
-	} else {
-		h[n++] = (uint8_t)((masked ? 0x80 : 0) | 127);
-		for (int i = 7; i >= 0; i--)
-			h[n++] = (uint8_t)(len >> (8 * i));
-	}
-	if (masked) {
-		memcpy(h + n, mask, 4);
-		n += 4;
-	}
-	return n;
-}
-
 int wsclient_send_frame(struct wsclient *c, unsigned opcode, bool fin, bool masked,
                         const void *payload, size_t len)
 {
-	uint8_t mask[4] = { 0 }, *frame;
-	size_t hlen;
+	uint8_t mask[4], *frame;
+	size_t n;
 	int r;
 
-	frame = malloc(14 + len);
+	frame = malloc(WSF_HEADER_MAX + len);
 	if (!frame)
 		return WSC_ENOMEM;
 	if (masked)
 		gnutls_rnd(GNUTLS_RND_NONCE, mask, sizeof mask);
-	hlen = frame_header(frame, opcode, fin, masked, len, mask);
-	for (size_t i = 0; i < len; i++)
-		frame[hlen + i] = ((const uint8_t *)payload)[i] ^ (masked ? mask[i & 3] : 0);
-	r = tls_write_all(c, frame, hlen + len);
+	n = wsf_build(frame, opcode, fin, masked ? mask : NULL, payload, len);
+	r = tls_write_all(c, frame, n);
 	free(frame);
 	return r;
 }
@@ -543,13 +491,13 @@ int wsclient_send_raw(struct wsclient *c, const void *bytes, size_t len)
 int wsclient_send_filler(struct wsclient *c, unsigned opcode, uint64_t len, char fill,
                          uint64_t *sent)
 {
-	uint8_t mask[4], hdr[14], chunk[16384];
+	uint8_t mask[4], hdr[WSF_HEADER_MAX], chunk[16384];
 	uint64_t off = 0;
 	int r;
 
 	*sent = 0;
 	gnutls_rnd(GNUTLS_RND_NONCE, mask, sizeof mask);
-	r = tls_write_all(c, hdr, frame_header(hdr, opcode, true, true, len, mask));
+	r = tls_write_all(c, hdr, wsf_header(hdr, opcode, true, len, mask));
 	while (r == WSC_OK && off < len) {
 		size_t n = len - off < sizeof chunk ? (size_t)(len - off) : sizeof chunk;
 

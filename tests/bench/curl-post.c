@@ -19,15 +19,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <time.h>
 
 #include <curl/curl.h>
 
+#include "benchutil.h"
 #include "sdkshape.h"
 
 #define CP_MAX_CONCURRENCY 4096
-#define CP_MAX_FILES 8
 #define CP_POOL 64                   /* distinct bodies */
 #define CP_WAIT_MS 100
 
@@ -37,23 +35,6 @@ struct xfer {
 	struct curl_slist *headers;
 	unsigned long long n;
 };
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static double cpu_s(void)
-{
-	struct rusage ru;
-
-	getrusage(RUSAGE_SELF, &ru);
-	return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec +
-	       ru.ru_stime.tv_usec / 1e6;
-}
 
 static size_t discard(char *p, size_t size, size_t n, void *arg)
 {
@@ -118,13 +99,13 @@ int main(int argc, char **argv)
 		{ "frame-log", required_argument, NULL, 'f' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *url = NULL, *ca = NULL, *files[CP_MAX_FILES];
+	const char *url = NULL, *ca = NULL;
 	unsigned connections = 4, streams = 16, concurrency = 0;
-	size_t nfiles = 0;
-	bool h2 = false, stopping = false;
+	struct sdk_logs logs = { .n = 0 };
+	bool h2 = false, stopping = false, bad = false;
 	double seconds = 3, t0, c0, t1, c1;
-	struct sdk_sizes *sizes = malloc(sizeof *sizes);
-	struct { uint8_t *bytes; size_t len; } pool[CP_POOL] = { { 0 } };
+	struct sdk_sizes *sizes = NULL;
+	struct sdk_body pool[CP_POOL] = { { 0 } };
 	struct xfer *xs = NULL;
 	CURLM *multi = NULL;
 	uint64_t rng = 0x9E3779B97F4A7C15ULL;
@@ -140,30 +121,21 @@ int main(int argc, char **argv)
 		case 'n': connections = (unsigned)strtoul(optarg, NULL, 10); break;
 		case 's': streams = (unsigned)strtoul(optarg, NULL, 10); break;
 		case 't': seconds = strtod(optarg, NULL); break;
-		case 'f':
-			if (nfiles < CP_MAX_FILES)
-				files[nfiles++] = optarg;
-			break;
-		default: goto out;
+		case 'f': bad |= sdk_logs_add(&logs, optarg) < 0; break;
+		default: bad = true; break;
 		}
 	}
 	concurrency = h2 ? connections * streams : connections;
-	if (!url || !ca || !sizes || connections == 0 || streams == 0 || seconds <= 0 ||
-	    concurrency > CP_MAX_CONCURRENCY) {
+	if (bad || optind != argc || !url || !ca || connections == 0 || streams == 0 ||
+	    seconds <= 0 || concurrency > CP_MAX_CONCURRENCY) {
 		fprintf(stderr, "usage: curl-post --url URL --cainfo CA [--http2] [--connections C] "
 		        "[--streams S] [--seconds N] [--frame-log FILE]...\n");
 		goto out;
 	}
-	if (sdk_sizes_load(sizes, files, nfiles, err, sizeof err) < 0) {
-		fprintf(stderr, "curl-post: %s\n", err);
+	sizes = sdk_sizes_create(&logs, err, sizeof err);
+	if (!sizes || sdk_bodies_make(pool, CP_POOL, sizes, 0, &rng) < 0) {
+		fprintf(stderr, "curl-post: %s\n", sizes ? "out of memory" : err);
 		goto out;
-	}
-	for (size_t i = 0; i < CP_POOL; i++) {
-		pool[i].len = sdk_pick(sizes, 0, &rng);
-		pool[i].bytes = malloc(pool[i].len);
-		if (!pool[i].bytes)
-			goto out;
-		sdk_fill_text(pool[i].bytes, pool[i].len, &rng);
 	}
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
 		goto out;
@@ -176,8 +148,8 @@ int main(int argc, char **argv)
 	    curl_multi_setopt(multi, CURLMOPT_MAX_CONCURRENT_STREAMS, (long)streams))
 		goto out;
 
-	t0 = now_s();
-	c0 = cpu_s();
+	t0 = bench_now_s();
+	c0 = bench_cpu_s();
 	for (unsigned i = 0; i < concurrency; i++) {
 		xs[i].easy = curl_easy_init();
 		if (!xs[i].easy ||
@@ -193,7 +165,7 @@ int main(int argc, char **argv)
 
 		if (curl_multi_perform(multi, &running) != CURLM_OK)
 			goto out;
-		if (!stopping && now_s() - t0 >= seconds)
+		if (!stopping && bench_now_s() - t0 >= seconds)
 			stopping = true;
 		while ((m = curl_multi_info_read(multi, &left))) {
 			struct xfer *x;
@@ -224,8 +196,8 @@ int main(int argc, char **argv)
 		if (!added && curl_multi_poll(multi, NULL, 0, CP_WAIT_MS, NULL) != CURLM_OK)
 			goto out;
 	} while (running > 0 || !stopping);
-	t1 = now_s() - t0;
-	c1 = cpu_s() - c0;
+	t1 = bench_now_s() - t0;
+	c1 = bench_cpu_s() - c0;
 	printf("{\"mode\":\"%s\",\"connections\":%u,\"concurrency\":%u,\"requests\":%llu,"
 	       "\"errors\":%llu,\"seconds\":%.3f,\"requests_per_s\":%.1f,\"cpu_us_per_request\":%.2f}\n",
 	       h2 ? "h2" : "h1", connections, concurrency, done, errors, t1, done / t1,
@@ -243,8 +215,7 @@ out:
 	if (multi)
 		curl_multi_cleanup(multi);
 	curl_global_cleanup();
-	for (size_t i = 0; i < CP_POOL; i++)
-		free(pool[i].bytes);
-	free(sizes);
+	sdk_bodies_free(pool, CP_POOL);
+	sdk_sizes_destroy(sizes);
 	return rc;
 }

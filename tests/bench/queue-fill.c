@@ -13,25 +13,18 @@
  * {"messages":..,"seconds":..,"messages_per_s":..}.
  */
 #include <getopt.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "benchutil.h"
 #include "queue.h"
 #include "sdkshape.h"
 
-#define QF_MAX_FILES 8
 #define QF_POOL 64
 #define QF_SYNC_EVERY 1000
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 static int64_t wall_ms(void)
 {
@@ -50,16 +43,17 @@ int main(int argc, char **argv)
 		{ "frame-log", required_argument, NULL, 'f' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *path = NULL, *files[QF_MAX_FILES];
+	const char *path = NULL;
 	unsigned long long messages = 200000, sessions = 1000;
-	size_t nfiles = 0;
-	struct sdk_sizes *sizes = malloc(sizeof *sizes);
-	struct { uint8_t *bytes; size_t len; } pool[QF_POOL] = { { 0 } };
+	struct sdk_logs logs = { .n = 0 };
+	bool bad = false;
+	struct sdk_sizes *sizes = NULL;
+	struct sdk_body pool[QF_POOL] = { { 0 } };
 	struct queue_options qo;
 	struct queue *q = NULL;
 	uint64_t rng = 0x9E3779B97F4A7C15ULL;
 	char err[256], session[32], target[256], conn[32], *cause = NULL;
-	double t0;
+	double t0, secs;
 	int ch, rc = 2, r;
 
 	while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -67,28 +61,19 @@ int main(int argc, char **argv)
 		case 'd': path = optarg; break;
 		case 'n': messages = strtoull(optarg, NULL, 10); break;
 		case 's': sessions = strtoull(optarg, NULL, 10); break;
-		case 'f':
-			if (nfiles < QF_MAX_FILES)
-				files[nfiles++] = optarg;
-			break;
-		default: goto out;
+		case 'f': bad |= sdk_logs_add(&logs, optarg) < 0; break;
+		default: bad = true; break;
 		}
 	}
-	if (!path || !sizes || messages == 0 || sessions == 0) {
+	if (bad || optind != argc || !path || messages == 0 || sessions == 0) {
 		fprintf(stderr, "usage: queue-fill --db PATH [--messages N] [--sessions S] "
 		        "[--frame-log FILE]...\n");
 		goto out;
 	}
-	if (sdk_sizes_load(sizes, files, nfiles, err, sizeof err) < 0) {
-		fprintf(stderr, "queue-fill: %s\n", err);
+	sizes = sdk_sizes_create(&logs, err, sizeof err);
+	if (!sizes || sdk_bodies_make(pool, QF_POOL, sizes, 0, &rng) < 0) {
+		fprintf(stderr, "queue-fill: %s\n", sizes ? "out of memory" : err);
 		goto out;
-	}
-	for (size_t i = 0; i < QF_POOL; i++) {
-		pool[i].len = sdk_pick(sizes, 0, &rng);
-		pool[i].bytes = malloc(pool[i].len);
-		if (!pool[i].bytes)
-			goto out;
-		sdk_fill_text(pool[i].bytes, pool[i].len, &rng);
 	}
 	queue_options_init(&qo);
 	qo.max_messages = messages + 1;
@@ -97,7 +82,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "queue-fill: %s\n", cause ? cause : "cannot open the queue");
 		goto out;
 	}
-	t0 = now_s();
+	t0 = bench_now_s();
 	for (unsigned long long i = 0; i < messages; i++) {
 		unsigned long long s = i % sessions;
 		struct queue_msg m = {
@@ -128,14 +113,14 @@ int main(int argc, char **argv)
 			goto out;
 		}
 	}
-	printf("{\"messages\":%llu,\"seconds\":%.3f,\"messages_per_s\":%.1f}\n", messages,
-	       now_s() - t0, messages / (now_s() - t0));
+	secs = bench_now_s() - t0;
+	printf("{\"messages\":%llu,\"seconds\":%.3f,\"messages_per_s\":%.1f}\n", messages, secs,
+	       messages / secs);
 	rc = 0;
 out:
 	queue_close(q);
 	free(cause);
-	for (size_t i = 0; i < QF_POOL; i++)
-		free(pool[i].bytes);
-	free(sizes);
+	sdk_bodies_free(pool, QF_POOL);
+	sdk_sizes_destroy(sizes);
 	return rc;
 }

@@ -51,28 +51,42 @@ static void take_line(struct sdk_sizes *s, const char *line)
 	}
 }
 
-int sdk_sizes_load(struct sdk_sizes *s, const char *const *files, size_t n, char *err,
-                   size_t errlen)
+int sdk_logs_add(struct sdk_logs *l, const char *path)
 {
+	if (l->n == SDK_MAX_LOGS)
+		return -1;
+	l->files[l->n++] = path;
+	return 0;
+}
+
+/* Takes the frames of one log into s. */
+static int read_log(struct sdk_sizes *s, const char *path, char *line, char *err, size_t errlen)
+{
+	FILE *f = fopen(path, "r");
+
+	if (!f) {
+		snprintf(err, errlen, "%s: %s", path, strerror(errno));
+		return -1;
+	}
+	while (fgets(line, SDK_LINE_MAX, f))
+		take_line(s, line);
+	fclose(f);
+	return 0;
+}
+
+struct sdk_sizes *sdk_sizes_create(const struct sdk_logs *l, char *err, size_t errlen)
+{
+	struct sdk_sizes *s = calloc(1, sizeof *s);
 	char *line = malloc(SDK_LINE_MAX);
 	int rc = -1;
 
-	memset(s, 0, sizeof *s);
-	if (!line) {
+	if (!s || !line) {
 		snprintf(err, errlen, "out of memory");
 		goto out;
 	}
-	for (size_t i = 0; i < n; i++) {
-		FILE *f = fopen(files[i], "r");
-
-		if (!f) {
-			snprintf(err, errlen, "%s: %s", files[i], strerror(errno));
+	for (size_t i = 0; l && i < l->n; i++)
+		if (read_log(s, l->files[i], line, err, errlen) < 0)
 			goto out;
-		}
-		while (fgets(line, SDK_LINE_MAX, f))
-			take_line(s, line);
-		fclose(f);
-	}
 	if (s->ndelta == 0) {
 		s->ndelta = sizeof fallback_delta / sizeof fallback_delta[0];
 		memcpy(s->delta, fallback_delta, sizeof fallback_delta);
@@ -84,7 +98,16 @@ int sdk_sizes_load(struct sdk_sizes *s, const char *const *files, size_t n, char
 	rc = 0;
 out:
 	free(line);
-	return rc;
+	if (rc < 0) {
+		sdk_sizes_destroy(s);
+		s = NULL;
+	}
+	return s;
+}
+
+void sdk_sizes_destroy(struct sdk_sizes *s)
+{
+	free(s);
 }
 
 size_t sdk_pick(const struct sdk_sizes *s, int big, uint64_t *rng)
@@ -98,4 +121,25 @@ void sdk_fill_text(uint8_t *buf, size_t n, uint64_t *rng)
 {
 	for (size_t i = 0; i < n; i++)
 		buf[i] = (uint8_t)lz_alphabet[sdk_rand(rng) % (sizeof lz_alphabet - 1)];
+}
+
+int sdk_bodies_make(struct sdk_body *b, size_t n, const struct sdk_sizes *s, int big,
+                    uint64_t *rng)
+{
+	for (size_t i = 0; i < n; i++) {
+		b[i].len = sdk_pick(s, big, rng);
+		b[i].bytes = malloc(b[i].len);
+		if (!b[i].bytes)
+			return -1;
+		sdk_fill_text(b[i].bytes, b[i].len, rng);
+	}
+	return 0;
+}
+
+void sdk_bodies_free(struct sdk_body *b, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		free(b[i].bytes);
+		b[i].bytes = NULL;
+	}
 }

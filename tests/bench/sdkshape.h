@@ -12,6 +12,7 @@
 
 #define SDK_MAX_SIZES 4096           /* sizes kept from the frame logs */
 #define SDK_BIG_MIN_BYTES 16384      /* a frame this large is an initial batch */
+#define SDK_MAX_LOGS 8               /* --frame-log options a program takes */
 
 /* Payload sizes of the SDK's compressed frames, split into the steady
  * getstats deltas and the large initial batches. */
@@ -22,14 +23,31 @@ struct sdk_sizes {
 	size_t nbig;
 };
 
+/* The frame logs named on a command line (--frame-log FILE, repeated). */
+struct sdk_logs {
+	const char *files[SDK_MAX_LOGS];
+	size_t n;
+};
+
+/* One message body (malloc'd bytes). */
+struct sdk_body {
+	uint8_t *bytes;
+	size_t len;
+};
+
+/* Adds path to l; returns 0, or -1 if l already holds SDK_MAX_LOGS. */
+int sdk_logs_add(struct sdk_logs *l, const char *path);
+
 /*
- * Reads the client-to-server "lz" frames of each frame log in files.  With
- * no file (n == 0) or no frame found, falls back to the figures of the
+ * Reads the client-to-server "lz" frames of each frame log in l.  With no
+ * file (or l NULL) or no frame found, falls back to the figures of the
  * fixtures' README (getstats 1,603-1,954 bytes, initial batch 33,894).
- * Returns 0, or -1 with a message in err if a file cannot be read.
+ * Returns the sizes (sdk_sizes_destroy frees them), or NULL with a message
+ * in err if a file cannot be read or memory ran out.
  */
-int sdk_sizes_load(struct sdk_sizes *s, const char *const *files, size_t n, char *err,
-                   size_t errlen);
+struct sdk_sizes *sdk_sizes_create(const struct sdk_logs *l, char *err, size_t errlen);
+/* Accepts NULL. */
+void sdk_sizes_destroy(struct sdk_sizes *s);
 
 /* A small fast PRNG (xorshift64*); *state must not be 0. */
 uint64_t sdk_rand(uint64_t *state);
@@ -39,5 +57,14 @@ size_t sdk_pick(const struct sdk_sizes *s, int big, uint64_t *rng);
 
 /* Fills buf with n characters of the LZString URI alphabet. */
 void sdk_fill_text(uint8_t *buf, size_t n, uint64_t *rng);
+
+/*
+ * Makes n bodies of SDK text, each of a delta size (or, with big, of an
+ * initial-batch size) drawn from s.  Returns 0, or -1 if memory ran out;
+ * either way sdk_bodies_free(b, n) frees what was made (b starts zeroed).
+ */
+int sdk_bodies_make(struct sdk_body *b, size_t n, const struct sdk_sizes *s, int big,
+                    uint64_t *rng);
+void sdk_bodies_free(struct sdk_body *b, size_t n);
 
 #endif

@@ -18,16 +18,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <sqlite3.h>
 
+#include "benchutil.h"
 #include "sdkshape.h"
 
 #define SI_MAX_BATCHES 8
-#define SI_MAX_FILES 8
 #define SI_POOL 64                   /* distinct bodies, reused round robin */
 
 static const char schema[] =
@@ -42,28 +40,6 @@ static const char insert_sql[] =
 	"INSERT INTO messages (received_ms, session, target, content_type, xff, peer_ip,"
 	" user_agent, origin, api_key, conn_id, seq, body)"
 	" VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
-
-struct body {
-	uint8_t *bytes;
-	size_t len;
-};
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static double cpu_s(void)
-{
-	struct rusage ru;
-
-	getrusage(RUSAGE_SELF, &ru);
-	return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec +
-	       ru.ru_stime.tv_usec / 1e6;
-}
 
 static int exec(sqlite3 *db, const char *sql)
 {
@@ -90,8 +66,8 @@ static void remove_db(const char *path)
 
 /* One run: inserts for seconds, batch rows per transaction.  Prints its
  * JSON object; returns 0 or -1. */
-static int run(const char *path, unsigned batch, double seconds, const struct body *pool,
-               const struct body *big, unsigned big_every, bool first)
+static int run(const char *path, unsigned batch, double seconds, const struct sdk_body *pool,
+               const struct sdk_body *big, unsigned big_every, bool first)
 {
 	sqlite3 *db = NULL;
 	sqlite3_stmt *st = NULL;
@@ -113,13 +89,13 @@ static int run(const char *path, unsigned batch, double seconds, const struct bo
 		fprintf(stderr, "sqlite-insert: prepare: %s\n", sqlite3_errmsg(db));
 		goto out;
 	}
-	t0 = now_s();
-	c0 = cpu_s();
-	while ((t1 = now_s()) - t0 < seconds) {
+	t0 = bench_now_s();
+	c0 = bench_cpu_s();
+	while ((t1 = bench_now_s()) - t0 < seconds) {
 		if (exec(db, "BEGIN") < 0)
 			goto out;
 		for (unsigned i = 0; i < batch; i++, rows++) {
-			const struct body *b = big_every && rows % big_every == big_every - 1 ?
+			const struct sdk_body *b = big_every && rows % big_every == big_every - 1 ?
 			                       big : &pool[rows % SI_POOL];
 
 			snprintf(session, sizeof session, "s%021llu", rows % 1000);
@@ -151,7 +127,7 @@ static int run(const char *path, unsigned batch, double seconds, const struct bo
 			goto out;
 		txns++;
 	}
-	c1 = cpu_s();
+	c1 = bench_cpu_s();
 	t1 -= t0;
 	printf("%s{\"batch\":%u,\"rows\":%llu,\"seconds\":%.3f,\"rows_per_s\":%.1f,"
 	       "\"txns_per_s\":%.1f,\"cpu_us_per_row\":%.2f}",
@@ -175,12 +151,13 @@ int main(int argc, char **argv)
 		{ "big-every", required_argument, NULL, 'k' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *path = NULL, *files[SI_MAX_FILES];
+	const char *path = NULL;
 	unsigned batches[SI_MAX_BATCHES] = { 100, 1000 }, nbatches = 2, big_every = 0;
-	size_t nfiles = 0;
+	struct sdk_logs logs = { .n = 0 };
+	bool bad = false;
 	double seconds = 3;
-	struct sdk_sizes *sizes = malloc(sizeof *sizes);
-	struct body pool[SI_POOL] = { { 0 } }, big = { 0 };
+	struct sdk_sizes *sizes = NULL;
+	struct sdk_body pool[SI_POOL] = { { 0 } }, big = { 0 };
 	uint64_t rng = 0x9E3779B97F4A7C15ULL;
 	char err[256], *tok, *save = NULL;
 	int ch, rc = 2;
@@ -196,32 +173,22 @@ int main(int argc, char **argv)
 			     tok = strtok_r(NULL, ",", &save))
 				batches[nbatches++] = (unsigned)strtoul(tok, NULL, 10);
 			break;
-		case 'f':
-			if (nfiles < SI_MAX_FILES)
-				files[nfiles++] = optarg;
-			break;
-		default: goto out;
+		case 'f': bad |= sdk_logs_add(&logs, optarg) < 0; break;
+		default: bad = true; break;
 		}
 	}
-	if (!path || seconds <= 0 || nbatches == 0 || !sizes) {
+	if (bad || optind != argc || !path || seconds <= 0 || nbatches == 0) {
 		fprintf(stderr, "usage: sqlite-insert --db PATH [--batch 100,1000] [--seconds S] "
 		        "[--frame-log FILE]... [--big-every K]\n");
 		goto out;
 	}
-	if (sdk_sizes_load(sizes, files, nfiles, err, sizeof err) < 0) {
-		fprintf(stderr, "sqlite-insert: %s\n", err);
-		goto out;
-	}
 	/* The same mix as the load generator: getstats deltas, and every K-th
 	 * row an initial batch. */
-	for (size_t i = 0; i <= SI_POOL; i++) {
-		struct body *b = i < SI_POOL ? &pool[i] : &big;
-
-		b->len = sdk_pick(sizes, i == SI_POOL, &rng);
-		b->bytes = malloc(b->len);
-		if (!b->bytes)
-			goto out;
-		sdk_fill_text(b->bytes, b->len, &rng);
+	sizes = sdk_sizes_create(&logs, err, sizeof err);
+	if (!sizes || sdk_bodies_make(pool, SI_POOL, sizes, 0, &rng) < 0 ||
+	    sdk_bodies_make(&big, 1, sizes, 1, &rng) < 0) {
+		fprintf(stderr, "sqlite-insert: %s\n", sizes ? "out of memory" : err);
+		goto out;
 	}
 	printf("{\"results\":[");
 	for (unsigned i = 0; i < nbatches; i++)
@@ -231,9 +198,8 @@ int main(int argc, char **argv)
 	printf("]}\n");
 	rc = 0;
 out:
-	for (size_t i = 0; i < SI_POOL; i++)
-		free(pool[i].bytes);
-	free(big.bytes);
-	free(sizes);
+	sdk_bodies_free(pool, SI_POOL);
+	sdk_bodies_free(&big, 1);
+	sdk_sizes_destroy(sizes);
 	return rc;
 }

@@ -38,7 +38,6 @@
 #include <strings.h>
 #include <arpa/inet.h>
 #include <sys/epoll.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -46,11 +45,11 @@
 #include <gnutls/crypto.h>
 #include <gnutls/gnutls.h>
 
+#include "benchutil.h"
 #include "sdkshape.h"
 #include "wsframe.h"
 
 #define WL_MAX_THREADS 64
-#define WL_MAX_FILES 8
 #define WL_POOL_DELTA 256            /* prebuilt getstats frames */
 #define WL_POOL_BIG 4                /* prebuilt initial batches */
 #define WL_HEAD_MAX 4096             /* the 101's head */
@@ -159,23 +158,35 @@ static void note_error(const char *fmt, ...)
 static size_t build_masked(uint8_t *out, unsigned opcode, const uint8_t *payload, size_t len,
                            uint64_t *rng)
 {
-	return wsf_build(out, opcode, true, (uint32_t)sdk_rand(rng), payload, len);
+	uint64_t r = sdk_rand(rng);
+	uint8_t mask[4];
+
+	memcpy(mask, &r, sizeof mask);
+	return wsf_build(out, opcode, true, mask, payload, len);
 }
 
-static int pool_build(struct frame *f, const struct sdk_sizes *sz, int big, uint64_t *rng)
+/* Frames n messages of SDK text (big: initial batches) into f; main
+ * frees the frames, made or not. */
+static int pool_build(struct frame *f, size_t n, const struct sdk_sizes *sz, int big,
+                      uint64_t *rng)
 {
-	size_t len = sdk_pick(sz, big, rng);
-	uint8_t *payload = malloc(len);
+	struct sdk_body *bodies = calloc(n, sizeof *bodies);
+	int rc = -1;
 
-	f->bytes = malloc(len + WSF_HEADER_MAX);
-	if (!payload || !f->bytes) {
-		free(payload);
-		return -1;
+	if (!bodies || sdk_bodies_make(bodies, n, sz, big, rng) < 0)
+		goto out;
+	for (size_t i = 0; i < n; i++) {
+		f[i].bytes = malloc(bodies[i].len + WSF_HEADER_MAX);
+		if (!f[i].bytes)
+			goto out;
+		f[i].len = build_masked(f[i].bytes, 1, bodies[i].bytes, bodies[i].len, rng);
 	}
-	sdk_fill_text(payload, len, rng);
-	f->len = build_masked(f->bytes, 1, payload, len, rng);
-	free(payload);
-	return 0;
+	rc = 0;
+out:
+	if (bodies)
+		sdk_bodies_free(bodies, n);
+	free(bodies);
+	return rc;
 }
 
 /* --- connections ---------------------------------------------------------- */
@@ -447,7 +458,6 @@ static int conn_read(struct conn *c, char *err, size_t errlen)
 	for (;;) {
 		ssize_t n = gnutls_record_recv(c->tls, w->rbuf, sizeof w->rbuf);
 		const uint8_t *p = w->rbuf;
-		char *end;
 
 		if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED)
 			return 0;
@@ -456,28 +466,19 @@ static int conn_read(struct conn *c, char *err, size_t errlen)
 			return -1;
 		}
 		if (c->st == C_RESPONSE) {
-			size_t take = (size_t)n;
+			ssize_t used = bench_head_add(c->head, &c->head_len, WL_HEAD_MAX, p, (size_t)n);
 
-			if (take > WL_HEAD_MAX - c->head_len)
-				take = WL_HEAD_MAX - c->head_len;
-			memcpy(c->head + c->head_len, p, take);
-			c->head_len += take;
-			c->head[c->head_len] = '\0';
-			end = strstr(c->head, "\r\n\r\n");
-			if (!end) {
-				if (c->head_len == WL_HEAD_MAX) {
-					snprintf(err, errlen, "answer head too long");
-					return -1;
-				}
-				continue;
+			if (used < 0) {
+				snprintf(err, errlen, "answer head too long");
+				return -1;
 			}
-			end[2] = '\0';
+			if (used == 0)
+				continue;
 			if (check_answer(c, err, errlen) < 0)
 				return -1;
 			/* Bytes after the head are the first frames. */
-			size_t used = (size_t)(end + 4 - c->head) - (c->head_len - take);
 			p += used;
-			n -= (ssize_t)used;
+			n -= used;
 			free(c->head);
 			c->head = NULL;
 			c->st = C_HELLO;
@@ -749,17 +750,7 @@ static void usage(void)
 	        "              [--big-every K] [--handshakes H] [--connect-timeout S] [--seed X]\n");
 }
 
-static void raise_nofile(void)
-{
-	struct rlimit rl;
-
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-		rl.rlim_cur = rl.rlim_max;
-		setrlimit(RLIMIT_NOFILE, &rl);
-	}
-}
-
-static int parse_args(int argc, char **argv, const char **files, size_t *nfiles)
+static int parse_args(int argc, char **argv, struct sdk_logs *logs)
 {
 	static const struct option opts[] = {
 		{ "host", required_argument, NULL, 'h' },
@@ -794,9 +785,8 @@ static int parse_args(int argc, char **argv, const char **files, size_t *nfiles)
 		case 'T': g.connect_timeout_s = strtod(optarg, NULL); break;
 		case 's': g.seed = strtoull(optarg, NULL, 0) | 1; break;
 		case 'f':
-			if (*nfiles == WL_MAX_FILES)
+			if (sdk_logs_add(logs, optarg) < 0)
 				return -1;
-			files[(*nfiles)++] = optarg;
 			break;
 		default: return -1;
 		}
@@ -847,8 +837,8 @@ static void print_report(int64_t t0, int64_t t_ready, int64_t t_stop, uint64_t m
 
 int main(int argc, char **argv)
 {
-	const char *files[WL_MAX_FILES];
-	size_t nfiles = 0, started = 0;
+	struct sdk_logs logs = { .n = 0 };
+	size_t started = 0;
 	struct worker *w = NULL;
 	struct sdk_sizes *sizes = NULL;
 	char err[WL_ERR_MAX];
@@ -856,24 +846,19 @@ int main(int argc, char **argv)
 	uint64_t rng, msgs_ready = 0, msgs_stop;
 	int rc = 2;
 
-	if (parse_args(argc, argv, files, &nfiles) < 0) {
+	if (parse_args(argc, argv, &logs) < 0) {
 		usage();
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);
-	raise_nofile();
+	bench_raise_nofile();
 	rng = g.seed;
-	sizes = malloc(sizeof *sizes);
-	if (!sizes || sdk_sizes_load(sizes, files, nfiles, err, sizeof err) < 0) {
-		fprintf(stderr, "wsload: %s\n", sizes ? err : "out of memory");
+	sizes = sdk_sizes_create(&logs, err, sizeof err);
+	if (!sizes || pool_build(g.delta, WL_POOL_DELTA, sizes, 0, &rng) < 0 ||
+	    pool_build(g.big, WL_POOL_BIG, sizes, 1, &rng) < 0) {
+		fprintf(stderr, "wsload: %s\n", sizes ? "out of memory" : err);
 		goto out;
 	}
-	for (size_t i = 0; i < WL_POOL_DELTA; i++)
-		if (pool_build(&g.delta[i], sizes, 0, &rng) < 0)
-			goto out;
-	for (size_t i = 0; i < WL_POOL_BIG; i++)
-		if (pool_build(&g.big[i], sizes, 1, &rng) < 0)
-			goto out;
 	if (gnutls_global_init() < 0 || gnutls_certificate_allocate_credentials(&g.cred) < 0 ||
 	    gnutls_priority_init(&g.prio, NULL, NULL) < 0) {
 		fprintf(stderr, "wsload: cannot initialise GnuTLS\n");
@@ -934,7 +919,7 @@ stop:
 	}
 out:
 	free(w);
-	free(sizes);
+	sdk_sizes_destroy(sizes);
 	for (size_t i = 0; i < WL_POOL_DELTA; i++)
 		free(g.delta[i].bytes);
 	for (size_t i = 0; i < WL_POOL_BIG; i++)

@@ -25,11 +25,11 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/epoll.h>
-#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "benchutil.h"
 #include "wsframe.h"
 
 #define SINK_HEAD_MAX 8192          /* one request head */
@@ -137,7 +137,7 @@ static int answer(struct sconn *c)
 	             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
 	             "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n"
 	             "Sec-WebSocket-Protocol: 2.0\r\n\r\n", accept);
-	hlen = wsf_build(hello, 0x1, false, 0, (const uint8_t *)SINK_HELLO, sizeof SINK_HELLO - 1);
+	hlen = wsf_build(hello, 0x1, true, NULL, (const uint8_t *)SINK_HELLO, sizeof SINK_HELLO - 1);
 	if (write_all(c->fd, buf, (size_t)n) < 0 || write_all(c->fd, hello, hlen) < 0)
 		return -1;
 	c->websocket = true;
@@ -167,34 +167,26 @@ static int on_frame(void *arg, const struct wsf_parser *p)
 static int on_readable(struct sconn *c, uint8_t *buf)
 {
 	for (;;) {
-		ssize_t n = recv(c->fd, buf, SINK_READ_CHUNK, 0);
+		ssize_t n = recv(c->fd, buf, SINK_READ_CHUNK, 0), used;
 		const uint8_t *p = buf;
-		char *end;
 
 		if (n < 0 && (errno == EAGAIN || errno == EINTR))
 			return 0;
 		if (n <= 0)
 			return -1;
 		if (!c->websocket) {
-			size_t take = (size_t)n, old = c->head_len;
-
-			if (take > SINK_HEAD_MAX - c->head_len)
-				take = SINK_HEAD_MAX - c->head_len;
-			memcpy(c->head + c->head_len, buf, take);
-			c->head_len += take;
-			c->head[c->head_len] = '\0';
-			end = strstr(c->head, "\r\n\r\n");
-			if (!end) {
-				if (c->head_len == SINK_HEAD_MAX) {
-					st.errors++;
-					return -1;
-				}
-				continue;
+			used = bench_head_add(c->head, &c->head_len, SINK_HEAD_MAX, buf, (size_t)n);
+			if (used < 0) {
+				st.errors++;
+				return -1;
 			}
+			if (used == 0)
+				continue;
 			if (answer(c) < 0)
 				return -1;
-			p += (size_t)(end + 4 - c->head) - old;
-			n = (ssize_t)(buf + n - p);
+			/* Bytes after the head are the first frames. */
+			p += used;
+			n -= used;
 			free(c->head);
 			c->head = NULL;
 		}
@@ -270,7 +262,6 @@ int main(int argc, char **argv)
 	unsigned port = 0;
 	uint8_t *buf = malloc(SINK_READ_CHUNK);
 	int epfd = -1, lfd = -1, sfd = -1, ch, rc = 1;
-	struct rlimit rl;
 	sigset_t mask;
 
 	while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -281,10 +272,7 @@ int main(int argc, char **argv)
 		else
 			goto out;
 	}
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-		rl.rlim_cur = rl.rlim_max;
-		setrlimit(RLIMIT_NOFILE, &rl);
-	}
+	bench_raise_nofile();
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGTERM);
 	sigaddset(&mask, SIGINT);

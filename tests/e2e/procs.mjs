@@ -157,11 +157,22 @@ export class Relay {
 		this.child = null;
 	}
 
+	// The relay refuses a key others can read, and a fresh clone's files
+	// are 0644: it gets a private copy.
+	privateKey() {
+		const key = path.join(path.dirname(this.stateDir), "server-key.pem");
+		if (!fs.existsSync(key)) {
+			fs.copyFileSync(path.join(this.certsDir, "server-key.pem"), key);
+			fs.chmodSync(key, 0o600);
+		}
+		return key;
+	}
+
 	async start(extraArgs = []) {
 		const argv = [this.bin, "--listen-address", "127.0.0.1", "--port", String(this.port),
 		              "--state-dir", this.stateDir,
 		              "--tls-cert", path.join(this.certsDir, "server.pem"),
-		              "--tls-key", path.join(this.certsDir, "server-key.pem"),
+		              "--tls-key", this.privateKey(),
 		              "--upstream", "https://127.0.0.1:" + this.upstreamPort,
 		              "--upstream-ca", path.join(this.certsDir, "ca.pem"),
 		              "--retry-base-ms", "100", "--retry-max-ms", "1000",

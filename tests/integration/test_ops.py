@@ -84,6 +84,11 @@ ok(all(n.startswith("watchrtc_relay_") for n, _ in names), "every metric is name
 ok(all(n.endswith("_total") for n, t in names if t == "counter"), "every counter ends in _total")
 undocumented = [n for n, _ in names if "`%s`" % n not in readme and "`%s{" % n not in readme]
 eq(undocumented, [], "every metric is documented in the README")
+samples = re.findall(r"^([a-z_]+)(\{[^}]*\})? ", text.decode(), re.M)
+mixed = sorted({n for n, l in samples if not l} & {n for n, l in samples if l})
+eq(mixed, [], "no metric has both a labelled and an unlabelled series")
+ok(("watchrtc_relay_dead_letters", "gauge") in names,
+   "watchrtc_relay_dead_letters{reason} is declared even with no dead letters")
 
 # --- logs: logfmt, levels, API keys never in full --------------------------------------------
 wsc = os.environ.get("WSC_BIN")

@@ -18,7 +18,7 @@ import sys
 import time
 
 sys.path.insert(0, os.environ.get("TESTS_SRCDIR", os.path.join(os.path.dirname(__file__), "..")))
-from relaytest import (CERTS, Relay, client_context, diag, done, eq, ok, raw_request,  # noqa: E402
+from relaytest import (CERTS, RELAY_BIN, Relay, client_context, diag, done, eq, ok, raw_request,  # noqa: E402
                        request, start_upstream, tempdir, wait_until)
 
 ORIGIN = "https://app.example"
@@ -158,6 +158,10 @@ def alive(relay):
 # ASan keeps freed memory in quarantine on purpose (256 MB by default); a
 # small one lets the memory checks below see what the relay really holds.
 os.environ["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "") + ":quarantine_size_mb=8"
+# Even so ASan's allocator and shadow memory double what the first burst of
+# traffic touches (measured: ~17 MB plain, ~40 MB under ASan, then flat).
+with open(RELAY_BIN, "rb") as f:
+    RSS_BOUND_KB = (64 if b"__asan_init" in f.read() else 32) * 1024
 up = start_upstream()
 state = tempdir("relay-secure-")
 keys_file = os.path.join(tempdir("relay-keys-"), "keys")
@@ -271,12 +275,13 @@ try:
         ws.send_raw(ping * 400)   # 52 KB of pings per write, never reading the pongs
 except OSError:
     cut = True
-ws.close()
-ok(cut or wait_until(lambda: 'reason="peer not reading"' in main.log_text(), 5),
+# Checked before closing: a close would reset what the relay has not read yet.
+ok(cut or wait_until(lambda: 'reason="peer not reading"' in main.log_text(), 10),
    "a client that sends pings and never reads the pongs is cut off")
+ws.close()
 ok('reason="peer not reading"' in main.log_text(), "the log says why")
 rss_after = rss_kb(main)
-ok(rss_after - rss_before < 32 * 1024, "the relay's memory stays bounded (RSS %d -> %d KB)" % (rss_before, rss_after))
+ok(rss_after - rss_before < RSS_BOUND_KB, "the relay's memory stays bounded (RSS %d -> %d KB)" % (rss_before, rss_after))
 
 # --- a body of 100 MB ---------------------------------------------------------------------
 before = len(up.requests())
@@ -304,7 +309,7 @@ s.close()
 ok(sent < 100 or answer.startswith(b"HTTP/1.1 413"),
    "a chunked body of 100 MB is refused with 413 or cut off (%d MB were taken)" % sent, answer)
 rss_after = rss_kb(main)
-ok(rss_after - rss_before < 32 * 1024, "the relay did not hold it (RSS %d -> %d KB)" % (rss_before, rss_after))
+ok(rss_after - rss_before < RSS_BOUND_KB, "the relay did not hold it (RSS %d -> %d KB)" % (rss_before, rss_after))
 ok(alive(main), "the relay is alive after the 100 MB bodies")
 
 # --- slow clients ----------------------------------------------------------------------------
@@ -482,6 +487,7 @@ eq(prox.stop(), 0, "clean exit")
 
 # --- message rate per client ------------------------------------------------------------------
 rate = Relay(up, args=["--max-messages-per-ip-per-s", "4"]).start()
+rate_started = time.monotonic()
 ws = WS(rate.port, "/websocket?apiKey=k&sessionId=sec-rate")
 ws.hello()
 try:
@@ -494,9 +500,12 @@ ws.close()
 eq(code, (1008, "rate limit"), "a websocket over max-messages-per-ip-per-s is closed with 1008 \"rate limit\"")
 codes = [post(rate, rating("sec-rate-post", "k"))[0] for _ in range(10)]
 ok(codes.count(429) >= 5, "and most POSTs from the same client then get 429", codes)
+rate_elapsed = time.monotonic() - rate_started
 time.sleep(1.0)
 n = len(stored(up, "sec-rate"))
-ok(n <= 4 * 5 + 4, "only the burst allowance was stored (%d of 100)" % n)
+# A full bucket holds 5 s of the rate, and it refills at 4/s meanwhile.
+allowance = 4 * 5 + int(4 * rate_elapsed) + 1
+ok(n <= allowance, "only the burst allowance was stored (%d of 110, allowance %d)" % (n, allowance))
 eq(rate.stop(), 0, "clean exit")
 
 # --- max-connections: a clear refusal in the log ---------------------------------------------

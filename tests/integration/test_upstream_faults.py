@@ -95,6 +95,8 @@ p = subprocess.run([RELAY_BIN, "queue", "--state-dir", relay.state_dir, "--json"
 dead = json.loads(p.stdout or "[]")
 ok(len(dead) == 1 and dead[0]["status"] == 400 and dead[0]["reason"] == "rejected",
    "400: it is a dead letter with the status", dead)
+eq(relay.metric('watchrtc_relay_dead_letters{reason="rejected"}'), 1.0,
+   "400: /metrics counts it under its reason")
 up.reset()
 
 # --- 401: the key is rejected, and what waits with it is dead-lettered -------------------
@@ -108,6 +110,10 @@ ok(wait_until(lambda: relay.health()[1]["dead_letters"] == 4, 10),
 eq([(n, s) for n, s, _, _ in attempts(up, "fault-401")], [(1, 401)],
    "401: only one of them ever reached the upstream")
 eq(post(relay, "fault-401", 4, key="badkey123"), 401, "401: new messages with that key are refused")
+dead_metrics = lambda: (relay.metric('watchrtc_relay_dead_letters{reason="rejected"}'),
+                        relay.metric('watchrtc_relay_dead_letters{reason="key_rejected"}'))
+ok(wait_until(lambda: dead_metrics() == (1.0, 3.0), 10),
+   "401: /metrics counts the three under key_rejected, beside the 400's one", dead_metrics())
 up.reset()
 relay.stop()
 

@@ -7,6 +7,7 @@
 
 #include "log.h"
 #include "tap.h"
+#include "testutil.h"
 
 static void write_file(const char *path, const char *text)
 {
@@ -209,17 +210,13 @@ static void test_rate(void)
 
 int main(void)
 {
-	char dir[] = "/tmp/test-access-XXXXXX";
+	char *dir = tmpdir_create("test-access");
 
 	log_set_level(LOG_ERROR);
-	if (!mkdtemp(dir)) {
-		printf("Bail out! mkdtemp\n");
-		return 1;
-	}
 	test_keys(dir);
 	test_origins();
 	test_connections();
 	test_rate();
-	rmdir(dir);
+	tmpdir_remove(dir);
 	return done_testing();
 }

@@ -152,6 +152,7 @@ static void test_defaults(void)
 	is_str(c.upstream, "https://watchrtc-server.cyara.com", "upstream default");
 	is_str(c.upstream_ca, "", "upstream-ca default");
 	ok(!c.upstream_insecure, "upstream-insecure default");
+	is_str(c.upstream_http_version, "1.1", "upstream-http-version default");
 	is_int(c.forward_workers, 4, "forward-workers default");
 	is_int(c.forward_inflight, 16, "forward-inflight default");
 	is_int(c.upstream_timeout_ms, 10000, "upstream-timeout-ms default");
@@ -244,6 +245,28 @@ static void test_command_line(void)
 	}
 	cli_error("upstream: \"ftp://x\" is not an http:// or https:// URL", "upstream scheme",
 	          "--upstream=ftp://x");
+	is_int(load(&c, &cause, "--upstream-http-version", "2", NULL), CONFIG_RUN,
+	       "upstream-http-version 2 is accepted");
+	is_str(c.upstream_http_version, "2", "... and kept");
+	config_release(&c);
+	is_int(load(&c, &cause, "--upstream-http-version=1.1", NULL), CONFIG_RUN,
+	       "upstream-http-version 1.1 is accepted");
+	config_release(&c);
+	cli_error("--upstream-http-version: \"1.0\" is not 1.1 or 2", "HTTP/1.0 is refused",
+	          "--upstream-http-version=1.0");
+	cli_error("--upstream-http-version: \"h2\" is not 1.1 or 2", "an ALPN name is refused",
+	          "--upstream-http-version=h2");
+	cli_error("--upstream-http-version: \"3\" is not 1.1 or 2", "HTTP/3 is refused",
+	          "--upstream-http-version=3");
+	cli_error("--upstream-http-version: \"\" is not 1.1 or 2", "an empty version is refused",
+	          "--upstream-http-version=");
+	file_error("upstream-http-version = 2.0\n",
+	           "t.conf:1: upstream-http-version: \"2.0\" is not 1.1 or 2",
+	           "upstream-http-version in a file");
+	cli_error("--forward-workers: 65 is out of range (1..64)", "more forward workers than the "
+	          "forwarder runs", "--forward-workers=65");
+	cli_error("--forward-inflight: 1025 is out of range (1..1024)", "more requests in flight "
+	          "than the forwarder runs", "--forward-inflight=1025");
 	cli_error("retry-base-ms (2000) is larger than retry-max-ms (1000)", "retry order",
 	          "--retry-base-ms=2000", "--retry-max-ms=1000");
 	cli_error("state-dir must not be empty", "empty state-dir", "--state-dir=");

@@ -2,24 +2,32 @@
  * test-forwarder.c - the forwarder's decisions (how an answer is classified,
  * how long a retry waits), the key ban set, and real round trips: a queue in
  * a temporary directory drained by the forwarder into tests/mock_upstream.py
- * over HTTPS on loopback, checked through the mock's /_mock/requests.
+ * over HTTPS on loopback, checked through the mock's /_mock/requests.  The
+ * mock speaks HTTP/1.1 only, so the HTTP version setting is checked against
+ * a small GnuTLS server here that offers both h2 and http/1.1 by ALPN.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <netinet/in.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
+#include <gnutls/gnutls.h>
 #include <jansson.h>
 
 #include "forwarder.h"
@@ -523,14 +531,6 @@ static void case_in_order(struct env *e)
 	ok(ok_put, "three messages queued");
 	f = start(e);
 	ok(f != NULL, "forwarder started");
-	{
-		struct forwarder *f2 = NULL;
-		char *cause = NULL;
-
-		ok(forwarder_start(&f2, e->q, e->kb, &e->fo, &cause) < 0 && !f2 && cause,
-		   "a second forwarder on the same process is refused");
-		free(cause);
-	}
 	ok(wait_drained(e, 10000) == 0, "the queue drains");
 	forwarder_stop(f, 2000);
 
@@ -709,10 +709,287 @@ static void case_stop_deadline(struct env *e)
 	json_decref(reqs);
 }
 
+/*
+ * Two forwarders, each on a queue of its own, run side by side in one
+ * process, and each queue's notification wakes its own forwarder: nothing
+ * about a forwarder is process-wide.
+ */
+static void case_two_forwarders(struct env *e)
+{
+	struct queue_options qo;
+	struct queue *q2 = NULL;
+	struct forwarder *f1, *f2 = NULL;
+	char db2[160], *cause = NULL;
+	json_t *reqs, *r;
+	int64_t put_at, took;
+	int seen_one = 0, seen_two = 0;
+	size_t i;
+
+	snprintf(db2, sizeof db2, "%s/second.db", e->dir);
+	queue_options_init(&qo);
+	qo.commit_window_ms = 2;
+	if (queue_open(&q2, db2, &qo, &cause) != QUEUE_OK) {
+		ok(0, "second queue_open: %s", cause ? cause : "?");
+		free(cause);
+		return;
+	}
+	mock_reset(&e->mock);
+	f1 = start(e);
+	ok(f1 != NULL, "a forwarder on the first queue started");
+	ok(forwarder_start(&f2, q2, e->kb, &e->fo, &cause) == 0 && f2,
+	   "a second forwarder, on a second queue, started beside it (%s)", cause ? cause : "ok");
+	free(cause);
+	sleep_ms(300);          /* let the workers of both go to sleep in their poll */
+	put_at = now_ms();
+	{
+		struct queue_msg m = { .session = "two-b", .target = "/trace", .body = "two",
+		                       .body_len = 3 };
+
+		ok(put(e, "two-a", "/trace", "one", "good-key", NULL) == QUEUE_OK &&
+		   queue_put(q2, &m, true, NULL) == QUEUE_OK, "one message queued on each queue");
+	}
+	reqs = wait_requests(e, 2, 5000);
+	took = now_ms() - put_at;
+	is_int(json_array_size(reqs), 2, "both reached the upstream");
+	json_array_foreach(reqs, i, r) {
+		const char *text = rec_str(r, "text");
+
+		seen_one |= text && !strcmp(text, "one");
+		seen_two |= text && !strcmp(text, "two");
+	}
+	ok(seen_one && seen_two, "one from each queue");
+	/* Without its notification a sleeping worker would wait up to 1 s. */
+	ok(took < 600, "both were sent at once (%lld ms): each queue wakes its own forwarder",
+	   (long long)took);
+	json_decref(reqs);
+	forwarder_stop(f1, 2000);
+	forwarder_stop(f2, 2000);
+	is_int(stats(e).depth, 0, "the first queue is empty");
+	queue_close(q2);
+}
+
+/* --- the upstream HTTP version --------------------------------------------- */
+
+/*
+ * A TLS server on loopback that offers h2 and http/1.1 by ALPN, preferring
+ * h2, so what a connection negotiates is what the client offered.  It
+ * records the protocol and the first line each connection sent, answers an
+ * HTTP/1.1 request 200 and closes, and closes an HTTP/2 one unanswered.
+ */
+struct probe {
+	int lfd, port;
+	pthread_t thread;
+	bool running;
+	atomic_bool stop;
+	gnutls_certificate_credentials_t cred;
+	pthread_mutex_t mu;
+	unsigned conns;         /* connections that completed the handshake */
+	bool mixed;             /* a later one negotiated something else */
+	char alpn[16];          /* negotiated by the first; "" if none */
+	char first_line[64];    /* the first line the first one sent */
+};
+
+#define PROBE_IO_TIMEOUT_S 5
+#define PROBE_ANSWER "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
+
+/* Reads from s until the request head is complete (or the HTTP/2 preface
+ * is in), then, for HTTP/1.1, the rest of a Content-Length body.  Returns
+ * the bytes in buf. */
+static size_t probe_read_request(gnutls_session_t s, char *buf, size_t size)
+{
+	size_t len = 0, want = 0;
+	char *end;
+
+	while (len < size - 1) {
+		ssize_t n = gnutls_record_recv(s, buf + len, size - 1 - len);
+
+		if (n == GNUTLS_E_INTERRUPTED)
+			continue;
+		if (n <= 0)
+			break;  /* also GNUTLS_E_AGAIN: the socket's timeout */
+		len += (size_t)n;
+		buf[len] = '\0';
+		if (!want && (end = strstr(buf, "\r\n\r\n"))) {
+			const char *cl = strcasestr(buf, "\r\nContent-Length:");
+
+			want = (size_t)(end + 4 - buf);
+			if (cl && cl < end)
+				want += strtoul(cl + 17, NULL, 10);
+		}
+		if (want && len >= want)
+			break;
+	}
+	buf[len] = '\0';
+	return len;
+}
+
+static void probe_serve(struct probe *p, int fd)
+{
+	static const gnutls_datum_t protos[2] = {
+		{ (unsigned char *)"h2", 2 }, { (unsigned char *)"http/1.1", 8 },
+	};
+	struct timeval tv = { PROBE_IO_TIMEOUT_S, 0 };
+	gnutls_session_t s;
+	gnutls_datum_t proto = { NULL, 0 };
+	char buf[8192], alpn[16] = "";
+	int rc;
+
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+	if (gnutls_init(&s, GNUTLS_SERVER) < 0)
+		return;
+	if (gnutls_set_default_priority(s) < 0 ||
+	    gnutls_credentials_set(s, GNUTLS_CRD_CERTIFICATE, p->cred) < 0 ||
+	    gnutls_alpn_set_protocols(s, protos, 2, GNUTLS_ALPN_SERVER_PRECEDENCE) < 0)
+		goto out;
+	gnutls_transport_set_int(s, fd);
+	do
+		rc = gnutls_handshake(s);
+	while (rc < 0 && !gnutls_error_is_fatal(rc) && rc != GNUTLS_E_AGAIN);
+	if (rc < 0)
+		goto out;
+	if (gnutls_alpn_get_selected_protocol(s, &proto) == 0 && proto.size < sizeof alpn) {
+		memcpy(alpn, proto.data, proto.size);
+		alpn[proto.size] = '\0';
+	}
+	probe_read_request(s, buf, sizeof buf);
+	pthread_mutex_lock(&p->mu);
+	if (p->conns++ == 0) {
+		snprintf(p->alpn, sizeof p->alpn, "%s", alpn);
+		snprintf(p->first_line, sizeof p->first_line, "%.*s", (int)strcspn(buf, "\r\n"),
+		         buf);
+	} else if (strcmp(p->alpn, alpn)) {
+		p->mixed = true;
+	}
+	pthread_mutex_unlock(&p->mu);
+	if (!strncmp(buf, "POST ", 5) && strstr(buf, " HTTP/1.1\r\n")) {
+		gnutls_record_send(s, PROBE_ANSWER, strlen(PROBE_ANSWER));
+		gnutls_bye(s, GNUTLS_SHUT_WR);
+	}
+out:
+	gnutls_deinit(s);
+	close(fd);
+}
+
+static void *probe_main(void *arg)
+{
+	struct probe *p = arg;
+
+	while (!atomic_load(&p->stop)) {
+		struct pollfd pf = { .fd = p->lfd, .events = POLLIN };
+		int fd;
+
+		if (poll(&pf, 1, 50) <= 0)
+			continue;
+		fd = accept4(p->lfd, NULL, NULL, SOCK_CLOEXEC);
+		if (fd >= 0)
+			probe_serve(p, fd);
+	}
+	return NULL;
+}
+
+static int probe_start(struct probe *p)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t salen = sizeof sa;
+	char cert[PATH_MAX], key[PATH_MAX];
+
+	memset(p, 0, sizeof *p);
+	atomic_init(&p->stop, false);
+	pthread_mutex_init(&p->mu, NULL);
+	snprintf(cert, sizeof cert, "%s/certs/server.pem", tests_srcdir());
+	snprintf(key, sizeof key, "%s/certs/server-key.pem", tests_srcdir());
+	p->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (p->lfd < 0 || bind(p->lfd, (struct sockaddr *)&sa, sizeof sa) < 0 ||
+	    listen(p->lfd, 16) < 0 || getsockname(p->lfd, (struct sockaddr *)&sa, &salen) < 0)
+		return -1;
+	p->port = ntohs(sa.sin_port);
+	if (gnutls_certificate_allocate_credentials(&p->cred) < 0) {
+		p->cred = NULL;
+		return -1;
+	}
+	if (gnutls_certificate_set_x509_key_file(p->cred, cert, key, GNUTLS_X509_FMT_PEM) < 0)
+		return -1;
+	if (pthread_create(&p->thread, NULL, probe_main, p) != 0)
+		return -1;
+	p->running = true;
+	return 0;
+}
+
+/* Stops the thread and frees what probe_start set up, also after it failed. */
+static void probe_stop(struct probe *p)
+{
+	atomic_store(&p->stop, true);
+	if (p->running)
+		pthread_join(p->thread, NULL);
+	p->running = false;
+	if (p->lfd >= 0)
+		close(p->lfd);
+	p->lfd = -1;
+	if (p->cred)
+		gnutls_certificate_free_credentials(p->cred);
+	p->cred = NULL;
+	pthread_mutex_destroy(&p->mu);
+}
+
+static unsigned probe_conns(struct probe *p)
+{
+	unsigned n;
+
+	pthread_mutex_lock(&p->mu);
+	n = p->conns;
+	pthread_mutex_unlock(&p->mu);
+	return n;
+}
+
+/*
+ * The forwarder with http_version v against the probe: what was negotiated
+ * and what the request looked like.  Over HTTP/1.1 the message is also
+ * delivered; over HTTP/2 the probe hangs up, so the message stays queued
+ * (this case runs last).
+ */
+static void case_http_version(struct env *e, enum forward_http v, const char *name,
+                              const char *want_alpn, const char *want_line)
+{
+	struct forwarder_options fo = e->fo;
+	struct forwarder *f = NULL;
+	struct probe p;
+	char base[64], session[32], *cause = NULL;
+	int64_t deadline;
+
+	if (probe_start(&p) < 0) {
+		ok(0, "ALPN probe started: %s", strerror(errno));
+		probe_stop(&p);
+		return;
+	}
+	snprintf(base, sizeof base, "https://127.0.0.1:%d", p.port);
+	snprintf(session, sizeof session, "http-%s", name);
+	fo.upstream = base;
+	fo.http_version = v;
+	ok(put(e, session, "/alpn", "probe", "good-key", NULL) == QUEUE_OK, "HTTP %s: message queued",
+	   name);
+	ok(forwarder_start(&f, e->q, e->kb, &fo, &cause) == 0, "HTTP %s: forwarder started (%s)",
+	   name, cause ? cause : "ok");
+	free(cause);
+	deadline = now_ms() + 5000;
+	while (probe_conns(&p) == 0 && now_ms() < deadline)
+		sleep_ms(10);
+	if (v == FWD_HTTP_1_1)
+		ok(wait_drained(e, 5000) == 0, "HTTP %s: the message is delivered", name);
+	forwarder_stop(f, 200);
+	probe_stop(&p);
+	ok(p.conns >= 1, "HTTP %s: the upstream got a connection", name);
+	is_str(p.alpn, want_alpn, "HTTP %s: ALPN negotiated %s", name, want_alpn);
+	is_str(p.first_line, want_line, "HTTP %s: the request starts \"%s\"", name, want_line);
+	ok(!p.mixed, "HTTP %s: every connection (%u) negotiated the same", name, p.conns);
+}
+
 static void remove_dir(const char *dir)
 {
 	static const char *const names[] = { "queue.db", "queue.db-wal", "queue.db-shm",
-	                                     "queue.db-journal" };
+	                                     "queue.db-journal", "queue.db.lock",
+	                                     "second.db", "second.db-wal", "second.db-shm",
+	                                     "second.db-journal", "second.db.lock" };
 	char path[192];
 
 	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
@@ -765,6 +1042,10 @@ static void test_round_trips(void)
 	case_retry_after(&e);
 	case_dead_and_rejected(&e);
 	case_stop_deadline(&e);
+	case_two_forwarders(&e);
+	case_http_version(&e, FWD_HTTP_1_1, "1.1", "http/1.1", "POST /alpn HTTP/1.1");
+	/* Last: the probe never answers HTTP/2, so this message stays queued. */
+	case_http_version(&e, FWD_HTTP_2, "2", "h2", "PRI * HTTP/2.0");
 out:
 	mock_stop(&e.mock);
 	queue_close(e.q);

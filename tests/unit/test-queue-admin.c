@@ -5,8 +5,6 @@
  * file; the lock that keeps a second process off a queue; and
  * queue_set_notify waiting for a callback that is running.
  */
-#include <dirent.h>
-#include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -16,16 +14,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "queue.h"
 #include "queue_admin.h"
 #include "tap.h"
+#include "testutil.h"
 
 #define PICKUP_WAIT_MS 3000   /* the writer looks for CLI changes every second */
 
-static char tmpdir[64];
+static char *tmpdir;          /* tmpdir_create's, for the whole run */
 
 static const char *db_path(const char *name)
 {
@@ -33,22 +31,6 @@ static const char *db_path(const char *name)
 
 	snprintf(path, sizeof path, "%s/%s.db", tmpdir, name);
 	return path;
-}
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(long ms)
-{
-	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000 };
-
-	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-		;
 }
 
 static struct queue *open_q(const char *name)
@@ -171,6 +153,16 @@ static int count_row(void *arg, const struct queue_admin_row *r)
 	return 0;
 }
 
+/* Keeps the first reason of the report in a struct queue_dead_reason. */
+static int first_reason(void *arg, const struct queue_admin_row *r)
+{
+	struct queue_dead_reason *d = arg;
+
+	snprintf(d->reason, sizeof d->reason, "%s", r->reason != NULL ? r->reason : "");
+	d->count = r->queued;
+	return 1;
+}
+
 static void test_replay_running(void)
 {
 	struct queue *q = open_q("replay");
@@ -180,6 +172,8 @@ static void test_replay_running(void)
 	struct queue_msg *m, *m2;
 	int64_t a_id, b_id, rows[3] = { 0 }, end, ids[2];
 	uint64_t moved = 0, purged = 0;
+	struct queue_dead_reason dr = { "", 0 };
+	size_t nr = 0;
 	char *cause = NULL;
 
 	ok(q != NULL, "replay: open");
@@ -205,6 +199,10 @@ static void test_replay_running(void)
 	is_str(ast.instance_id, queue_instance_id(q), "replay: and name the instance");
 	ok(queue_admin_dead_list(a, 0, count_row, rows, NULL) == QUEUE_OK &&
 	   rows[0] == 1 && rows[1] == a_id, "replay: dead list shows it");
+	ok(queue_admin_dead_reasons(a, first_reason, &dr, NULL) == QUEUE_OK &&
+	   !strcmp(dr.reason, "http 400") && dr.count == 1, "replay: the CLI counts it by reason");
+	ok(queue_dead_reasons(q, &dr, 1, &nr) == QUEUE_OK && nr == 1 &&
+	   !strcmp(dr.reason, "http 400") && dr.count == 1, "replay: and so does the running queue");
 	queue_admin_close(a);
 
 	a = open_admin("replay", true);
@@ -255,6 +253,8 @@ static void test_replay_running(void)
 	   "replay: dead purge");
 	is_int(purged, 1, "replay: purged one");
 	queue_admin_close(a);
+	ok(queue_dead_reasons(q, &dr, 1, &nr) == QUEUE_OK && nr == 0,
+	   "replay: the running queue's reasons follow the purge at once");
 	for (end = now_ms() + PICKUP_WAIT_MS; now_ms() < end; sleep_ms(20)) {
 		queue_stats(q, &st);
 		if (st.dead == 0)
@@ -378,36 +378,14 @@ static void test_salvage(void)
 
 /* --- main ----------------------------------------------------------------------- */
 
-static void remove_tmpdir(void)
-{
-	char path[512];
-	struct dirent *d;
-	DIR *dir = opendir(tmpdir);
-
-	if (dir != NULL) {
-		while ((d = readdir(dir)) != NULL) {
-			if (strcmp(d->d_name, ".") == 0 || strcmp(d->d_name, "..") == 0)
-				continue;
-			snprintf(path, sizeof path, "%s/%s", tmpdir, d->d_name);
-			unlink(path);
-		}
-		closedir(dir);
-	}
-	rmdir(tmpdir);
-}
-
 int main(void)
 {
-	snprintf(tmpdir, sizeof tmpdir, "/tmp/test-queue-admin-XXXXXX");
-	if (mkdtemp(tmpdir) == NULL) {
-		printf("Bail out! mkdtemp: %s\n", strerror(errno));
-		return 1;
-	}
+	tmpdir = tmpdir_create("test-queue-admin");
 	test_notify_unregister();
 	test_lock();
 	test_replay_running();
 	test_retry_heads();
 	test_salvage();
-	remove_tmpdir();
+	tmpdir_remove(tmpdir);
 	return done_testing();
 }

@@ -5,8 +5,6 @@
  * Every database lives in one mkdtemp directory under /tmp that is removed
  * at the end.  Each case is a function; the whole run takes a few seconds.
  */
-#include <dirent.h>
-#include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -23,8 +21,9 @@
 
 #include "queue.h"
 #include "tap.h"
+#include "testutil.h"
 
-static char tmpdir[64];
+static char *tmpdir;          /* tmpdir_create's, for the whole run */
 
 static const char *db_path(const char *name)
 {
@@ -34,28 +33,12 @@ static const char *db_path(const char *name)
 	return path;
 }
 
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static int64_t wall_now_ms(void)
 {
 	struct timespec ts;
 
 	clock_gettime(CLOCK_REALTIME, &ts);
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(long ms)
-{
-	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000 };
-
-	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-		;
 }
 
 /* Opens name in tmpdir with o (defaults if NULL); reports failure as a test. */
@@ -412,6 +395,89 @@ static void test_dead_key(void)
 	snprintf(sql, sizeof sql, "SELECT count(*) FROM dead_letters WHERE id IN (%lld, %lld)",
 	         (long long)a2, (long long)d1);
 	is_int(sql_int("deadkey", sql), 2, "dead_key: they are a2 and d1");
+}
+
+/* Waits until the committed dead letters number want; returns the reasons
+ * as queue_dead_reasons gives them with max. */
+static size_t dead_reasons(struct queue *q, size_t max, uint64_t want,
+                           struct queue_dead_reason *out)
+{
+	int64_t end = now_ms() + 5000;
+	uint64_t total = 0;
+	size_t n = 0, i;
+
+	do {
+		if (queue_dead_reasons(q, out, max, &n) != QUEUE_OK) {
+			diag("queue_dead_reasons failed");
+			return 0;
+		}
+		for (total = 0, i = 0; i < n; i++)
+			total += out[i].count;
+		if (total == want)
+			break;
+		sleep_ms(10);
+	} while (now_ms() < end);
+	return n;
+}
+
+static bool reason_is(const struct queue_dead_reason *d, const char *reason, uint64_t count)
+{
+	if (strcmp(d->reason, reason) == 0 && d->count == count)
+		return true;
+	diag("got %s=%llu, want %s=%llu", d->reason, (unsigned long long)d->count, reason,
+	     (unsigned long long)count);
+	return false;
+}
+
+/* Dead letters by reason, most common first, and the rest under "other"
+ * when there are more reasons than the caller takes. */
+static void test_dead_reasons(void)
+{
+	static const char *const reasons[] = {
+		"rejected", "rejected", "rejected", "other", "other", "unsendable", "unsendable",
+		"expired", "key_rejected",
+	};
+	enum { N = sizeof reasons / sizeof reasons[0] };
+	struct queue *q = open_q("reasons", NULL);
+	struct queue_dead_reason d[8];
+	struct queue_msg *m[N];
+	struct queue_stats st;
+	char session[16];
+	size_t n, i;
+
+	ok(q != NULL, "reasons: open");
+	if (q == NULL)
+		return;
+	ok(queue_dead_reasons(q, d, 8, &n) == QUEUE_OK && n == 0, "reasons: none at first");
+	is_int(queue_dead_reasons(q, d, 0, &n), QUEUE_EINVAL, "reasons: max 0 is invalid");
+	for (i = 0; i < N; i++) {
+		snprintf(session, sizeof session, "S%zu", i);
+		put(q, session, "x", i == N - 1);
+	}
+	n = lease(q, m, N);
+	is_int(n, N, "reasons: one message of each session leased");
+	for (i = 0; i < n; i++)
+		queue_dead(q, m[i]->id, reasons[strtoul(m[i]->session + 1, NULL, 10)], 400, NULL);
+	free_msgs(m, n);
+
+	n = dead_reasons(q, 8, N, d);
+	is_int(n, 5, "reasons: five reasons");
+	ok(n == 5 && reason_is(&d[0], "rejected", 3) && reason_is(&d[1], "other", 2) &&
+	   reason_is(&d[2], "unsendable", 2) && reason_is(&d[3], "expired", 1) &&
+	   reason_is(&d[4], "key_rejected", 1),
+	   "reasons: counted, most common first, ties by name");
+	queue_stats(q, &st);
+	is_int(st.dead, N, "reasons: they add up to the dead-letter count");
+
+	n = dead_reasons(q, 5, N, d);
+	is_int(n, 5, "reasons: max = the number of reasons: nothing folded");
+	n = dead_reasons(q, 4, N, d);
+	ok(n == 3 && reason_is(&d[0], "rejected", 3) && reason_is(&d[1], "other", 4) &&
+	   reason_is(&d[2], "unsendable", 2),
+	   "reasons: max 4: expired and key_rejected join the reason called other");
+	n = dead_reasons(q, 1, N, d);
+	ok(n == 1 && reason_is(&d[0], "other", N), "reasons: max 1: everything is other");
+	queue_close(q);
 }
 
 static void test_ids_never_reused(void)
@@ -903,37 +969,16 @@ static void test_disk_full(void)
 
 /* --- main ----------------------------------------------------------------------- */
 
-static void remove_tmpdir(void)
-{
-	char path[512];
-	struct dirent *d;
-	DIR *dir = opendir(tmpdir);
-
-	if (dir != NULL) {
-		while ((d = readdir(dir)) != NULL) {
-			if (strcmp(d->d_name, ".") == 0 || strcmp(d->d_name, "..") == 0)
-				continue;
-			snprintf(path, sizeof path, "%s/%s", tmpdir, d->d_name);
-			unlink(path);
-		}
-		closedir(dir);
-	}
-	rmdir(tmpdir);
-}
-
 int main(void)
 {
-	snprintf(tmpdir, sizeof tmpdir, "/tmp/test-queue-XXXXXX");
-	if (mkdtemp(tmpdir) == NULL) {
-		printf("Bail out! mkdtemp: %s\n", strerror(errno));
-		return 1;
-	}
+	tmpdir = tmpdir_create("test-queue");
 	test_dup();
 	test_order();
 	test_parallel_retry();
 	test_retry_delay();
 	test_dead();
 	test_dead_key();
+	test_dead_reasons();
 	test_ids_never_reused();
 	test_reopen();
 	test_leased_survives();
@@ -944,6 +989,6 @@ int main(void)
 	test_uncached();
 	test_corruption();
 	test_disk_full();
-	remove_tmpdir();
+	tmpdir_remove(tmpdir);
 	return done_testing();
 }

@@ -1,8 +1,9 @@
 /*
- * wsframe.h - the bits of RFC 6455 the benchmark's load generator and sink
- * share: building a frame, an incremental frame parser that skips data
- * payloads (the benchmark counts messages, it does not read them) and
- * keeps control payloads, and the Sec-WebSocket-Accept value.
+ * wsframe.h - the bits of RFC 6455 the tests' websocket client (wsclient.c)
+ * and the benchmark's load generator and sink share: building a frame, an
+ * incremental frame parser that skips data payloads (the benchmark counts
+ * messages, it does not read them) and keeps control payloads, and the
+ * Sec-WebSocket-Accept value.
  */
 #ifndef WATCHRTC_WSFRAME_H
 #define WATCHRTC_WSFRAME_H
@@ -40,11 +41,20 @@ typedef int wsf_frame_fn(void *arg, const struct wsf_parser *p);
 int wsf_parse(struct wsf_parser *p, const uint8_t *buf, size_t n, wsf_frame_fn *fn, void *arg);
 
 /*
- * Writes one frame with FIN set into out (room for len + WSF_HEADER_MAX
- * bytes): masked with mask (the payload XORed with it) or unmasked.
+ * Writes a frame header into out (room for WSF_HEADER_MAX bytes): FIN if
+ * fin, opcode with its bits 4-6 as the RSV bits (0x40 | 1: a text frame
+ * with RSV1; nothing is checked, so tests can send bad frames), the
+ * payload length and, if mask is not NULL, the mask bit and the 4 bytes of
+ * mask.  Returns the header's length.
+ */
+size_t wsf_header(uint8_t *out, unsigned opcode, bool fin, uint64_t len, const uint8_t *mask);
+
+/*
+ * Writes one whole frame into out (room for len + WSF_HEADER_MAX bytes):
+ * wsf_header's, then the payload, XORed with mask unless mask is NULL.
  * Returns the frame's length.
  */
-size_t wsf_build(uint8_t *out, unsigned opcode, bool masked, uint32_t mask,
+size_t wsf_build(uint8_t *out, unsigned opcode, bool fin, const uint8_t *mask,
                  const uint8_t *payload, size_t len);
 
 /* Base64 of in[0..n) into out, which has room for 4 * ((n + 2) / 3) + 1. */

@@ -1,5 +1,6 @@
 /*
- * wsframe.c - websocket framing for the benchmark's generator and sink.
+ * wsframe.c - websocket framing for the tests' client and the benchmark's
+ * generator and sink.
  */
 #include "wsframe.h"
 
@@ -10,7 +11,7 @@
 #include <gnutls/gnutls.h>
 
 #define WSF_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-#define WSF_KEY_MAX 64               /* a Sec-WebSocket-Key is 24 characters */
+#define WSF_KEY_MAX 128              /* a Sec-WebSocket-Key is 24 characters; tests send odd ones */
 
 static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
@@ -47,13 +48,12 @@ int wsf_accept(const char *key, char out[WSF_ACCEPT_LEN + 1])
 	return 0;
 }
 
-size_t wsf_build(uint8_t *out, unsigned opcode, bool masked, uint32_t mask,
-                 const uint8_t *payload, size_t len)
+size_t wsf_header(uint8_t *out, unsigned opcode, bool fin, uint64_t len, const uint8_t *mask)
 {
-	uint8_t bit = masked ? 0x80 : 0, key[4];
+	uint8_t bit = mask ? 0x80 : 0;
 	size_t n = 0;
 
-	out[n++] = (uint8_t)(0x80 | opcode);
+	out[n++] = (uint8_t)((fin ? 0x80 : 0) | (opcode & 0x7f));
 	if (len < 126) {
 		out[n++] = (uint8_t)(bit | len);
 	} else if (len < 65536) {
@@ -63,17 +63,26 @@ size_t wsf_build(uint8_t *out, unsigned opcode, bool masked, uint32_t mask,
 	} else {
 		out[n++] = bit | 127;
 		for (int i = 7; i >= 0; i--)
-			out[n++] = (uint8_t)((uint64_t)len >> (8 * i));
+			out[n++] = (uint8_t)(len >> (8 * i));
 	}
-	if (!masked) {
+	if (mask) {
+		memcpy(out + n, mask, 4);
+		n += 4;
+	}
+	return n;
+}
+
+size_t wsf_build(uint8_t *out, unsigned opcode, bool fin, const uint8_t *mask,
+                 const uint8_t *payload, size_t len)
+{
+	size_t n = wsf_header(out, opcode, fin, len, mask);
+
+	if (!mask) {
 		memcpy(out + n, payload, len);
 		return n + len;
 	}
-	memcpy(key, &mask, 4);
-	memcpy(out + n, key, 4);
-	n += 4;
 	for (size_t i = 0; i < len; i++)
-		out[n + i] = payload[i] ^ key[i & 3];
+		out[n + i] = payload[i] ^ mask[i & 3];
 	return n + len;
 }
 

@@ -1,0 +1,61 @@
+/*
+ * testutil.c - scratch directories and clocks for the C unit tests.
+ */
+#include "testutil.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+char *tmpdir_create(const char *prefix)
+{
+	char *dir = NULL;
+
+	if (asprintf(&dir, "/tmp/%s-XXXXXX", prefix) < 0 || mkdtemp(dir) == NULL) {
+		printf("Bail out! mkdtemp /tmp/%s-XXXXXX: %s\n", prefix, strerror(errno));
+		exit(1);
+	}
+	return dir;
+}
+
+void tmpdir_remove(char *dir)
+{
+	char path[4096];
+	struct dirent *d;
+	DIR *dp;
+
+	if (dir == NULL)
+		return;
+	dp = opendir(dir);
+	if (dp != NULL) {
+		while ((d = readdir(dp)) != NULL) {
+			if (strcmp(d->d_name, ".") == 0 || strcmp(d->d_name, "..") == 0)
+				continue;
+			snprintf(path, sizeof path, "%s/%s", dir, d->d_name);
+			unlink(path);
+		}
+		closedir(dp);
+	}
+	rmdir(dir);
+	free(dir);
+}
+
+int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void sleep_ms(long ms)
+{
+	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000 };
+
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+		;
+}
