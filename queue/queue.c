@@ -420,9 +420,11 @@ static void lease_undo(struct queue *q, int64_t id, int err)
 
 int queue_lease(struct queue *q, struct queue_msg **out, size_t max, size_t *n)
 {
-	int64_t ids[LEASE_MAX], wall;
+	int64_t ids[LEASE_MAX], read_ids[LEASE_MAX], wall;
 	uint32_t attempts[LEASE_MAX];
-	size_t got = 0, kept = 0, i;
+	struct queue_msg *read_out[LEASE_MAX];
+	int read_err[LEASE_MAX];
+	size_t got = 0, kept = 0, nread = 0, r, i;
 	struct session *s;
 	struct entry *e;
 	int rc, err = QUEUE_OK;
@@ -459,11 +461,21 @@ int queue_lease(struct queue *q, struct queue_msg **out, size_t max, size_t *n)
 	}
 	qnotify_unlock(q);
 
-	for (i = 0; i < got; i++) {
-		if (out[i] == NULL && (rc = qstore_read_message(q, ids[i], &out[i])) != QUEUE_OK) {
-			lease_undo(q, ids[i], rc);
-			err = rc == QUEUE_ENOTFOUND ? err : rc;
-			continue;
+	/* What the cache did not hold is read in one go. */
+	for (i = 0; i < got; i++)
+		if (out[i] == NULL)
+			read_ids[nread++] = ids[i];
+	if (nread > 0)
+		qstore_read_messages(q, read_ids, nread, read_out, read_err);
+	for (i = 0, r = 0; i < got; i++) {
+		if (out[i] == NULL) {
+			rc = read_err[r];
+			out[i] = read_out[r++];
+			if (rc != QUEUE_OK) {
+				lease_undo(q, ids[i], rc);
+				err = rc == QUEUE_ENOTFOUND ? err : rc;
+				continue;
+			}
 		}
 		out[i]->id = ids[i];
 		out[i]->attempts = attempts[i];

@@ -286,7 +286,10 @@ void *qwriter_main(void *arg);
 
 int qstore_open(struct queue *q, char **cause);
 void qstore_close(struct queue *q);
-int qstore_read_message(struct queue *q, int64_t id, struct queue_msg **out);
+/* Reads the messages ids[0..n-1]: out[i] and errs[i] (QUEUE_OK, _ENOTFOUND,
+ * _ENOMEM or _EIO) for each. */
+void qstore_read_messages(struct queue *q, const int64_t *ids, size_t n,
+                          struct queue_msg **out, int *errs);
 /* Runs QSQL_DEAD_REASONS through the read connection and calls fn for each
  * reason (under q->read_mu: fn must not call into the queue).  Returns a
  * queue_err. */

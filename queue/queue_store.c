@@ -474,7 +474,8 @@ void qstore_close(struct queue *q)
 }
 
 /* Reads message id through the read connection into a new allocation. */
-int qstore_read_message(struct queue *q, int64_t id, struct queue_msg **out)
+/* One message through the read connection; read_mu held. */
+static int read_one(struct queue *q, int64_t id, struct queue_msg **out)
 {
 	struct queue_msg m;
 	sqlite3_stmt *st = q->st_read;
@@ -482,7 +483,7 @@ int qstore_read_message(struct queue *q, int64_t id, struct queue_msg **out)
 	int rc, err;
 
 	memset(&m, 0, sizeof m);
-	pthread_mutex_lock(&q->read_mu);
+	*out = NULL;
 	sqlite3_bind_int64(st, 1, id);
 	rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW) {
@@ -497,10 +498,30 @@ int qstore_read_message(struct queue *q, int64_t id, struct queue_msg **out)
 	} else {
 		err = rc == SQLITE_DONE ? QUEUE_ENOTFOUND : QUEUE_EIO;
 	}
-	sqlite3_reset(st);  /* ends the read transaction: checkpoints can proceed */
+	sqlite3_reset(st);
 	sqlite3_clear_bindings(st);
-	pthread_mutex_unlock(&q->read_mu);
 	return err;
+}
+
+/*
+ * Reads ids[0..n-1] into out[] (errs[] gets each one's result) in one read
+ * transaction: SQLite drops the reader's page cache whenever a transaction
+ * starts after a commit, and the writer commits all the time, so one
+ * transaction per message would read the same pages again and again.  The
+ * transaction ends before this returns, so checkpoints can proceed.
+ */
+void qstore_read_messages(struct queue *q, const int64_t *ids, size_t n,
+                          struct queue_msg **out, int *errs)
+{
+	bool txn;
+
+	pthread_mutex_lock(&q->read_mu);
+	txn = n > 1 && sqlite3_exec(q->rdb, "BEGIN", NULL, NULL, NULL) == SQLITE_OK;
+	for (size_t i = 0; i < n; i++)
+		errs[i] = read_one(q, ids[i], &out[i]);
+	if (txn)
+		sqlite3_exec(q->rdb, "COMMIT", NULL, NULL, NULL);
+	pthread_mutex_unlock(&q->read_mu);
 }
 
 int qstore_dead_reasons(struct queue *q, void (*fn)(void *arg, const char *reason,

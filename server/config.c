@@ -116,7 +116,7 @@ static const struct setting settings[] = {
 	STR("tls-priorities", tls_priorities, "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2",
 	    "GnuTLS priority string", "listener"),
 	NUM("http-threads", T_UINT, http_threads, "4", 1, 256,
-	    "HTTP worker threads", "listener"),
+	    "TLS listener threads, and as many HTTP threads", "listener"),
 	NUM("max-connections", T_UINT, max_connections, "10000", 1, 1000000,
 	    "concurrent client connections", "listener"),
 	NUM("request-timeout-s", T_UINT, request_timeout_s, "30", 1, 3600,

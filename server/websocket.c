@@ -55,6 +55,7 @@
 #define WS_MAX_EVENTS 64
 #define WS_CONN_ID_BYTES 8              /* connectionId: 16 hex characters */
 #define WS_SHUTDOWN_DROP_WAIT_MS 5000   /* loops drop everything well within this */
+#define WS_RX_BUDGET (256 * 1024)        /* bytes read from one connection per turn */
 
 struct ws_loop;
 
@@ -81,6 +82,10 @@ struct ws_conn {
 	bool io_failed;                   /* the last recv/send hit EOF or an error */
 	bool send_blocked;                /* a frame may be partly written */
 	bool lingering;                   /* wslay is done; draining until EOF */
+	size_t rx_budget;                 /* bytes it may still read this turn */
+	bool rx_more;                     /* the budget ran out with bytes left */
+	bool in_again;                    /* on the loop's again list */
+	struct ws_conn *again_next;
 };
 
 struct ws_loop {
@@ -91,6 +96,10 @@ struct ws_loop {
 	pthread_mutex_t lock;
 	struct ws_conn *handoff;          /* adopted, not yet registered (under lock) */
 	struct ws_conn *conns;            /* registered: loop thread only */
+	/* Connections that had more to read when their budget ran out: served
+	 * again after the others, without waiting for epoll (GnuTLS may hold
+	 * their bytes already).  Loop thread only. */
+	struct ws_conn *again;
 	size_t closing;                   /* conns with a deadline: loop thread only */
 	bool closing_all;                 /* 1001 queued everywhere: loop thread only */
 };
@@ -188,6 +197,13 @@ static void conn_finish(struct ws_conn *c, const char *why)
 		epoll_ctl(l->epfd, EPOLL_CTL_DEL, c->fd, NULL);
 	if (c->deadline_ms)
 		l->closing--;
+	if (c->in_again) {
+		struct ws_conn **p = &l->again;
+
+		while (*p != c)
+			p = &(*p)->again_next;
+		*p = c->again_next;
+	}
 	if (c->prev)
 		c->prev->next = c->next;
 	else if (l->conns == c)
@@ -250,10 +266,19 @@ static ssize_t on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
 	struct ws_conn *c = user;
 	ssize_t n;
 
+	/* One busy connection must not keep the loop from the others. */
+	if (c->rx_budget == 0) {
+		c->rx_more = true;
+		wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+		return -1;
+	}
+	if (len > c->rx_budget)
+		len = c->rx_budget;
 	if (c->extra_off < c->extra_len) {
 		n = (ssize_t)(c->extra_len - c->extra_off < len ? c->extra_len - c->extra_off : len);
 		memcpy(buf, c->extra + c->extra_off, (size_t)n);
 		c->extra_off += (size_t)n;
+		c->rx_budget -= (size_t)n;
 		c->last_rx_ms = mono_ms();
 		return n;
 	}
@@ -261,6 +286,7 @@ static ssize_t on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
 		n = gnutls_record_recv(c->tls, buf, len);
 	while (n == GNUTLS_E_INTERRUPTED);
 	if (n > 0) {
+		c->rx_budget -= (size_t)n;
 		c->last_rx_ms = mono_ms();
 		c->ping_sent_ms = 0;
 		return n;
@@ -466,6 +492,8 @@ static void conn_service(struct ws_conn *c, uint32_t events)
 	if (wslay_event_want_read(ctx) &&
 	    ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) || c->extra_off < c->extra_len)) {
 		c->io_failed = false;
+		c->rx_budget = WS_RX_BUDGET;
+		c->rx_more = false;
 		if (wslay_event_recv(ctx) != 0) {
 			if (c->io_failed)
 				conn_finish(c, "connection lost");
@@ -511,6 +539,25 @@ static void conn_service(struct ws_conn *c, uint32_t events)
 	want = (wslay_event_want_read(ctx) ? EPOLLIN : 0) |
 	       (wslay_event_want_write(ctx) ? EPOLLOUT : 0);
 	conn_set_interest(c, want);
+	if (c->rx_more && !c->in_again && wslay_event_want_read(ctx)) {
+		c->in_again = true;
+		c->again_next = c->loop->again;
+		c->loop->again = c;
+	}
+}
+
+/* Gives the connections whose budget ran out their next turn. */
+static void loop_serve_again(struct ws_loop *l)
+{
+	struct ws_conn *list = l->again, *c;
+
+	l->again = NULL;
+	while ((c = list) != NULL) {
+		list = c->again_next;
+		c->in_again = false;
+		c->again_next = NULL;
+		conn_service(c, EPOLLIN);
+	}
 }
 
 static char *hello_text(const struct ws_server *s, const struct ws_conn *c)
@@ -681,7 +728,8 @@ static void *loop_main(void *arg)
 
 		if (l->closing && next_deadlines < wake)
 			wake = next_deadlines;
-		n = epoll_wait(l->epfd, evs, WS_MAX_EVENTS, wake > now ? (int)(wake - now) : 0);
+		n = epoll_wait(l->epfd, evs, WS_MAX_EVENTS,
+		               l->again || wake <= now ? 0 : (int)(wake - now));
 		if (n < 0 && errno != EINTR) {
 			log_error("ws_error", "reason=\"epoll_wait: %s\"", strerror(errno));
 			break;
@@ -698,6 +746,7 @@ static void *loop_main(void *arg)
 		 * entries of the batch still name. */
 		if (woken)
 			loop_wake(l);
+		loop_serve_again(l);
 		now = mono_ms();
 		if (l->closing && now >= next_deadlines) {
 			loop_check_deadlines(l, now);

@@ -399,7 +399,8 @@ class Bench:
     def wait_ready(self, p, timeout):
         if not p.ready.wait(timeout) or p.poll() is not None:
             stop(p)
-            raise BenchError("wsload never became ready: %s" % "\n".join(p.stderr_lines))
+            raise BenchError("wsload never became ready (exit %s): %s"
+                             % (p.returncode, "\n".join(p.stderr_lines)))
 
     # ---- the steps ----
     def ingest_relay(self):

@@ -179,6 +179,28 @@ except subprocess.TimeoutExpired:
     slow.communicate()
 eq(idle.stop(), 0, "the relay stops cleanly after the flood")
 
+# --- a client sending flat out does not hold up the others ------------------------------
+# Both on one websocket thread; the flood is the benchmark's load generator.
+WSLOAD = os.path.join(os.environ.get("BUILDDIR", "."), "tests", "bench", "wsload")
+busy = Relay(None).start()
+flood = subprocess.Popen([WSLOAD, "--port", str(busy.port), "--connections", "2", "--threads", "1",
+                          "--duration", "6", "--frame-log", os.path.join(FIXTURES, "frame-log-baseline8000.jsonl")],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+ok(flood.stderr.readline().startswith("ready"), "two clients send flat out")
+time.sleep(1.0)
+started = time.monotonic()
+code, _ = wsc(busy, ["recv", "send-text [8]", "close 1000", "expect-close 1000"],
+              path="/websocket?apiKey=k&sessionId=beside-flood", timeout=10)
+took = time.monotonic() - started
+eq(code, 0, "meanwhile a third gets its hello and closes normally")
+ok(took < 3.0, "within 3 s (%.2f s)" % took)
+try:
+    flood.communicate(timeout=20)
+except subprocess.TimeoutExpired:
+    flood.kill()
+    flood.communicate()
+eq(busy.stop(), 0, "the relay stops cleanly after the flood")
+
 # --- an API key the upstream refused gets the SDK's {"error"} hello -----------------------
 relay.start()
 up.behave(status=401, count=1)
