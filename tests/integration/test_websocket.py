@@ -36,6 +36,15 @@ def wsc(relay, script, path=None, args=(), timeout=30):
     return p.returncode, events
 
 
+def reap(proc, timeout):
+    """Waits for proc to end by itself, or kills it after timeout seconds."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()
+
+
 def of(events, kind):
     return [e for e in events if e.get("event") == kind]
 
@@ -144,11 +153,7 @@ proc.stdin.write("recv\nexpect-close 1001\n")
 proc.stdin.flush()
 time.sleep(1.0)
 relay.stop()
-try:
-    out, _ = proc.communicate(timeout=15)
-except subprocess.TimeoutExpired:
-    proc.kill()
-    out, _ = proc.communicate()
+out, _ = reap(proc, 15)
 eq(proc.returncode, 0, "SIGTERM closes open websockets with 1001")
 
 # --- liveness: idle connections are pinged, silent ones closed ---------------------------
@@ -172,11 +177,7 @@ code, _ = wsc(idle, ["recv", "send-text [7]", "close 1000", "expect-close 1000"]
 eq(code, 0, "while one client floods pings and never reads, another is served at once")
 ok(wait_until(lambda: [r["body"] for r in delivered(up, "fast")] == [b"[7]"], 10),
    "and its message is forwarded")
-try:
-    slow.communicate(timeout=15)
-except subprocess.TimeoutExpired:
-    slow.kill()
-    slow.communicate()
+reap(slow, 15)
 eq(idle.stop(), 0, "the relay stops cleanly after the flood")
 
 # --- a client sending flat out does not hold up the others ------------------------------
@@ -194,11 +195,7 @@ code, _ = wsc(busy, ["recv", "send-text [8]", "close 1000", "expect-close 1000"]
 took = time.monotonic() - started
 eq(code, 0, "meanwhile a third gets its hello and closes normally")
 ok(took < 3.0, "within 3 s (%.2f s)" % took)
-try:
-    flood.communicate(timeout=20)
-except subprocess.TimeoutExpired:
-    flood.kill()
-    flood.communicate()
+reap(flood, 20)
 eq(busy.stop(), 0, "the relay stops cleanly after the flood")
 
 # --- an API key the upstream refused gets the SDK's {"error"} hello -----------------------
