@@ -17,6 +17,7 @@
 
 #include <microhttpd.h>
 
+#include "clientip.h"
 #include "log.h"
 #include "metrics.h"
 #include "relay.h"
@@ -98,24 +99,16 @@ int admin_server_start(struct admin_server **out, struct relay *r, char **cause)
 	struct admin_server *s;
 	struct sockaddr_storage ss;
 	char addr[64];
-	unsigned port, flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL;
+	unsigned port, sslen, flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL;
 
 	*out = NULL;
 	if (!r->cfg.admin_listen || !*r->cfg.admin_listen)
 		return 0;
-	memset(&ss, 0, sizeof ss);
-	if (admin_parse_listen(r->cfg.admin_listen, addr, sizeof addr, &port) < 0)
+	if (admin_parse_listen(r->cfg.admin_listen, addr, sizeof addr, &port) < 0 ||
+	    clientip_sockaddr(addr, port, &ss, &sslen) < 0)
 		goto bad;
-	if (inet_pton(AF_INET, addr, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
-		ss.ss_family = AF_INET;
-		((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)port);
-	} else if (inet_pton(AF_INET6, addr, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
-		ss.ss_family = AF_INET6;
-		((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)port);
+	if (ss.ss_family == AF_INET6)
 		flags |= MHD_USE_IPv6;
-	} else {
-		goto bad;
-	}
 	if (!is_loopback(&ss) && !r->cfg.admin_allow_remote) {
 		if (asprintf(cause, "admin-listen %s is not a loopback address: the admin listener is "
 		             "plain HTTP; set admin-allow-remote to serve it anyway", r->cfg.admin_listen) < 0)

@@ -242,3 +242,25 @@ void clientip_from_sockaddr(const struct sockaddr *sa, char *buf, size_t size)
 			inet_ntop(AF_INET6, a, buf, (socklen_t)size);
 	}
 }
+
+int clientip_sockaddr(const char *addr, unsigned port, struct sockaddr_storage *ss,
+                      unsigned *len)
+{
+	struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
+	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+
+	memset(ss, 0, sizeof *ss);
+	if (inet_pton(AF_INET, addr, &in4->sin_addr) == 1) {
+		in4->sin_family = AF_INET;
+		in4->sin_port = htons((uint16_t)port);
+		*len = sizeof *in4;
+		return 0;
+	}
+	if (inet_pton(AF_INET6, addr, &in6->sin6_addr) == 1) {
+		in6->sin6_family = AF_INET6;
+		in6->sin6_port = htons((uint16_t)port);
+		*len = sizeof *in6;
+		return 0;
+	}
+	return -1;
+}

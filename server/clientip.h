@@ -41,6 +41,11 @@ bool cidr_contains(const struct cidr *c, const char *ip);
 int clientip_parse(const char *s, size_t len, int *family, unsigned char addr[16]);
 
 struct sockaddr;
+struct sockaddr_storage;
+/* An IPv4 or IPv6 literal and a port as a socket address (*len its size);
+ * -1 if addr is neither. */
+int clientip_sockaddr(const char *addr, unsigned port, struct sockaddr_storage *ss,
+                      unsigned *len);
 /* A socket address as text ("unknown" if not IP); an IPv4 client on a
  * dual-stack socket shows as IPv4. */
 void clientip_from_sockaddr(const struct sockaddr *sa, char *buf, size_t size);

@@ -21,6 +21,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "clock.h"
 #include "log.h"
 
 #define DEADLINE_TICK_MS 250    /* how often the timer thread looks */
@@ -43,14 +44,6 @@ struct deadlines {
 	unsigned timeout_s;
 	struct deadline *head, *tail;   /* armed, soonest first */
 };
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void unlink_locked(struct deadlines *d, struct deadline *dl)
 {

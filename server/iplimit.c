@@ -23,6 +23,7 @@
 #include <time.h>
 
 #include "clientip.h"
+#include "clock.h"
 
 #define IPLIMIT_BURST_S 5          /* a full bucket holds this many seconds of the rate */
 #define IPLIMIT_IPV6_PREFIX_BYTES 8  /* IPv6 clients are counted per /64 */
@@ -189,14 +190,6 @@ static struct ip_entry *get(struct iplimit *t, const unsigned char *key, int64_t
 	*b = e;
 	idle_touch(t, e);   /* no connection yet */
 	return e;
-}
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 struct iplimit *iplimit_create(unsigned max_conns, unsigned max_per_s, unsigned table_size)

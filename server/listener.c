@@ -40,6 +40,7 @@
 #include <microhttpd.h>
 
 #include "clientip.h"
+#include "clock.h"
 #include "log.h"
 #include "tls_creds.h"
 #include "websocket.h"
@@ -49,16 +50,6 @@
 #define LISTENER_ACCEPT_BATCH 64        /* accepts per wake-up, so one loop cannot starve */
 #define LISTENER_BACKLOG 1024
 #define LISTENER_LIMIT_LOG_INTERVAL_MS 1000  /* one "max-connections reached" line per interval */
-
-enum side { SIDE_TLS, SIDE_MHD };
-
-struct lconn;
-
-/* What epoll hands back: which connection, which of its two sockets. */
-struct lconn_side {
-	struct lconn *c;
-	enum side side;
-};
 
 /* An upgrade libmicrohttpd handed over, on its way to the connection's loop. */
 struct upgrade {
@@ -81,7 +72,6 @@ struct lconn {
 	int fd;                           /* the client's TCP socket */
 	int mfd, mhd_fd;                  /* our and libmicrohttpd's end of the socketpair */
 	gnutls_session_t tls;
-	struct lconn_side tls_side, mhd_side;
 	uint32_t tls_events, mhd_events;  /* epoll interest registered now */
 	char peer[INET6_ADDRSTRLEN];
 	struct buf c2m, m2c;              /* client to libmicrohttpd, and back */
@@ -124,14 +114,6 @@ struct listener {
 
 /* Marks the listening socket's and the eventfd's epoll entries. */
 static char listen_tag;
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* --- the mhd_fd -> connection table ------------------------------------------ */
 
@@ -188,10 +170,10 @@ static void upgrade_free(struct upgrade *u)
 	free(u);
 }
 
-static void set_interest(struct lconn *c, int fd, struct lconn_side *side, uint32_t *have,
-                         uint32_t want)
+/* Both of c's sockets name c in epoll: any event on either pumps both ways. */
+static void set_interest(struct lconn *c, int fd, uint32_t *have, uint32_t want)
 {
-	struct epoll_event ev = { .events = want, .data.ptr = side };
+	struct epoll_event ev = { .events = want, .data.ptr = c };
 	int op = !*have ? EPOLL_CTL_ADD : want ? EPOLL_CTL_MOD : EPOLL_CTL_DEL;
 
 	if (want == *have || fd < 0)
@@ -373,8 +355,8 @@ static void conn_pump(struct lconn *c)
 		}
 		rc = gnutls_handshake(c->tls);
 		if (rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED) {
-			set_interest(c, c->fd, &c->tls_side, &c->tls_events, tls_wait(c));
-			set_interest(c, c->mfd, &c->mhd_side, &c->mhd_events,
+			set_interest(c, c->fd, &c->tls_events, tls_wait(c));
+			set_interest(c, c->mfd, &c->mhd_events,
 			             c->m2c.len == 0 ? EPOLLIN : 0);
 			return;
 		}
@@ -453,10 +435,10 @@ static void conn_pump(struct lconn *c)
 			return;
 		}
 	}
-	set_interest(c, c->fd, &c->tls_side, &c->tls_events,
+	set_interest(c, c->fd, &c->tls_events,
 	             (!c->up && !c->tls_eof && c->c2m.off == c->c2m.len ? EPOLLIN : 0) |
 	             (c->m2c.off < c->m2c.len ? tls_wait(c) : 0));
-	set_interest(c, c->mfd, &c->mhd_side, &c->mhd_events,
+	set_interest(c, c->mfd, &c->mhd_events,
 	             (!c->mhd_eof && c->m2c.off == c->m2c.len ? EPOLLIN : 0) |
 	             (c->c2m.off < c->c2m.len ? EPOLLOUT : 0));
 }
@@ -465,7 +447,7 @@ static void conn_pump(struct lconn *c)
  * per interval, with a count of the others. */
 static void note_refusal(struct listener *l)
 {
-	long long now = mono_ms(), last = atomic_load(&l->limit_logged_ms);
+	long long now = (long long)mono_ms(), last = atomic_load(&l->limit_logged_ms);
 
 	if (now - last < LISTENER_LIMIT_LOG_INTERVAL_MS ||
 	    !atomic_compare_exchange_strong(&l->limit_logged_ms, &last, now)) {
@@ -491,8 +473,6 @@ static void conn_open(struct lloop *lp, int fd, const struct sockaddr_storage *s
 	c->loop = lp;
 	c->fd = fd;
 	c->mfd = c->mhd_fd = -1;
-	c->tls_side = (struct lconn_side){ c, SIDE_TLS };
-	c->mhd_side = (struct lconn_side){ c, SIDE_MHD };
 	clientip_from_sockaddr((const struct sockaddr *)ss, c->peer, sizeof c->peer);
 	c->c2m.data = malloc(LISTENER_BUF_BYTES);
 	c->m2c.data = malloc(LISTENER_BUF_BYTES);
@@ -646,14 +626,14 @@ static void *loop_main(void *arg)
 			break;
 		}
 		for (int i = 0; i < n; i++) {
-			struct lconn_side *s = evs[i].data.ptr;
+			void *p = evs[i].data.ptr;
 
-			if (!s)
+			if (!p)
 				woken = true;
-			else if ((void *)s == &listen_tag)
+			else if (p == &listen_tag)
 				accept_ready = true;
 			else
-				conn_pump(s->c);
+				conn_pump(p);
 		}
 		/* After the batch: these may close connections the batch names. */
 		if (woken)
@@ -718,28 +698,6 @@ void listener_upgraded(struct listener *l, int mhd_fd, struct MHD_UpgradeRespons
 
 /* --- start and stop --------------------------------------------------------------- */
 
-static int parse_listen(const char *addr, unsigned port, struct sockaddr_storage *ss,
-                        socklen_t *len)
-{
-	struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
-	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
-
-	memset(ss, 0, sizeof *ss);
-	if (inet_pton(AF_INET, addr, &in4->sin_addr) == 1) {
-		in4->sin_family = AF_INET;
-		in4->sin_port = htons((uint16_t)port);
-		*len = sizeof *in4;
-		return 0;
-	}
-	if (inet_pton(AF_INET6, addr, &in6->sin6_addr) == 1) {
-		in6->sin6_family = AF_INET6;
-		in6->sin6_port = htons((uint16_t)port);
-		*len = sizeof *in6;
-		return 0;
-	}
-	return -1;
-}
-
 static int set_cause(char **cause, const char *what, const char *detail)
 {
 	if (asprintf(cause, "%s: %s", what, detail) < 0)
@@ -750,12 +708,12 @@ static int set_cause(char **cause, const char *what, const char *detail)
 static int open_socket(struct listener *l, const struct listener_options *o, char **cause)
 {
 	struct sockaddr_storage ss;
-	socklen_t len;
+	unsigned len;
 	char what[96];
 	int one = 1;
 
 	snprintf(what, sizeof what, "cannot listen on %s port %u", o->address, o->port);
-	if (parse_listen(o->address, o->port, &ss, &len) < 0)
+	if (clientip_sockaddr(o->address, o->port, &ss, &len) < 0)
 		return set_cause(cause, what, "not an IPv4 or IPv6 address");
 	l->lfd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (l->lfd < 0)

@@ -41,6 +41,7 @@
 #include <wslay/wslay.h>
 
 #include "access.h"
+#include "clock.h"
 #include "log.h"
 #include "metrics.h"
 #include "queue.h"
@@ -116,24 +117,7 @@ struct ws_server {
 	pthread_mutex_t open_lock;
 	pthread_cond_t open_cond;         /* signalled when open drops */
 	size_t open;                      /* adopted and not yet finished */
-	atomic_size_t open_now;           /* the same, readable without the lock */
 };
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t wall_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 void ws_conn_meta_free(struct ws_conn_meta *meta)
 {
@@ -158,7 +142,6 @@ static void open_count_add(struct ws_server *s, int delta)
 {
 	pthread_mutex_lock(&s->open_lock);
 	s->open = (size_t)((ptrdiff_t)s->open + delta);
-	atomic_store(&s->open_now, s->open);
 	if (delta < 0)
 		pthread_cond_broadcast(&s->open_cond);
 	pthread_mutex_unlock(&s->open_lock);
@@ -845,7 +828,14 @@ nomem:
 
 size_t ws_server_open(struct ws_server *s)
 {
-	return s ? atomic_load(&s->open_now) : 0;
+	size_t n;
+
+	if (!s)
+		return 0;
+	pthread_mutex_lock(&s->open_lock);
+	n = s->open;
+	pthread_mutex_unlock(&s->open_lock);
+	return n;
 }
 
 void ws_server_adopt(struct ws_server *s, struct ws_conn_meta *meta, int fd,
