@@ -10,18 +10,14 @@
  */
 #include "http.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netinet/in.h>
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -194,7 +190,7 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
 {
 	struct http_server *s = cls;
 	const union MHD_ConnectionInfo *ci;
-	char peer[INET6_ADDRSTRLEN + 1];
+	char peer[CLIENTIP_SIZE];
 
 	if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
 		ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
@@ -305,7 +301,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	struct relay *r = s->relay;
 	struct request *rq = *req_cls;
 	struct request_info ri;
-	char peer[INET6_ADDRSTRLEN + 1], *path, *q;
+	char peer[CLIENTIP_SIZE], *path, *q;
 	enum MHD_Result ret;
 
 	if (!rq)
