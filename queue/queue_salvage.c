@@ -199,7 +199,8 @@ static int create_output(const char *out, sqlite3 **dst, char **cause)
 	close(fd);
 	rc = sqlite3_open_v2(out, dst, SQLITE_OPEN_READWRITE, NULL);
 	if (rc == SQLITE_OK)
-		rc = sqlite3_exec(*dst, "PRAGMA synchronous = FULL", NULL, NULL, NULL);
+		rc = sqlite3_exec(*dst, "PRAGMA page_size = " QSTORE_PAGE_SIZE
+		                  "; PRAGMA synchronous = FULL", NULL, NULL, NULL);
 	if (rc != SQLITE_OK)
 		return qcause(cause, QUEUE_EIO, "%s: %s", out, sqlite3_errmsg(*dst));
 	return qstore_migrate(*dst, out, instance, cause);

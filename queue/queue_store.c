@@ -210,6 +210,10 @@ static int db_open_writer(struct queue *q, char **cause)
 		return corrupt_cause(cause, q->path, buf);
 	}
 
+	/* Before WAL mode: after it, the page size of a new file is fixed. */
+	rc = sqlite3_exec(q->db, "PRAGMA page_size = " QSTORE_PAGE_SIZE, NULL, NULL, NULL);
+	if (rc != SQLITE_OK)
+		return open_fail(q->path, q->db, cause, rc, "page_size");
 	rc = qstore_query_text(q->db, "PRAGMA journal_mode = WAL", buf, sizeof buf);
 	if (rc != SQLITE_OK)
 		return open_fail(q->path, q->db, cause, rc, "journal_mode");

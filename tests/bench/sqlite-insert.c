@@ -3,14 +3,15 @@
  * the benchmark: the ceiling the relay's ingest is compared with.
  *
  *   sqlite-insert --db PATH [--batch 100,1000] [--seconds S] [--frame-log FILE]...
- *                 [--big-every K]
+ *                 [--big-every K] [--page-size N]
  *
  * For each batch size: a new database at PATH (WAL, synchronous=FULL,
- * secure_delete off, as the queue sets them), the queue's messages table,
+ * secure_delete off, 32 KB pages, as the queue sets them; --page-size
+ * for another), the queue's messages table,
  * and rows shaped like the relay's (an SDK-sized body and the metadata the
  * relay stores with it) inserted batch rows per transaction, one prepared
  * statement, for S seconds.  Prints one JSON object:
- *   {"results":[{"batch":100,"rows":..,"seconds":..,"rows_per_s":..,
+ *   {"results":[{"batch":100,"page_size":..,"rows":..,"seconds":..,"rows_per_s":..,
  *                "txns_per_s":..,"cpu_us_per_row":..}, ...]}
  */
 #include <getopt.h>
@@ -27,6 +28,7 @@
 
 #define SI_MAX_BATCHES 8
 #define SI_POOL 64                   /* distinct bodies, reused round robin */
+#define SI_PAGE_SIZE 32768           /* the queue's (QSTORE_PAGE_SIZE) */
 
 static const char schema[] =
 	"CREATE TABLE messages ("
@@ -66,12 +68,13 @@ static void remove_db(const char *path)
 
 /* One run: inserts for seconds, batch rows per transaction.  Prints its
  * JSON object; returns 0 or -1. */
-static int run(const char *path, unsigned batch, double seconds, const struct sdk_body *pool,
-               const struct sdk_body *big, unsigned big_every, bool first)
+static int run(const char *path, unsigned batch, unsigned page_size, double seconds,
+               const struct sdk_body *pool, const struct sdk_body *big, unsigned big_every,
+               bool first)
 {
 	sqlite3 *db = NULL;
 	sqlite3_stmt *st = NULL;
-	char session[32], target[256], conn[32];
+	char session[32], target[256], conn[32], pragma[64];
 	unsigned long long rows = 0, txns = 0;
 	double t0, c0, t1 = 0, c1;
 	int rc = -1;
@@ -81,7 +84,8 @@ static int run(const char *path, unsigned batch, double seconds, const struct sd
 		fprintf(stderr, "sqlite-insert: %s: %s\n", path, sqlite3_errmsg(db));
 		goto out;
 	}
-	if (exec(db, "PRAGMA journal_mode = WAL") < 0 ||
+	snprintf(pragma, sizeof pragma, "PRAGMA page_size = %u", page_size);
+	if (exec(db, pragma) < 0 || exec(db, "PRAGMA journal_mode = WAL") < 0 ||
 	    exec(db, "PRAGMA synchronous = FULL") < 0 ||
 	    exec(db, "PRAGMA secure_delete = OFF") < 0 || exec(db, schema) < 0)
 		goto out;
@@ -129,9 +133,9 @@ static int run(const char *path, unsigned batch, double seconds, const struct sd
 	}
 	c1 = bench_cpu_s();
 	t1 -= t0;
-	printf("%s{\"batch\":%u,\"rows\":%llu,\"seconds\":%.3f,\"rows_per_s\":%.1f,"
+	printf("%s{\"batch\":%u,\"page_size\":%u,\"rows\":%llu,\"seconds\":%.3f,\"rows_per_s\":%.1f,"
 	       "\"txns_per_s\":%.1f,\"cpu_us_per_row\":%.2f}",
-	       first ? "" : ",", batch, rows, t1, rows / t1, txns / t1,
+	       first ? "" : ",", batch, page_size, rows, t1, rows / t1, txns / t1,
 	       rows ? (c1 - c0) * 1e6 / rows : 0.0);
 	rc = 0;
 out:
@@ -149,10 +153,12 @@ int main(int argc, char **argv)
 		{ "seconds", required_argument, NULL, 's' },
 		{ "frame-log", required_argument, NULL, 'f' },
 		{ "big-every", required_argument, NULL, 'k' },
+		{ "page-size", required_argument, NULL, 'p' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *path = NULL;
 	unsigned batches[SI_MAX_BATCHES] = { 100, 1000 }, nbatches = 2, big_every = 0;
+	unsigned page_size = SI_PAGE_SIZE;
 	struct sdk_logs logs = { .n = 0 };
 	bool bad = false;
 	double seconds = 3;
@@ -167,6 +173,7 @@ int main(int argc, char **argv)
 		case 'd': path = optarg; break;
 		case 's': seconds = strtod(optarg, NULL); break;
 		case 'k': big_every = (unsigned)strtoul(optarg, NULL, 10); break;
+		case 'p': page_size = (unsigned)strtoul(optarg, NULL, 10); break;
 		case 'b':
 			nbatches = 0;
 			for (tok = strtok_r(optarg, ",", &save); tok && nbatches < SI_MAX_BATCHES;
@@ -177,9 +184,11 @@ int main(int argc, char **argv)
 		default: bad = true; break;
 		}
 	}
+	/* SQLite takes powers of two from 512 to 65536 and ignores anything else. */
+	bad |= page_size < 512 || page_size > 65536 || (page_size & (page_size - 1)) != 0;
 	if (bad || optind != argc || !path || seconds <= 0 || nbatches == 0) {
 		fprintf(stderr, "usage: sqlite-insert --db PATH [--batch 100,1000] [--seconds S] "
-		        "[--frame-log FILE]... [--big-every K]\n");
+		        "[--frame-log FILE]... [--big-every K] [--page-size N]\n");
 		goto out;
 	}
 	/* The same mix as the load generator: getstats deltas, and every K-th
@@ -193,7 +202,7 @@ int main(int argc, char **argv)
 	printf("{\"results\":[");
 	for (unsigned i = 0; i < nbatches; i++)
 		if (batches[i] == 0 ||
-		    run(path, batches[i], seconds, pool, &big, big_every, i == 0) < 0)
+		    run(path, batches[i], page_size, seconds, pool, &big, big_every, i == 0) < 0)
 			goto out;
 	printf("]}\n");
 	rc = 0;

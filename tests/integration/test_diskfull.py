@@ -14,8 +14,8 @@ sys.path.insert(0, os.environ.get("TESTS_SRCDIR", os.path.join(os.path.dirname(_
 from relaytest import (RELAY_BIN, WSC_BIN, Relay, diag, done, eq, ok, on_exit, request,  # noqa: E402
                        skip_all, start_upstream, tempdir, wait_until)
 
-TMPFS_SIZE = "4m"
-ROOM = 400 * 1024           # what the filler leaves free
+TMPFS_SIZE = "8m"
+ROOM = 1536 * 1024          # what the filler leaves free: each commit appends a few 32 KB pages to the WAL
 BODY = 16 * 1024            # bytes of each message
 RETRY_AFTER_S = 2
 

@@ -12,8 +12,6 @@ import sys
 sys.path.insert(0, os.environ.get("TESTS_SRCDIR", os.path.join(os.path.dirname(__file__), "..")))
 from relaytest import RELAY_BIN, Relay, diag, done, eq, ok, request, start_upstream, wait_until  # noqa: E402
 
-PAGE = 4096
-
 
 def cli(state_dir, *args):
     p = subprocess.run([RELAY_BIN, "queue", "--state-dir", state_dir] + list(args),
@@ -119,11 +117,17 @@ up.behave(status=503, seconds=3600)
 eq([post(relay, "cli-c", n, "x" * 3000) for n in range(1, 41)], [200] * 40, "40 messages queued")
 eq(relay.stop(), 0, "the relay stops")
 db = os.path.join(sd, "queue.db")
-size = os.path.getsize(db)
 with open(db, "r+b") as f:
-    f.seek(16 * PAGE)
-    f.write(b"\xa5" * (4 * PAGE))
-diag("clobbered pages 16-19 of %d" % (size // PAGE))
+    data = f.read()
+    page = int.from_bytes(data[16:18], "big")
+    page = 65536 if page == 1 else page  # how the header writes 64 KB
+    # Of the pages holding these messages' bodies, the middle one.
+    rows = [n for n in range(len(data) // page) if b"x" * 3000 in data[n * page:(n + 1) * page]]
+    victim = rows[len(rows) // 2] if rows else 0
+    f.seek(victim * page)
+    f.write(b"\xa5" * page)
+diag("clobbered page %d of %d (%d bytes); %d hold the messages" % (victim, len(data) // page, page, len(rows)))
+ok(len(rows) >= 3, "the messages fill several pages")
 relay.start(wait=False)
 code = relay.proc.wait(30)
 log = relay.log_text()

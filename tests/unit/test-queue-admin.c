@@ -16,6 +16,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <sqlite3.h>
+
 #include "queue.h"
 #include "queue_admin.h"
 #include "tap.h"
@@ -294,6 +296,61 @@ static void test_retry_heads(void)
 
 /* --- check and salvage ------------------------------------------------------------------- */
 
+/* The page size and page count from a database file's header (offsets
+ * 16 and 28, big-endian; a page size of 1 means 65536).  0 if unreadable. */
+static size_t db_page_size(const char *name, uint32_t *pages)
+{
+	unsigned char hdr[32];
+	size_t page = 0;
+	int fd = open(db_path(name), O_RDONLY);
+
+	if (fd >= 0 && pread(fd, hdr, sizeof hdr, 0) == (ssize_t)sizeof hdr) {
+		page = (size_t)(hdr[16] << 8 | hdr[17]);
+		page = page == 1 ? 65536 : page;
+		if (pages != NULL)
+			*pages = (uint32_t)hdr[28] << 24 | (uint32_t)hdr[29] << 16 |
+			         (uint32_t)hdr[30] << 8 | hdr[31];
+	}
+	if (fd >= 0)
+		close(fd);
+	return page;
+}
+
+/* A new queue gets 32 KB pages (a ~2 KB row would waste half of a 4 KB
+ * one); a queue made with SQLite's default 4 KB keeps it and works. */
+static void test_page_size(void)
+{
+	struct queue *q = open_q("pages");
+	struct queue_msg *m = NULL;
+	sqlite3 *db = NULL;
+
+	ok(q != NULL, "pages: open");
+	if (q != NULL) {
+		put(q, "P", "one", true);
+		queue_close(q);
+	}
+	is_int(db_page_size("pages", NULL), 32768, "pages: a new queue has 32 KB pages");
+
+	ok(sqlite3_open(db_path("old4k"), &db) == SQLITE_OK &&
+	   sqlite3_exec(db, "PRAGMA page_size = 4096; PRAGMA journal_mode = WAL; "
+	                "CREATE TABLE t (x); DROP TABLE t", NULL, NULL, NULL) == SQLITE_OK,
+	   "pages: a 4 KB database made");
+	sqlite3_close(db);
+	q = open_q("old4k");
+	ok(q != NULL, "pages: the queue opens it");
+	if (q == NULL)
+		return;
+	put(q, "P", "kept", true);
+	m = lease1(q);
+	ok(m != NULL && body_is(m, "kept"), "pages: and queues in it");
+	if (m != NULL) {
+		queue_ack(q, m->id);
+		queue_msg_free(m);
+	}
+	queue_close(q);
+	is_int(db_page_size("old4k", NULL), 4096, "pages: which keeps its 4 KB pages");
+}
+
 static bool check_ok(const char *name)
 {
 	struct queue_admin *a = open_admin(name, false);
@@ -312,7 +369,11 @@ static void test_salvage(void)
 	struct queue_admin_salvage res;
 	struct queue_stats st;
 	struct queue_msg *m;
-	char body[1024], instance[17] = "", junk[8 * 4096], *cause = NULL, copy[160];
+	static char junk[65536];        /* SQLite's largest page */
+	char body[1024], instance[17] = "", *cause = NULL, copy[160];
+	uint32_t pages = 0;
+	size_t page;
+	off_t middle = 0;
 	int64_t last = 0, id;
 	int i, fd, rc;
 	ssize_t w = -1;
@@ -342,13 +403,19 @@ static void test_salvage(void)
 	free(cause);
 	cause = NULL;
 
+	/* One page of rows in the middle of the file, whatever the page size
+	 * (the tables' first pages, meta's among them, come first). */
 	memset(junk, 0xa5, sizeof junk);
+	page = db_page_size("salvage", &pages);
 	fd = open(db_path("salvage"), O_WRONLY);
-	if (fd >= 0) {
-		w = pwrite(fd, junk, sizeof junk, 40 * 4096);
-		close(fd);
+	if (fd >= 0 && page > 0) {
+		middle = (off_t)(pages / 2) * (off_t)page;
+		w = pwrite(fd, junk, page, middle);
 	}
-	is_int(w, (ssize_t)sizeof junk, "salvage: clobbered 8 pages in the middle");
+	if (fd >= 0)
+		close(fd);
+	ok(page > 0 && w == (ssize_t)page, "salvage: clobbered a page in the middle (%zu bytes at %lld)",
+	   page, (long long)middle);
 	ok(!check_ok("salvage"), "salvage: check finds the damage");
 	ok(open_q("salvage") == NULL, "salvage: the queue refuses to open it");
 
@@ -386,6 +453,7 @@ int main(void)
 	test_replay_running();
 	test_retry_heads();
 	test_salvage();
+	test_page_size();
 	tmpdir_remove(tmpdir);
 	return done_testing();
 }
