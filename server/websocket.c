@@ -10,9 +10,10 @@
  *
  * Framing is wslay's event API over the non-blocking socket.  wslay answers
  * pings, reassembles fragments, refuses unmasked client frames (1002) and
- * messages over max_message_bytes (1009) and, in 1.1.x, text that is not
- * UTF-8 (1007).  Text messages are checked again here (utf8.c) before they
- * are stored, so no invalid text reaches the queue whatever wslay does.
+ * messages over max_message_bytes (1009) and text that is not UTF-8 (1007:
+ * it checks every byte of a text frame as it arrives, fragments included,
+ * so the relay does not check again; tests/fuzz/fuzz-ws-frames.c holds
+ * wslay to that).
  *
  * The relay only ever sends one hello text frame, pongs, pings and a close,
  * all small; a peer that stops reading cannot make it buffer more than
@@ -45,7 +46,6 @@
 #include "log.h"
 #include "metrics.h"
 #include "queue.h"
-#include "utf8.h"
 
 #define WS_TICK_MS 1000                 /* liveness scan period */
 #define WS_DEADLINE_TICK_MS 100         /* deadline scan period while anything is closing */
@@ -317,13 +317,6 @@ static void conn_take_message(struct ws_conn *c, const struct wslay_event_on_msg
 
 	if (c->refuse_data)
 		return;
-	if (text && !utf8_valid(arg->msg, arg->msg_length)) {
-		log_info("ws_protocol_error", "conn=%s reason=\"invalid UTF-8 in a text message\"", c->id);
-		c->refuse_data = true;
-		conn_close(c, WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA, "invalid UTF-8");
-		wslay_event_shutdown_read(c->ctx);
-		return;
-	}
 	if (!access_message(m->access, m->client_ip)) {
 		log_info("ws_message_refused", "conn=%s client=%s reason=\"rate limit: over "
 		         "max-messages-per-ip-per-s\"", c->id, m->client_ip ? m->client_ip : "-");
@@ -506,9 +499,17 @@ static void conn_service(struct ws_conn *c, uint32_t events)
 			return;
 		}
 	}
-	/* Closes that wslay started itself (1002, 1007, 1009) show up here. */
-	if (wslay_event_get_close_sent(ctx))
-		conn_note_close(c, wslay_event_get_status_code_sent(ctx), true);
+	/* Closes that wslay started itself (1002, 1007, 1009) show up here:
+	 * every other close was noted when it was queued or received. */
+	if (wslay_event_get_close_sent(ctx) && !c->close_noted) {
+		uint16_t code = wslay_event_get_status_code_sent(ctx);
+
+		log_info("ws_protocol_error", "conn=%s code=%u reason=\"%s\"", c->id, code,
+		         code == WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA ? "invalid UTF-8 in a text message"
+		         : code == WSLAY_CODE_MESSAGE_TOO_BIG ? "message over max-message-bytes"
+		         : "protocol error");
+		conn_note_close(c, code, true);
+	}
 
 	if (!wslay_event_want_read(ctx) && !wslay_event_want_write(ctx)) {
 		if (wslay_event_get_close_received(ctx))

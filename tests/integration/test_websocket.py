@@ -131,6 +131,8 @@ eq(code, 0, "an unmasked client frame is closed with 1002")
 code, _ = wsc(relay, ["recv", "send-frame 1 1 1 c328", "expect-close 1007"],
               path="/websocket?apiKey=k&sessionId=badutf8")
 eq(code, 0, "invalid UTF-8 in a text message is closed with 1007")
+ok(wait_until(lambda: re.search(r'event=ws_protocol_error .*code=1007 reason="invalid UTF-8 in a text message"',
+                                relay.log_text()), 5), "and the log says why")
 time.sleep(0.5)
 eq(delivered(up, "unmasked") + delivered(up, "badutf8"), [], "rejected frames are never stored")
 

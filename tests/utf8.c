@@ -1,7 +1,9 @@
 /*
- * utf8.c - UTF-8 validation.  wslay reassembles text messages but does not
- * check their encoding; RFC 6455 requires closing with 1007 when a text
- * message is not valid UTF-8, and the upstream expects text it can parse.
+ * utf8.c - UTF-8 validation, the tests' independent oracle: the fuzz
+ * targets check with it that wslay never hands the relay a text message
+ * that is not UTF-8 (RFC 6455 requires closing with 1007; wslay does, byte
+ * by byte as frames arrive) and that a fallback body the relay accepts is
+ * UTF-8.
  *
  * The checks follow the table of well-formed byte sequences in Unicode
  * 15.0, chapter 3, table 3-7: the second byte's range depends on the first
