@@ -38,6 +38,12 @@
  * pages hold ~15 rows (BENCHMARKS.md: inserts 2.2x faster).  A database
  * keeps the page size it was created with. */
 #define QSTORE_PAGE_SIZE "32768"  /* a string: it goes into a PRAGMA */
+/* How much of the file the reader maps (a string, for a PRAGMA): address
+ * space, not memory.  Only reads go through the map, and only the reader's,
+ * which fetches bodies the cache does not hold (a backlog after a restart):
+ * an I/O error there is a SIGBUS where pread would fail, and a restart
+ * finds every committed message still on disk. */
+#define QSTORE_READ_MMAP "1073741824"
 #define PICKUP_MAX 256          /* replayed rows the writer loads per transaction */
 
 /* Dead letters by reason, the most common first: the relay's metrics and

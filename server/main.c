@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <gnutls/gnutls.h>
 #include <limits.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -91,6 +92,23 @@ static void raise_nofile(void)
 	}
 	log_info("nofile_limit", "soft=%llu hard=%llu", (unsigned long long)rl.rlim_cur,
 	         (unsigned long long)rl.rlim_max);
+}
+
+/*
+ * glibc gives the top of a thread's heap back to the kernel once more than
+ * 128 KB of it is free, and faults it in again on the next allocation:
+ * each upstream request allocates and frees libcurl's transfer buffers, so
+ * a forwarder thread did that for every message (madvise and page faults
+ * were ~10% of the CPU while draining, BENCHMARKS.md).  Keeping up to
+ * MALLOC_TRIM_BYTES free per heap ends that for a few MB of memory.
+ */
+#define MALLOC_TRIM_BYTES (4 * 1024 * 1024)
+
+static void tune_malloc(void)
+{
+#ifdef M_TRIM_THRESHOLD
+	mallopt(M_TRIM_THRESHOLD, MALLOC_TRIM_BYTES);
+#endif
 }
 
 static int make_state_dir(const char *dir, char **cause)
@@ -179,6 +197,7 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 
 	raise_nofile();
+	tune_malloc();
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK || gnutls_global_init() < 0) {
 		cause = strdup("cannot initialise libcurl or GnuTLS");
 		goto out;
