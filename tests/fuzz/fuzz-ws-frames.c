@@ -1,11 +1,15 @@
 /*
  * fuzz-ws-frames.c - websocket frame decoding and reassembly as the relay
- * configures it: a wslay server context with the relay's message limit,
- * fed arbitrary bytes as if from a client.  The relay stores the text
- * messages wslay hands it without checking their encoding again: wslay
- * closes with 1007 on the first byte that is not UTF-8, and this target
- * checks that no text message it delivers fails an independent check.
+ * does it, checked against plain wslay.
+ *
+ * The same bytes, as if from a client, go to two wslay server contexts with
+ * the relay's message limit: one as they are, where wslay checks text for
+ * UTF-8 itself; one through ws_textmark (text frames shown as binary) with
+ * the relay's whole-message check (utf8_valid, close 1007), as
+ * server/websocket.c does.  Both must deliver the same data messages, each
+ * with the same kind and bytes, and ws_textmark must never run out of room.
  */
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,21 +17,32 @@
 #include <wslay/wslay.h>
 
 #include "utf8.h"
+#include "ws_textmark.h"
 
 #define FUZZ_MAX_MESSAGE (64 * 1024)
 #define CHECK(cond) do { if (!(cond)) abort(); } while (0)
 
-struct feed {
+struct side {
 	const uint8_t *data;
 	size_t len, off;
+	struct ws_textmark *mark;       /* NULL: plain wslay */
 	size_t messages;
+	uint64_t digest;                /* FNV-1a over each message's kind, length and bytes */
 };
+
+static void digest(struct side *s, const void *p, size_t n)
+{
+	const uint8_t *b = p;
+
+	for (size_t i = 0; i < n; i++)
+		s->digest = (s->digest ^ b[i]) * 0x100000001b3ULL;
+}
 
 static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
                        void *user)
 {
-	struct feed *f = user;
-	size_t n = f->len - f->off;
+	struct side *s = user;
+	size_t n = s->len - s->off;
 
 	if (n == 0) {
 		wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
@@ -36,10 +51,12 @@ static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
 	if (n > len)
 		n = len;
 	/* Hand out the input in small pieces to exercise partial frames. */
-	if (n > 7 && (f->off & 1))
+	if (n > 7 && (s->off & 1))
 		n = 7;
-	memcpy(buf, f->data + f->off, n);
-	f->off += n;
+	memcpy(buf, s->data + s->off, n);
+	s->off += n;
+	if (s->mark != NULL)
+		CHECK(ws_textmark_feed(s->mark, buf, n));
 	return (ssize_t)n;
 }
 
@@ -58,30 +75,58 @@ static int genmask_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, voi
 static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg,
                    void *user)
 {
-	struct feed *f = user;
+	struct side *s = user;
+	bool text = arg->opcode == WSLAY_TEXT_FRAME;
+	uint64_t len = arg->msg_length;
 
-	if (arg->opcode == WSLAY_TEXT_FRAME)
-		CHECK(utf8_valid(arg->msg, arg->msg_length));
-	f->messages++;
+	if (arg->opcode != WSLAY_TEXT_FRAME && arg->opcode != WSLAY_BINARY_FRAME)
+		return;
+	if (s->mark != NULL) {
+		CHECK(!text);           /* every text frame was shown as binary */
+		text = ws_textmark_pop(s->mark);
+		if (text && !utf8_valid(arg->msg, arg->msg_length)) {
+			wslay_event_queue_close(ctx, WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA, NULL, 0);
+			wslay_event_shutdown_read(ctx);
+			return;
+		}
+	} else if (text) {
+		CHECK(utf8_valid(arg->msg, arg->msg_length));   /* wslay checked it */
+	}
+	s->messages++;
+	digest(s, &text, sizeof text);
+	digest(s, &len, sizeof len);
+	digest(s, arg->msg, arg->msg_length);
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+static void run(struct side *s)
 {
 	struct wslay_event_callbacks cb = { recv_cb, send_cb, genmask_cb, NULL, NULL, NULL, on_msg };
-	struct feed f = { data, size, 0, 0 };
 	wslay_event_context_ptr ctx;
 
-	if (wslay_event_context_server_init(&ctx, &cb, &f) != 0)
-		return 0;
+	if (wslay_event_context_server_init(&ctx, &cb, s) != 0)
+		abort();
 	wslay_event_config_set_max_recv_msg_length(ctx, FUZZ_MAX_MESSAGE);
-	while (f.off < f.len && wslay_event_want_read(ctx)) {
+	while (s->off < s->len && wslay_event_want_read(ctx)) {
 		if (wslay_event_recv(ctx) != 0)
 			break;
 		if (wslay_event_want_write(ctx))
 			wslay_event_send(ctx);
 	}
 	wslay_event_context_free(ctx);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	static struct ws_textmark mark;
+	struct side plain = { data, size, 0, NULL, 0, 0xcbf29ce484222325ULL };
+	struct side marked = { data, size, 0, &mark, 0, 0xcbf29ce484222325ULL };
+
+	ws_textmark_init(&mark);
+	run(&plain);
+	run(&marked);
+	CHECK(plain.messages == marked.messages);
+	CHECK(plain.digest == marked.digest);
 	return 0;
 }

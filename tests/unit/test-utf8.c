@@ -1,5 +1,7 @@
 /* Unit tests of utf8_valid: the boundaries of RFC 3629 and the captures. */
+#include <stdbool.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "tap.h"
 #include "utf8.h"
@@ -30,5 +32,27 @@ int main(void)
 	ok(!V("ab\xE2\x82"), "truncated at the end");
 	ok(!V("\xF0\x9F\x98"), "truncated four-byte sequence");
 	ok(utf8_valid((const unsigned char *)"a\0b", 3), "NUL is a valid code point");
+
+	/* ASCII goes eight bytes at a time: a bad byte at any place of a long
+	 * run, and a good sequence straddling a word, are still seen. */
+	{
+		unsigned char buf[40];
+		bool all_caught = true, all_kept = true;
+
+		for (size_t at = 0; at < sizeof buf; at++) {
+			memset(buf, 'a', sizeof buf);
+			buf[at] = 0xFF;
+			all_caught &= !utf8_valid(buf, sizeof buf);
+			if (at + 3 <= sizeof buf) {
+				memset(buf, 'a', sizeof buf);
+				memcpy(buf + at, "\xE2\x82\xAC", 3);
+				all_kept &= utf8_valid(buf, sizeof buf);
+				buf[at + 2] = 'a';      /* truncated in the middle of ASCII */
+				all_caught &= !utf8_valid(buf, sizeof buf);
+			}
+		}
+		ok(all_caught, "an invalid byte anywhere in a long ASCII run is found");
+		ok(all_kept, "a three-byte sequence at any offset of a long run is valid");
+	}
 	return done_testing();
 }

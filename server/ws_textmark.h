@@ -1,0 +1,44 @@
+/*
+ * ws_textmark.h - keeps text frames away from wslay's byte-at-a-time UTF-8
+ * check: follows the frame boundaries in the bytes the relay hands wslay,
+ * rewrites the opcode of each text frame to binary (the only byte it
+ * changes) and remembers, message by message, which ones were text, so
+ * that the relay checks those whole with utf8_valid when wslay delivers
+ * them.
+ */
+#ifndef WATCHRTC_WS_TEXTMARK_H
+#define WATCHRTC_WS_TEXTMARK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Data messages begun and not yet delivered: those whose first frame is
+ * in bytes wslay has read and not parsed (its buffer holds 4096 bytes, a
+ * client frame takes at least 6) plus the one being reassembled. */
+#define WS_TEXTMARK_MAX 1024
+
+/* Embedded in the connection; every field is ws_textmark.c's. */
+struct ws_textmark {
+	uint64_t left;                  /* bytes left of the current length, mask or payload */
+	uint64_t len;                   /* the extended length being read */
+	uint8_t state;
+	bool masked;
+	uint16_t head, count;           /* the ring of pending message kinds */
+	uint64_t kinds[WS_TEXTMARK_MAX / 64];   /* a bit a message: 1 = text */
+};
+
+/* A mark at the start of a stream. */
+void ws_textmark_init(struct ws_textmark *t);
+
+/* Follows the next len bytes of the client's stream and rewrites, in buf,
+ * the first byte of every text frame to say binary.  Returns false if more
+ * than WS_TEXTMARK_MAX messages would be pending, which wslay's 4096-byte
+ * read buffer rules out; the caller then gives the connection up. */
+bool ws_textmark_feed(struct ws_textmark *t, uint8_t *buf, size_t len);
+
+/* For each binary message wslay delivers, in order: true if its first frame
+ * was text.  False when nothing is pending. */
+bool ws_textmark_pop(struct ws_textmark *t);
+
+#endif
