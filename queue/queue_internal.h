@@ -35,7 +35,7 @@
  * getstats delta and its metadata): two do not fit a 4 KB page, so with
  * SQLite's default every row took a page of its own, half of it empty,
  * and every insert, delete and checkpoint moved twice the bytes.  32 KB
- * pages hold ~15 rows (BENCHMARKS.md: inserts 2.2x faster).  A database
+ * pages hold ~15 rows (BENCHMARKS.md: inserts over twice as fast).  A database
  * keeps the page size it was created with. */
 #define QSTORE_PAGE_SIZE "32768"  /* a string: it goes into a PRAGMA */
 /* How much of the file the reader maps (a string, for a PRAGMA): address
