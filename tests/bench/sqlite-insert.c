@@ -2,15 +2,17 @@
  * sqlite-insert.c - the machine's raw SQLite group-commit insert rate, for
  * the benchmark: the ceiling the relay's ingest is compared with.
  *
- *   sqlite-insert --db PATH [--batch 100,1000] [--seconds S] [--frame-log FILE]...
- *                 [--big-every K] [--page-size N]
+ *   sqlite-insert --db PATH [--batch 100,1000] [--seconds S] [--warmup W]
+ *                 [--frame-log FILE]... [--big-every K] [--page-size N]
  *
  * For each batch size: a new database at PATH (WAL, synchronous=FULL,
  * secure_delete off, 32 KB pages, as the queue sets them; --page-size
  * for another), the queue's messages table,
  * and rows shaped like the relay's (an SDK-sized body and the metadata the
  * relay stores with it) inserted batch rows per transaction, one prepared
- * statement, for S seconds.  Prints one JSON object:
+ * statement, for W seconds not counted (as the relay's ingest step warms up:
+ * the rate of a new, small file is the page cache's as much as the disk's),
+ * then S seconds that are.  Prints one JSON object:
  *   {"results":[{"batch":100,"page_size":..,"rows":..,"seconds":..,"rows_per_s":..,
  *                "txns_per_s":..,"cpu_us_per_row":..}, ...]}
  */
@@ -66,17 +68,23 @@ static void remove_db(const char *path)
 	unlink(side);
 }
 
-/* One run: inserts for seconds, batch rows per transaction.  Prints its
- * JSON object; returns 0 or -1. */
-static int run(const char *path, unsigned batch, unsigned page_size, double seconds,
-               const struct sdk_body *pool, const struct sdk_body *big, unsigned big_every,
-               bool first)
+struct si_run {
+	unsigned batch, page_size, big_every;
+	double warmup, seconds;
+};
+
+/* One run: inserts for r->warmup then r->seconds, r->batch rows per
+ * transaction.  Prints its JSON object; returns 0 or -1. */
+static int run(const char *path, const struct si_run *r, const struct sdk_body *pool,
+               const struct sdk_body *big, bool first)
 {
 	sqlite3 *db = NULL;
 	sqlite3_stmt *st = NULL;
 	char session[32], target[256], conn[32], pragma[64];
-	unsigned long long rows = 0, txns = 0;
-	double t0, c0, t1 = 0, c1;
+	unsigned long long rows = 0, txns = 0, rows0 = 0, txns0 = 0;
+	unsigned batch = r->batch, big_every = r->big_every;
+	double start, t0 = 0, c0 = 0, t1, c1;
+	bool counting = false;
 	int rc = -1;
 
 	remove_db(path);
@@ -84,7 +92,7 @@ static int run(const char *path, unsigned batch, unsigned page_size, double seco
 		fprintf(stderr, "sqlite-insert: %s: %s\n", path, sqlite3_errmsg(db));
 		goto out;
 	}
-	snprintf(pragma, sizeof pragma, "PRAGMA page_size = %u", page_size);
+	snprintf(pragma, sizeof pragma, "PRAGMA page_size = %u", r->page_size);
 	if (exec(db, pragma) < 0 || exec(db, "PRAGMA journal_mode = WAL") < 0 ||
 	    exec(db, "PRAGMA synchronous = FULL") < 0 ||
 	    exec(db, "PRAGMA secure_delete = OFF") < 0 || exec(db, schema) < 0)
@@ -93,9 +101,18 @@ static int run(const char *path, unsigned batch, unsigned page_size, double seco
 		fprintf(stderr, "sqlite-insert: prepare: %s\n", sqlite3_errmsg(db));
 		goto out;
 	}
-	t0 = bench_now_s();
-	c0 = bench_cpu_s();
-	while ((t1 = bench_now_s()) - t0 < seconds) {
+	start = bench_now_s();
+	for (;;) {
+		t1 = bench_now_s();
+		if (!counting && t1 - start >= r->warmup) {
+			counting = true;
+			t0 = t1;
+			c0 = bench_cpu_s();
+			rows0 = rows;
+			txns0 = txns;
+		}
+		if (counting && t1 - t0 >= r->seconds)
+			break;
 		if (exec(db, "BEGIN") < 0)
 			goto out;
 		for (unsigned i = 0; i < batch; i++, rows++) {
@@ -133,9 +150,11 @@ static int run(const char *path, unsigned batch, unsigned page_size, double seco
 	}
 	c1 = bench_cpu_s();
 	t1 -= t0;
+	rows -= rows0;
+	txns -= txns0;
 	printf("%s{\"batch\":%u,\"page_size\":%u,\"rows\":%llu,\"seconds\":%.3f,\"rows_per_s\":%.1f,"
 	       "\"txns_per_s\":%.1f,\"cpu_us_per_row\":%.2f}",
-	       first ? "" : ",", batch, page_size, rows, t1, rows / t1, txns / t1,
+	       first ? "" : ",", batch, r->page_size, rows, t1, rows / t1, txns / t1,
 	       rows ? (c1 - c0) * 1e6 / rows : 0.0);
 	rc = 0;
 out:
@@ -154,14 +173,14 @@ int main(int argc, char **argv)
 		{ "frame-log", required_argument, NULL, 'f' },
 		{ "big-every", required_argument, NULL, 'k' },
 		{ "page-size", required_argument, NULL, 'p' },
+		{ "warmup", required_argument, NULL, 'w' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *path = NULL;
-	unsigned batches[SI_MAX_BATCHES] = { 100, 1000 }, nbatches = 2, big_every = 0;
-	unsigned page_size = SI_PAGE_SIZE;
+	unsigned batches[SI_MAX_BATCHES] = { 100, 1000 }, nbatches = 2;
+	struct si_run r = { .page_size = SI_PAGE_SIZE, .seconds = 3 };
 	struct sdk_logs logs = { .n = 0 };
 	bool bad = false;
-	double seconds = 3;
 	struct sdk_sizes *sizes = NULL;
 	struct sdk_body pool[SI_POOL] = { { 0 } }, big = { 0 };
 	uint64_t rng = 0x9E3779B97F4A7C15ULL;
@@ -171,9 +190,10 @@ int main(int argc, char **argv)
 	while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (ch) {
 		case 'd': path = optarg; break;
-		case 's': seconds = strtod(optarg, NULL); break;
-		case 'k': big_every = (unsigned)strtoul(optarg, NULL, 10); break;
-		case 'p': page_size = (unsigned)strtoul(optarg, NULL, 10); break;
+		case 's': r.seconds = strtod(optarg, NULL); break;
+		case 'w': r.warmup = strtod(optarg, NULL); break;
+		case 'k': r.big_every = (unsigned)strtoul(optarg, NULL, 10); break;
+		case 'p': r.page_size = (unsigned)strtoul(optarg, NULL, 10); break;
 		case 'b':
 			nbatches = 0;
 			for (tok = strtok_r(optarg, ",", &save); tok && nbatches < SI_MAX_BATCHES;
@@ -185,10 +205,10 @@ int main(int argc, char **argv)
 		}
 	}
 	/* SQLite takes powers of two from 512 to 65536 and ignores anything else. */
-	bad |= page_size < 512 || page_size > 65536 || (page_size & (page_size - 1)) != 0;
-	if (bad || optind != argc || !path || seconds <= 0 || nbatches == 0) {
+	bad |= r.page_size < 512 || r.page_size > 65536 || (r.page_size & (r.page_size - 1)) != 0;
+	if (bad || optind != argc || !path || r.seconds <= 0 || r.warmup < 0 || nbatches == 0) {
 		fprintf(stderr, "usage: sqlite-insert --db PATH [--batch 100,1000] [--seconds S] "
-		        "[--frame-log FILE]... [--big-every K] [--page-size N]\n");
+		        "[--warmup W] [--frame-log FILE]... [--big-every K] [--page-size N]\n");
 		goto out;
 	}
 	/* The same mix as the load generator: getstats deltas, and every K-th
@@ -200,10 +220,11 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	printf("{\"results\":[");
-	for (unsigned i = 0; i < nbatches; i++)
-		if (batches[i] == 0 ||
-		    run(path, batches[i], page_size, seconds, pool, &big, big_every, i == 0) < 0)
+	for (unsigned i = 0; i < nbatches; i++) {
+		r.batch = batches[i];
+		if (r.batch == 0 || run(path, &r, pool, &big, i == 0) < 0)
 			goto out;
+	}
 	printf("]}\n");
 	rc = 0;
 out:
