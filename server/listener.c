@@ -80,6 +80,7 @@ struct lconn {
 	bool tls_eof;                     /* the client finished sending */
 	bool mhd_eof;                     /* libmicrohttpd closed its end */
 	bool dead;                        /* closed: freed after the current epoll batch */
+	bool handed_over;                 /* now the websocket server's, and counted there */
 };
 
 struct lloop {
@@ -212,7 +213,8 @@ static void conn_close(struct lconn *c, const char *why)
 	if (c->tls)
 		gnutls_deinit(c->tls);
 	upgrade_free(c->up);
-	atomic_fetch_sub(&lp->lsn->open, 1);
+	if (!c->handed_over)
+		atomic_fetch_sub(&lp->lsn->open, 1);
 	c->next = lp->dead;
 	lp->dead = c;
 }
@@ -240,6 +242,12 @@ static void conn_hand_over(struct lconn *c)
 	struct upgrade *u = c->up;
 
 	epoll_ctl(lp->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+	/* Uncounted here before it is counted there: the other way round, an
+	 * accept on another thread could see it twice and refuse a client
+	 * under max-connections (at most one per thread may get in over it
+	 * instead, for a moment). */
+	c->handed_over = true;
+	atomic_fetch_sub(&lp->lsn->open, 1);
 	ws_server_adopt(lp->lsn->ws, u->meta, c->fd, c->tls, u->early, u->early_len);
 	u->meta = NULL;
 	c->fd = -1;
