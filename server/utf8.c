@@ -13,6 +13,20 @@
 
 #include "utf8.h"
 
+/* How many bytes from s on are ASCII, counted in whole 8-byte words. */
+static size_t ascii_words(const unsigned char *s, size_t len)
+{
+	size_t n = 0;
+	uint64_t w;
+
+	for (; len - n >= 8; n += 8) {
+		memcpy(&w, s + n, 8);
+		if (w & UINT64_C(0x8080808080808080))
+			break;
+	}
+	return n;
+}
+
 bool utf8_valid(const unsigned char *s, size_t len)
 {
 	size_t i = 0;
@@ -23,11 +37,8 @@ bool utf8_valid(const unsigned char *s, size_t len)
 		size_t need;
 
 		if (c < 0x80) {
-			uint64_t w;
-
 			i++;
-			while (len - i >= 8 && (memcpy(&w, s + i, 8), (w & UINT64_C(0x8080808080808080)) == 0))
-				i += 8;
+			i += ascii_words(s + i, len - i);
 			continue;
 		}
 		if (c >= 0xC2 && c <= 0xDF) {

@@ -22,9 +22,7 @@
  * WS_MAX_OUT_BYTES, and a close handshake that does not finish within
  * WS_CLOSE_TIMEOUT_MS drops the connection.
  */
-#include "utf8.h"
 #include "websocket.h"
-#include "ws_textmark.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -50,6 +48,8 @@
 #include "log.h"
 #include "metrics.h"
 #include "queue.h"
+#include "utf8.h"
+#include "ws_textmark.h"
 
 #define WS_TICK_MS 1000                 /* liveness scan period */
 #define WS_DEADLINE_TICK_MS 100         /* deadline scan period while anything is closing */
@@ -518,13 +518,14 @@ static void conn_service(struct ws_conn *c, uint32_t events)
 			return;
 		}
 	}
-	/* Closes that wslay started itself (1002, 1007, 1009) show up here:
-	 * every other close was noted when it was queued or received. */
+	/* Closes that wslay started itself (1002, 1009, and 1007 for a close
+	 * frame's reason: text frames reach it as binary) show up here; every
+	 * other close was noted when it was queued or received. */
 	if (wslay_event_get_close_sent(ctx) && !c->close_noted) {
 		uint16_t code = wslay_event_get_status_code_sent(ctx);
 
 		log_info("ws_protocol_error", "conn=%s code=%u reason=\"%s\"", c->id, code,
-		         code == WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA ? "invalid UTF-8 in a text message"
+		         code == WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA ? "invalid UTF-8 in a close reason"
 		         : code == WSLAY_CODE_MESSAGE_TOO_BIG ? "message over max-message-bytes"
 		         : "protocol error");
 		conn_note_close(c, code, true);
