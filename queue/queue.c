@@ -206,6 +206,7 @@ static void queue_destroy(struct queue *q)
 {
 	if (q == NULL)
 		return;
+	qhello_close(q);
 	qstore_close(q);
 	qidx_release(q);
 	free(q->lat);
@@ -213,6 +214,8 @@ static void queue_destroy(struct queue *q)
 	if (q->sync_ready) {
 		pthread_mutex_destroy(&q->mu);
 		pthread_mutex_destroy(&q->read_mu);
+		pthread_mutex_destroy(&q->hello_mu);
+		pthread_mutex_destroy(&q->hello_db_mu);
 		pthread_cond_destroy(&q->work_cv);
 		pthread_cond_destroy(&q->done_cv);
 		pthread_cond_destroy(&q->notify_cv);
@@ -258,6 +261,8 @@ static int queue_alloc(struct queue **out, const char *path, const struct queue_
 		return QUEUE_ENOMEM;
 	pthread_mutex_init(&q->mu, NULL);
 	pthread_mutex_init(&q->read_mu, NULL);
+	pthread_mutex_init(&q->hello_mu, NULL);
+	pthread_mutex_init(&q->hello_db_mu, NULL);
 	q->sync_ready = true;
 	return QUEUE_OK;
 }
@@ -284,6 +289,8 @@ int queue_open(struct queue **out, const char *path, const struct queue_options 
 		goto out;
 	}
 	err = qstore_open(q, cause);
+	if (err == QUEUE_OK)
+		err = qhello_open(q, cause);
 	if (err != QUEUE_OK)
 		goto out;
 	if (pthread_create(&q->writer, NULL, qwriter_main, q) != 0) {
@@ -327,6 +334,7 @@ int queue_put(struct queue *q, const struct queue_msg *m, bool wait, int64_t *id
 	struct entry *e = NULL;
 	struct session *s;
 	size_t size;
+	bool end;
 	int err = QUEUE_OK;
 
 	if (q == NULL || m == NULL || m->target == NULL || (m->body_len > 0 && m->body == NULL))
@@ -345,14 +353,18 @@ int queue_put(struct queue *q, const struct queue_msg *m, bool wait, int64_t *id
 	e->msg->received_ms = e->received_ms;
 	e->msg->attempts = 0;
 	e->put_us = mono_us();
+	e->ws = m->conn_id != NULL;
+	/* A connection's end is a few bytes that keep its messages in
+	 * order upstream: it is taken even when the queue is full. */
+	end = e->ws && queue_msg_is_close(m, NULL);
 
 	pthread_mutex_lock(&q->mu);
 	if (q->closing)
 		err = QUEUE_ECLOSED;
 	else if (!q->writable)
 		err = QUEUE_EIO;
-	else if ((q->opt.max_messages > 0 && q->depth + 1 > q->opt.max_messages) ||
-	         (q->opt.max_bytes > 0 && q->bytes + e->body_len > q->opt.max_bytes))
+	else if (!end && ((q->opt.max_messages > 0 && q->depth + 1 > q->opt.max_messages) ||
+	                  (q->opt.max_bytes > 0 && q->bytes + e->body_len > q->opt.max_bytes)))
 		err = QUEUE_EFULL;
 	else if ((s = qidx_session_get(q, m->session != NULL ? m->session : "")) == NULL)
 		err = QUEUE_ENOMEM;
@@ -443,7 +455,7 @@ int queue_lease(struct queue *q, struct queue_msg **out, size_t max, size_t *n)
 	}
 	qidx_promote_due(q, mono_ms());
 	wall = wall_ms();
-	while (got < max && (s = q->ready_head) != NULL) {
+	while (got < max && (s = q->ready.head) != NULL) {
 		e = s->head;
 		if (qidx_entry_expired(q, e, wall)) {
 			qidx_expire_head(q, s);
@@ -557,6 +569,11 @@ static size_t dead_key_session(struct queue *q, struct session *s, const struct 
 		prev = e;
 		e = e->snext;
 	}
+	/* What a stream owner has in flight is its to settle. */
+	for (unsigned i = 0; i < s->nflight && e != NULL; i++) {
+		prev = e;
+		e = e->snext;
+	}
 	for (; e != NULL; e = next) {
 		next = e->snext;
 		if (e->key != k) {
@@ -566,7 +583,7 @@ static size_t dead_key_session(struct queue *q, struct session *s, const struct 
 		qidx_entry_kill(q, e, prev, qidx_dead_info_create(reason, 0, NULL));
 		n++;
 	}
-	if (s->head != old_head)
+	if (s->head != old_head || (s->owner != 0 && n > 0))
 		qidx_session_head_changed(q, s);
 	return n;
 }
@@ -654,6 +671,7 @@ void queue_stats(struct queue *q, struct queue_stats *st)
 	st->committed_total = q->committed_total;
 	st->commits_total = q->commits_total;
 	st->expired_total = q->expired_total;
+	st->streams = q->streams;
 	pthread_mutex_unlock(&q->mu);
 }
 

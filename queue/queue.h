@@ -85,6 +85,9 @@ struct queue_options {
 	                            * tests simulate a full disk. */
 	queue_writable_fn *on_writable;
 	void *on_writable_arg;
+	/* At open, every websocket connection whose rows have no end (the
+	 * relay stopped under it) gets one: close code 1001. */
+	bool close_orphans;
 };
 
 /* Fills o with the defaults. */
@@ -153,6 +156,70 @@ void queue_set_notify(struct queue *q, void (*fn)(void *arg), void *arg);
 /* Milliseconds until the next retry falls due, or -1 if none waits. */
 long queue_next_due_ms(struct queue *q);
 
+/*
+ * Streams: the lease of the websocket forwarder (upstream-protocol =
+ * websocket).  A session's websocket messages travel on one upstream
+ * websocket, several at a time, and count as delivered only when a ping
+ * sent after them is answered.  So a consumer ("owner", 1..owners) takes a
+ * whole session and reads its messages in order, up to `window` of them in
+ * flight, acks a prefix when a fence is answered, and gives the session
+ * back when its upstream connection is gone: whatever was in flight is
+ * read again, in order, by whoever takes the session next.
+ *
+ * Rows that are not websocket messages (conn_id NULL: fallback POSTs) keep
+ * their place in the session's order: a stream session whose next message
+ * is one waits until nothing is in flight, then that message goes to
+ * queue_lease (the POST forwarder) while the owner keeps the session; after
+ * its ack the owner reads on.  queue_lease never hands out websocket rows
+ * once streams are on.
+ *
+ * A websocket connection's end is a row of its own after its last message:
+ * content_type QUEUE_CT_WS_CLOSE, conn_id set, body the close frame's
+ * payload (two bytes of code, big-endian, then the reason).
+ */
+#define QUEUE_CT_WS_CLOSE "application/x-websocket-close"
+
+/* Whether m is the end of a websocket connection; *code (if not NULL) gets
+ * its close code (1005 if the body has none). */
+bool queue_msg_is_close(const struct queue_msg *m, unsigned *code);
+
+/* Turns streams on, once, before any consumer runs: owners consumers,
+ * window messages in flight per session (>= 1).  QUEUE_EINVAL otherwise. */
+int queue_stream_init(struct queue *q, unsigned owners, unsigned window);
+
+/*
+ * Up to max websocket messages for owner, in order within each session:
+ * first from sessions it owns that have room in their window, then from
+ * sessions nobody owns (which it then owns).  A message's attempts says how
+ * often it was in flight before (> 0: this is a resend).  The caller owns
+ * out[0..*n-1] and frees them with queue_msg_free; they are settled with
+ * queue_stream_ack / queue_stream_release / queue_stream_dead.
+ */
+int queue_stream_lease(struct queue *q, unsigned owner, struct queue_msg **out, size_t max,
+                       size_t *n);
+/* Deletes the messages of session in flight with ids <= upto. */
+void queue_stream_ack(struct queue *q, const char *session, int64_t upto);
+/* Dead-letters every message of session in flight (reason, status, detail
+ * as queue_dead). */
+void queue_stream_dead(struct queue *q, const char *session, const char *reason, int status,
+                       const char *detail);
+/* The owner lets go of session: its messages in flight are due again (each
+ * one's attempts + 1) after delay_ms, for any owner. */
+void queue_stream_release(struct queue *q, const char *session, unsigned delay_ms);
+
+/*
+ * The hello learned per API key (a JSON object as text), kept in the
+ * database so that a restart remembers it.  queue_hello_get returns a
+ * malloc'd copy or NULL if none is known.  queue_hello_set stores text for
+ * key if it differs from what is known (writing it through a connection of
+ * its own: call it when a hello changes, not per message); returns a
+ * queue_err.  At most QUEUE_HELLO_KEYS keys are kept, the oldest dropped.
+ */
+#define QUEUE_HELLO_KEYS 4096
+#define QUEUE_HELLO_MAX 8192    /* bytes of one hello */
+char *queue_hello_get(struct queue *q, const char *key);
+int queue_hello_set(struct queue *q, const char *key, const char *text);
+
 /* Changes max_db_pages (see queue_options) before the writer's next
  * transaction; 0 restores SQLite's limit.  A test hook for a full disk. */
 void queue_set_max_db_pages(struct queue *q, uint64_t pages);
@@ -168,6 +235,7 @@ struct queue_stats {
 	bool writable;           /* false while SQLite writes fail */
 	char error[160];         /* the last write error while !writable */
 	uint64_t committed_total, commits_total, expired_total;
+	uint64_t streams;        /* sessions a stream consumer owns */
 };
 void queue_stats(struct queue *q, struct queue_stats *st);
 

@@ -105,38 +105,60 @@ static struct hnode *htab_chain(const struct htab *t, uint64_t hash)
 
 /* --- sessions: the ready list, the retry heap, the table ------------------- */
 
+/* The list a ready session belongs on: its owner's; without one, with
+ * streams on, the stream consumers' if its head is a websocket row (an
+ * owned session whose head is not, and has nothing in flight, goes to
+ * queue_lease too); else queue_lease's. */
+static struct rlist *ready_list(struct queue *q, struct session *s)
+{
+	bool ws_head = s->head != NULL && s->head->ws;
+
+	if (!q->streams_on)
+		return &q->ready;
+	if (s->owner != 0)
+		return ws_head || s->nflight > 0 ? &q->oready[s->owner] : &q->ready;
+	return ws_head ? &q->ws_ready : &q->ready;
+}
+
 static void ready_link(struct queue *q, struct session *s, bool front)
 {
+	struct rlist *l = ready_list(q, s);
+
+	s->on = l;
 	if (front) {
 		s->rprev = NULL;
-		s->rnext = q->ready_head;
-		if (q->ready_head != NULL)
-			q->ready_head->rprev = s;
+		s->rnext = l->head;
+		if (l->head != NULL)
+			l->head->rprev = s;
 		else
-			q->ready_tail = s;
-		q->ready_head = s;
+			l->tail = s;
+		l->head = s;
 	} else {
 		s->rnext = NULL;
-		s->rprev = q->ready_tail;
-		if (q->ready_tail != NULL)
-			q->ready_tail->rnext = s;
+		s->rprev = l->tail;
+		if (l->tail != NULL)
+			l->tail->rnext = s;
 		else
-			q->ready_head = s;
-		q->ready_tail = s;
+			l->head = s;
+		l->tail = s;
 	}
 }
 
 static void ready_unlink(struct queue *q, struct session *s)
 {
+	struct rlist *l = s->on;
+
+	(void)q;
 	if (s->rprev != NULL)
 		s->rprev->rnext = s->rnext;
 	else
-		q->ready_head = s->rnext;
+		l->head = s->rnext;
 	if (s->rnext != NULL)
 		s->rnext->rprev = s->rprev;
 	else
-		q->ready_tail = s->rprev;
+		l->tail = s->rprev;
 	s->rprev = s->rnext = NULL;
+	s->on = NULL;
 }
 
 static void heap_set(struct queue *q, size_t i, struct session *s)
@@ -202,7 +224,7 @@ static void heap_remove(struct queue *q, struct session *s)
 	}
 }
 
-static struct session *session_find(struct queue *q, const char *name)
+struct session *qidx_session_find(struct queue *q, const char *name)
 {
 	uint64_t h = hash_str(name);
 	struct hnode *n;
@@ -219,7 +241,7 @@ static struct session *session_find(struct queue *q, const char *name)
 /* Finds or creates (S_IDLE) the session name; NULL if out of memory. */
 struct session *qidx_session_get(struct queue *q, const char *name)
 {
-	struct session *s = session_find(q, name);
+	struct session *s = qidx_session_find(q, name);
 	size_t len;
 
 	if (s != NULL)
@@ -243,6 +265,13 @@ void qidx_session_maybe_free(struct queue *q, struct session *s)
 	free(s);
 }
 
+/* Takes a ready session off its list; it is left S_IDLE. */
+void qidx_session_unready(struct queue *q, struct session *s)
+{
+	ready_unlink(q, s);
+	s->state = S_IDLE;
+}
+
 /* s has a head that is due now: make it leasable. */
 void qidx_session_set_ready(struct queue *q, struct session *s, bool front)
 {
@@ -258,6 +287,14 @@ void qidx_session_set_ready(struct queue *q, struct session *s, bool front)
 /* s (not busy) lost its head: its next message, if any, is due now. */
 void qidx_session_head_changed(struct queue *q, struct session *s)
 {
+	if (s->owner != 0) {
+		qidx_stream_settle(q, s);
+		return;
+	}
+	if (s->state == S_READY && s->on != ready_list(q, s)) {
+		ready_unlink(q, s);     /* the new head may belong on another list */
+		s->state = S_IDLE;
+	}
 	if (s->head != NULL) {
 		qidx_session_set_ready(q, s, false);
 		return;
@@ -268,6 +305,51 @@ void qidx_session_head_changed(struct queue *q, struct session *s)
 		heap_remove(q, s);
 	s->state = S_IDLE;
 	qidx_session_maybe_free(q, s);
+}
+
+void qidx_stream_settle(struct queue *q, struct session *s)
+{
+	bool readable = s->unread != NULL && s->nflight < q->window &&
+	                (s->unread->ws || s->nflight == 0);
+
+	/* queue_lease has its head, or it waits for its retry: the ack or the
+	 * retry falling due settles it again. */
+	if (s->state == S_BUSY || s->state == S_WAITING)
+		return;
+	if (s->state == S_READY) {
+		if (readable && s->on == ready_list(q, s))
+			return;
+		ready_unlink(q, s);
+	}
+	s->state = S_OWNED;
+	if (readable)
+		qidx_session_set_ready(q, s, false);
+}
+
+int qidx_streams_on(struct queue *q, struct rlist *oready, unsigned owners, unsigned window)
+{
+	struct session *s, *next, *moved = NULL, **tail = &moved;
+
+	if (q->streams_on)
+		return QUEUE_EINVAL;
+	q->oready = oready;
+	q->owners = owners;
+	q->window = window;
+	q->streams_on = true;
+	/* Sessions that are ready already may belong on ws_ready now. */
+	for (s = q->ready.head; s != NULL; s = next) {
+		next = s->rnext;
+		if (ready_list(q, s) != &q->ready) {
+			ready_unlink(q, s);
+			*tail = s;      /* in their order */
+			tail = &s->rnext;
+		}
+	}
+	for (s = moved; s != NULL; s = next) {
+		next = s->rnext;
+		ready_link(q, s, false);
+	}
+	return QUEUE_OK;
 }
 
 /* Moves every session whose retry is due to the ready list. */
@@ -470,6 +552,8 @@ static void index_append(struct entry *e)
 		s->head = e;
 	s->tail = e;
 	e->indexed = true;
+	if (s->owner != 0 && s->unread == NULL)
+		s->unread = e;
 }
 
 /* Inserts a committed entry into its session's FIFO by id, but never before
@@ -484,6 +568,10 @@ static void index_insert(struct entry *e)
 		index_append(e);
 		return;
 	}
+	/* Nor before what a stream owner has read. */
+	if (s->owner != 0 && s->nflight > 0)
+		while (prev->snext != NULL && prev->snext != s->unread)
+			prev = prev->snext;
 	while (prev->snext != NULL && prev->snext->id < e->id)
 		prev = prev->snext;
 	e->snext = prev->snext;
@@ -491,6 +579,8 @@ static void index_insert(struct entry *e)
 	if (e->snext == NULL)
 		s->tail = e;
 	e->indexed = true;
+	if (s->owner != 0 && (s->unread == NULL || s->unread == e->snext))
+		s->unread = e;
 }
 
 /* Takes e out of its session's FIFO; prev is the entry before it (NULL for
@@ -505,6 +595,8 @@ void qidx_unlink(struct queue *q, struct entry *e, struct entry *prev)
 		s->head = e->snext;
 	if (s->tail == e)
 		s->tail = prev;
+	if (s->unread == e)
+		s->unread = e->snext;
 	e->snext = NULL;
 	e->indexed = false;
 	if (e->msg != NULL) {
@@ -612,6 +704,8 @@ void qidx_commit(struct queue *q, struct entry *e)
 	}
 	if (s->state == S_IDLE)
 		qidx_session_set_ready(q, s, false);
+	else if (s->owner != 0)
+		qidx_stream_settle(q, s);
 }
 
 void qidx_waiter_finish(struct entry *e, int result)
@@ -659,6 +753,7 @@ int qidx_add_row(struct queue *q, const struct qidx_row *row, bool replayed,
 	e->body_len = row->body_len;
 	e->received_ms = row->received_ms;
 	e->attempts = row->attempts;
+	e->ws = row->ws;
 	e->session = s;
 	if (replayed) {
 		live_insert(q, e, hint);
@@ -669,6 +764,8 @@ int qidx_add_row(struct queue *q, const struct qidx_row *row, bool replayed,
 	}
 	if (s->state == S_IDLE)
 		qidx_session_set_ready(q, s, false);
+	else if (s->owner != 0)
+		qidx_stream_settle(q, s);
 	return QUEUE_OK;
 fail:
 	free(e);
@@ -732,6 +829,8 @@ void qidx_release(struct queue *q)
 	free_all(&q->sessions, offsetof(struct session, node));
 	free_all(&q->keys, offsetof(struct apikey, node));
 	htab_release(&q->leases);
+	free(q->oready);
+	q->oready = NULL;
 	free(q->heap);
 	q->heap = NULL;
 }

@@ -113,20 +113,32 @@ struct apikey {
 
 enum session_state {
 	S_IDLE,     /* no committed message (only uncommitted ones, briefly) */
-	S_READY,    /* its head is due: on q->ready */
+	S_READY,    /* its head is due: on a ready list (see ready_list) */
 	S_BUSY,     /* its head is leased: in q->leases */
 	S_WAITING,  /* its head waits for a retry: in q->heap */
+	S_OWNED,    /* a stream owner has it and nothing is readable now */
+};
+
+/* A list of ready sessions. */
+struct rlist {
+	struct session *head, *tail;
 };
 
 struct session {
 	struct hnode node;              /* q->sessions, by name */
 	struct hnode lease_node;        /* q->leases, by the leased id; S_BUSY */
 	struct entry *head, *tail;      /* committed messages, oldest first */
-	struct session *rprev, *rnext;  /* q->ready; S_READY */
+	struct session *rprev, *rnext;  /* on the list `on`; S_READY */
+	struct rlist *on;
 	size_t heap_pos;                /* in q->heap; S_WAITING */
 	int64_t due_ms;                 /* monotonic; S_WAITING */
 	unsigned uncommitted;           /* inserts accepted, not yet committed */
 	enum session_state state;
+	/* Streams (queue_stream_*): the owner, 0 for none; the entries from
+	 * the head up to unread (excluded) are in flight, nflight of them. */
+	unsigned owner;
+	unsigned nflight;
+	struct entry *unread;
 	char name[];
 };
 
@@ -174,6 +186,7 @@ struct entry {
 	uint32_t attempts, batch_attempts;
 	unsigned char next_op, batch_op;
 	bool live, indexed;
+	bool ws;                        /* a websocket row (conn_id set) */
 };
 
 /* A committed row to add to the index: at start-up, or replayed by the CLI. */
@@ -183,6 +196,7 @@ struct qidx_row {
 	uint32_t attempts;
 	const char *session;
 	const char *api_key;            /* NULL if none */
+	bool ws;                        /* conn_id is set */
 };
 
 struct queue {
@@ -211,13 +225,29 @@ struct queue {
 	size_t lat_cap;                 /* ... at most one per message in a batch */
 	unsigned backoff_ms;
 
+	/* The learned hellos (queue_hello.c): their own lock and connection. */
+	pthread_mutex_t hello_mu;       /* the list */
+	pthread_mutex_t hello_db_mu;    /* hdb */
+	sqlite3 *hdb;
+	struct hello *hellos;           /* most recently set first */
+	size_t nhellos;
+
 	pthread_mutex_t read_mu;        /* guards rdb, st_read and st_reasons */
 	sqlite3 *rdb;
 	sqlite3_stmt *st_read, *st_reasons;
 
 	/* Everything below is guarded by mu. */
 	struct htab sessions, leases, keys;
-	struct session *ready_head, *ready_tail;
+	struct rlist ready;              /* for queue_lease */
+	/* Streams: off until queue_stream_init.  Then ready sessions nobody
+	 * owns whose head is a websocket row wait on ws_ready, and each
+	 * owner's ready sessions on oready[owner]; q->ready_head has the rest,
+	 * for queue_lease. */
+	bool streams_on;
+	unsigned owners, window;
+	struct rlist ws_ready;
+	struct rlist *oready;           /* owners + 1 of them */
+	uint64_t streams;               /* sessions owned */
 	struct session **heap;          /* S_WAITING sessions, soonest due first */
 	size_t heap_len, heap_cap;
 	struct entry *live_head, *live_tail;
@@ -240,6 +270,11 @@ struct queue {
 	unsigned notify_running;        /* notify callbacks being called right now */
 };
 
+struct hello {
+	struct hello *next;
+	char *key, *text;
+};
+
 /* Unlocks q->mu and, if a message became due meanwhile, calls the notify
  * callback (queue.c). */
 void qnotify_unlock(struct queue *q);
@@ -251,9 +286,17 @@ int qidx_init(struct queue *q);
 void qidx_release(struct queue *q);
 
 struct session *qidx_session_get(struct queue *q, const char *name);
+struct session *qidx_session_find(struct queue *q, const char *name);
+/* Turns streams on (queue_stream_init); takes oready. */
+int qidx_streams_on(struct queue *q, struct rlist *oready, unsigned owners, unsigned window);
 void qidx_session_maybe_free(struct queue *q, struct session *s);
 void qidx_session_set_ready(struct queue *q, struct session *s, bool front);
+void qidx_session_unready(struct queue *q, struct session *s);
 void qidx_session_head_changed(struct queue *q, struct session *s);
+/* An owned session: ready on its owner's list if it has a message to read
+ * and room in its window, else S_OWNED; a head that is not a websocket row
+ * goes to queue_lease once nothing is in flight. */
+void qidx_stream_settle(struct queue *q, struct session *s);
 void qidx_promote_due(struct queue *q, int64_t now);
 bool qidx_heap_push(struct queue *q, struct session *s);
 
@@ -290,6 +333,12 @@ void qidx_waiter_finish(struct entry *e, int result);
 void qidx_insert_drop(struct queue *q, struct entry *e, enum op op);
 /* Dead letters counted but not committed yet. */
 uint64_t qidx_pending_dead(const struct queue *q);
+
+/* --- queue_hello.c ------------------------------------------------------------------ */
+
+/* Opens the hello connection and loads the hellos; after the migration. */
+int qhello_open(struct queue *q, char **cause);
+void qhello_close(struct queue *q);
 
 /* --- queue_writer.c ----------------------------------------------------------------- */
 

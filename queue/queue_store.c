@@ -22,6 +22,16 @@
 #include "queue_internal.h"
 #include "schema.h"
 
+/* Every websocket connection whose last row is not its end gets one after
+ * it: code 1001 ("going away"), as if the client had left, since the relay
+ * that held it is gone.  The row copies the connection's metadata. */
+#define QSQL_CLOSE_ORPHANS \
+	"INSERT INTO messages (received_ms, session, target, content_type, xff, peer_ip, " \
+	"user_agent, origin, api_key, conn_id, seq, attempts, body) " \
+	"SELECT m.received_ms, m.session, m.target, '" QUEUE_CT_WS_CLOSE "', m.xff, " \
+	"m.peer_ip, m.user_agent, m.origin, m.api_key, m.conn_id, m.seq + 1, 0, X'03E9' " \
+	"FROM messages m WHERE m.id IN (SELECT max(id) FROM messages WHERE conn_id IS NOT NULL " \
+	"GROUP BY conn_id) AND m.content_type IS NOT '" QUEUE_CT_WS_CLOSE "' ORDER BY m.id"
 #define PROBE_BYTES 65536       /* the test write while the disk fails */
 #define PAGES_UNLIMITED 1073741823 /* SQLITE_MAX_PAGE_COUNT */
 
@@ -332,8 +342,8 @@ static int db_prepare(struct queue *q, char **cause)
 		{ &q->st_probe_del, "DELETE FROM meta WHERE key = 'write_probe'" },
 		{ &q->st_version, "PRAGMA data_version" },
 		{ &q->st_pickup,
-		  "SELECT id, session, length(body), received_ms, attempts, api_key "
-		  "FROM messages WHERE id IN (SELECT id FROM replayed ORDER BY id LIMIT ?1) "
+		  "SELECT id, session, length(body), received_ms, attempts, api_key, "
+		  "conn_id IS NOT NULL FROM messages WHERE id IN (SELECT id FROM replayed ORDER BY id LIMIT ?1) "
 		  "ORDER BY id" },
 		{ &q->st_unmark, "DELETE FROM replayed WHERE id <= ?1" },
 		{ &q->st_dead_count, "SELECT count(*) FROM dead_letters" },
@@ -378,7 +388,8 @@ static int db_open_reader(struct queue *q, char **cause)
 }
 
 /* One row of SELECT id, session, length(body), received_ms, attempts,
- * api_key; the strings point into st until its next step. */
+ * api_key, conn_id IS NOT NULL; the strings point into st until its next
+ * step. */
 static void row_from(sqlite3_stmt *st, struct qidx_row *row)
 {
 	row->id = sqlite3_column_int64(st, 0);
@@ -387,6 +398,7 @@ static void row_from(sqlite3_stmt *st, struct qidx_row *row)
 	row->received_ms = sqlite3_column_int64(st, 3);
 	row->attempts = (uint32_t)sqlite3_column_int64(st, 4);
 	row->api_key = (const char *)sqlite3_column_text(st, 5);
+	row->ws = sqlite3_column_int(st, 6) != 0;
 }
 
 /* Loads the next id, the dead-letter count and the index of queued messages.
@@ -417,9 +429,16 @@ static int index_load(struct queue *q, char **cause)
 	if (rc != SQLITE_OK)
 		goto out;
 
+	if (q->opt.close_orphans) {
+		what = "end orphaned connections";
+		rc = sqlite3_exec(q->db, QSQL_CLOSE_ORPHANS, NULL, NULL, NULL);
+		if (rc != SQLITE_OK)
+			goto out;
+	}
 	what = "load messages";
 	rc = sqlite3_prepare_v2(q->db, "SELECT id, session, length(body), received_ms, "
-	                        "attempts, api_key FROM messages ORDER BY id", -1, &st, NULL);
+	                        "attempts, api_key, conn_id IS NOT NULL FROM messages ORDER BY id",
+	                        -1, &st, NULL);
 	if (rc != SQLITE_OK)
 		goto out;
 	/* No other thread exists yet: the index needs no lock here. */

@@ -215,7 +215,8 @@ static void expire_pass(struct queue *q)
 		next = e->gnext;
 		if (!qidx_entry_expired(q, e, wall))
 			break;
-		if (e->indexed && e->session->head == e && e->session->state != S_BUSY)
+		if (e->indexed && e->session->head == e && e->session->state != S_BUSY &&
+		    e->session->nflight == 0)
 			qidx_expire_head(q, e->session);
 	}
 }
