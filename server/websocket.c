@@ -61,6 +61,7 @@
 #define WS_CONN_ID_BYTES 8              /* connectionId: 16 hex characters */
 #define WS_SHUTDOWN_DROP_WAIT_MS 5000   /* loops drop everything well within this */
 #define WS_RX_BUDGET (256 * 1024)        /* bytes read from one connection per turn */
+#define WS_CLOSE_PAYLOAD_MAX 125          /* a control frame's payload */
 
 struct ws_loop;
 
@@ -81,6 +82,11 @@ struct ws_conn {
 	int64_t deadline_ms;              /* 0: none; else drop at this time */
 	uint32_t events;                  /* epoll interest registered now */
 	uint16_t close_code;              /* first close sent or received, for the log */
+	/* The client's own close frame's payload (code and reason) when it
+	 * closed first: stored as the connection's end (upstream_ws). */
+	uint8_t close_payload[WS_CLOSE_PAYLOAD_MAX];
+	size_t close_len;
+	bool client_closed;
 	bool close_noted, close_by_relay;
 	bool refuse_data;                 /* closing for an error: store nothing more */
 	bool close_after_hello;           /* key rejected: close 1008 once the hello is out */
@@ -172,6 +178,42 @@ static void conn_set_deadline(struct ws_conn *c, int64_t at)
 }
 
 /*
+ * Stores the end of c after its last message, for its upstream websocket:
+ * the client's close frame as it sent it, or 1001 ("going away") when it
+ * sent none first (a TCP drop, a timeout, a close by the relay).  A
+ * connection that stored no message has no upstream websocket to end.
+ */
+static void conn_store_end(struct ws_conn *c)
+{
+	static const uint8_t going_away[2] = { 1001 >> 8, 1001 & 0xff };
+	const struct ws_conn_meta *m = c->meta;
+	struct queue_msg qm;
+	int rc;
+
+	if (!c->loop->srv->o.upstream_ws || c->seq == 0)
+		return;
+	qm = (struct queue_msg){
+		.received_ms = wall_ms(),
+		.session = m->session ? m->session : "",
+		.target = c->target,
+		.content_type = QUEUE_CT_WS_CLOSE,
+		.xff = m->xff,
+		.peer_ip = m->peer_ip,
+		.user_agent = m->user_agent,
+		.origin = m->origin,
+		.api_key = m->api_key,
+		.conn_id = c->id,
+		.seq = c->seq + 1,
+		.body = c->client_closed ? c->close_payload : going_away,
+		.body_len = c->client_closed ? c->close_len : sizeof going_away,
+	};
+	rc = queue_put(c->loop->srv->q, &qm, false, NULL);
+	if (rc != QUEUE_OK)
+		log_warn("ws_end_not_stored", "conn=%s error=\"%s\" detail=\"the next start ends "
+		         "it upstream with 1001\"", c->id, queue_strerror(rc));
+}
+
+/*
  * Ends c: closes the TLS connection, logs the close and frees c.  why says
  * what ended it when no close code tells.
  */
@@ -199,6 +241,7 @@ static void conn_finish(struct ws_conn *c, const char *why)
 	if (c->next)
 		c->next->prev = c->prev;
 
+	conn_store_end(c);
 	log_info("ws_close", "conn=%s peer=%s key=%s session=%s code=%u by=%s messages=%" PRId64
 	         " duration_ms=%" PRId64 " reason=%s",
 	         c->id, c->meta->peer_ip ? c->meta->peer_ip : "-",
@@ -389,6 +432,11 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
 		conn_take_message(c, arg);
 		break;
 	case WSLAY_CONNECTION_CLOSE:
+		if (!c->close_noted && arg->msg_length <= sizeof c->close_payload) {
+			c->client_closed = true;
+			c->close_len = arg->msg_length;
+			memcpy(c->close_payload, arg->msg, arg->msg_length);
+		}
 		/* wslay has queued the echo of this close already. */
 		conn_note_close(c, arg->status_code ? arg->status_code : WSLAY_CODE_NO_STATUS_RCVD,
 		                false);
@@ -564,6 +612,29 @@ static void loop_serve_again(struct ws_loop *l)
 	}
 }
 
+/* The hello of a key the upstream's hello was learned for: its fields
+ * (those about one connection were left out when it was stored), and this
+ * connection's own connectionId.  NULL if none was learned. */
+static json_t *hello_learned(const struct ws_server *s, const struct ws_conn *c)
+{
+	char *text;
+	json_t *obj;
+
+	if (!s->o.upstream_ws || !c->meta->api_key)
+		return NULL;
+	text = queue_hello_get(s->q, c->meta->api_key);
+	if (!text)
+		return NULL;
+	obj = json_loads(text, 0, NULL);
+	free(text);
+	if (obj && (!json_is_object(obj) ||
+	            json_object_set_new(obj, "connectionId", json_string(c->id)) != 0)) {
+		json_decref(obj);
+		obj = NULL;
+	}
+	return obj;
+}
+
 static char *hello_text(const struct ws_server *s, const struct ws_conn *c)
 {
 	const struct ws_options *o = &s->o;
@@ -573,6 +644,8 @@ static char *hello_text(const struct ws_server *s, const struct ws_conn *c)
 	if (c->meta->key_rejected)
 		obj = json_pack("{s:s}", "error",
 		                c->meta->key_reason ? c->meta->key_reason : "api key rejected by upstream");
+	else if ((obj = hello_learned(s, c)) != NULL)
+		goto dump;
 	else
 		obj = json_pack("{s:s, s:I, s:I, s:b, s:s}", "connectionId", c->id,
 		                "interval", (json_int_t)o->interval_ms,
@@ -585,6 +658,7 @@ static char *hello_text(const struct ws_server *s, const struct ws_conn *c)
 	if (!c->meta->key_rejected && o->project_id && *o->project_id &&
 	    json_object_set_new(obj, "projectId", json_string(o->project_id)) != 0)
 		goto out;
+dump:
 	text = json_dumps(obj, JSON_COMPACT);
 out:
 	json_decref(obj);

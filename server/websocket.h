@@ -28,6 +28,10 @@ struct ws_options {
 	bool collect_console_log;
 	const char *console_log_level;
 	const char *project_id;       /* NULL or "": not sent */
+	/* upstream-protocol = websocket: each connection's end is stored as a
+	 * row after its last message, and a key's hello learned from the
+	 * upstream (queue_hello_get) replaces the fields above for it. */
+	bool upstream_ws;
 };
 
 /* What the HTTP side learned in the handshake.  ws_server_adopt takes
