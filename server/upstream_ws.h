@@ -58,7 +58,9 @@ struct upstream_client_options {
 /* Loads the credentials once.  -1 with *cause malloc'd (bad URL, CA file). */
 int upstream_client_new(struct upstream_client **out, const struct upstream_client_options *o,
                         char **cause) __attribute__((warn_unused_result));
-/* After every websocket using it is freed.  Accepts NULL. */
+/* After every websocket using it is freed and the evloops they ran on have
+ * returned from evloop_run (their loops may be freed before or after).
+ * Accepts NULL. */
 void upstream_client_free(struct upstream_client *c);
 
 /* What the SDK's connection gave us, replayed in the upgrade request.
@@ -77,7 +79,9 @@ enum upws_class {
 	UPWS_HELLO_ERROR,       /* the hello was {"error": reason} (we closed with 1000) */
 	UPWS_NETWORK,           /* DNS, TCP, proxy, TLS (certificate included) or I/O error */
 	UPWS_PROTOCOL,          /* a 101 without the right accept key or "2.0", bad frames,
-	                         * a non-JSON hello, a message over max_message_bytes */
+	                         * a message over max_message_bytes (text that is not a
+	                         * JSON object before the hello is skipped, as the SDK
+	                         * does) */
 	UPWS_TIMEOUT,           /* connect, handshake, hello, pong or close took too long */
 	UPWS_BACKEND_CLOSED,    /* the backend sent a close first (close_code, reason) */
 	UPWS_DROPPED,           /* the connection ended without a close */
