@@ -199,10 +199,10 @@ int queue_stream_lease(struct queue *q, unsigned owner, struct queue_msg **out, 
                        size_t *n);
 /* Deletes the messages of session in flight with ids <= upto. */
 void queue_stream_ack(struct queue *q, const char *session, int64_t upto);
-/* Dead-letters every message of session in flight (reason, status, detail
- * as queue_dead). */
-void queue_stream_dead(struct queue *q, const char *session, const char *reason, int status,
-                       const char *detail);
+/* Dead-letters the messages of session in flight with ids <= upto (reason,
+ * status, detail as queue_dead). */
+void queue_stream_dead(struct queue *q, const char *session, int64_t upto, const char *reason,
+                       int status, const char *detail);
 /* The owner lets go of session: its messages in flight are due again (each
  * one's attempts + 1) after delay_ms, for any owner. */
 void queue_stream_release(struct queue *q, const char *session, unsigned delay_ms);

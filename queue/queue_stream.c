@@ -203,14 +203,14 @@ void queue_stream_ack(struct queue *q, const char *session, int64_t upto)
 	qnotify_unlock(q);
 }
 
-void queue_stream_dead(struct queue *q, const char *session, const char *reason, int status,
-                       const char *detail)
+void queue_stream_dead(struct queue *q, const char *session, int64_t upto, const char *reason,
+                       int status, const char *detail)
 {
 	struct session *s;
 
 	pthread_mutex_lock(&q->mu);
 	s = owned(q, session, 0);
-	while (s != NULL && s->nflight > 0) {
+	while (s != NULL && s->nflight > 0 && s->head->id <= upto) {
 		qidx_entry_kill(q, s->head, NULL, qidx_dead_info_create(reason, status, detail));
 		s->nflight--;
 	}

@@ -93,6 +93,11 @@ static int check_http_version(const char *value)
 	return strcmp(value, "1.1") && strcmp(value, "2") ? -1 : 0;
 }
 
+static int check_upstream_protocol(const char *value)
+{
+	return strcmp(value, "websocket") && strcmp(value, "http-post") ? -1 : 0;
+}
+
 #define KiB 1024ULL
 #define MiB (1024 * KiB)
 #define GiB (1024 * MiB)
@@ -185,6 +190,17 @@ static const struct setting settings[] = {
 
 	STR("upstream", upstream, "https://watchrtc-server.cyara.com",
 	    "base URL messages are forwarded to", "upstream"),
+	{ "upstream-protocol", T_STRING, F(upstream_protocol), "websocket", 0, 0,
+	  "websocket: each SDK connection replayed as a websocket to the upstream, as the SDK "
+	  "would have sent it; http-post: one POST per message (a collector of your own)",
+	  check_upstream_protocol, "websocket or http-post", "upstream", false },
+	NUM("upstream-ws-threads", T_UINT, upstream_ws_threads, "2", 1, 64,
+	    "threads driving upstream websockets (thousands each)", "upstream"),
+	NUM("upstream-fence-messages", T_UINT, upstream_fence_messages, "32", 1, 4096,
+	    "ping (fence) an upstream websocket after this many messages; a message is deleted "
+	    "once a fence after it is answered", "upstream"),
+	NUM("upstream-fence-ms", T_UINT, upstream_fence_ms, "1000", 1, 600000,
+	    "and at most this long after the first unfenced message (ms)", "upstream"),
 	STR("upstream-ca", upstream_ca, "",
 	    "PEM CA bundle for upstream; empty: the system's", "upstream"),
 	FLAG("upstream-insecure", upstream_insecure, "false",

@@ -54,6 +54,8 @@ struct config {
 	char *upstream_ca;           /* "" = the system CA bundle */
 	bool upstream_insecure;
 	char *upstream_http_version; /* "1.1" or "2" */
+	char *upstream_protocol;     /* "websocket" or "http-post" */
+	unsigned upstream_ws_threads, upstream_fence_messages, upstream_fence_ms;
 	unsigned forward_workers, forward_inflight;
 	unsigned upstream_timeout_ms, upstream_connect_timeout_ms;
 	unsigned retry_base_ms, retry_max_ms;

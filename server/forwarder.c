@@ -33,10 +33,12 @@
 
 #include <curl/curl.h>
 
+#include "forwarder_ws.h"
 #include "keyban.h"
 #include "log.h"
 #include "metrics.h"
 #include "queue.h"
+#include "upstream_ws.h"
 
 #define FWD_WORKERS_MAX 64      /* more threads than this is a configuration mistake */
 #define FWD_INFLIGHT_MAX 1024   /* easy handles per worker */
@@ -101,6 +103,8 @@ struct forwarder {
 	atomic_int upstream_state;      /* enum upstream_state */
 	unsigned nworkers;
 	struct worker *workers;
+	struct upstream_client *client; /* upstream-protocol websocket */
+	struct fws *ws;
 };
 
 static int64_t now_ms(void)
@@ -365,9 +369,9 @@ release:
  * 5xx, and as up on any other answer (a 429 or a refused key included).
  * Only the changes are logged, so an outage is one warning, not one per
  * retry. */
-static void upstream_seen(struct forwarder *f, CURLcode rc, long status, const char *error)
+static void upstream_state(struct forwarder *f, bool up, long status, const char *error)
 {
-	int now = (rc != CURLE_OK || status >= 500) ? UPSTREAM_DOWN : UPSTREAM_UP;
+	int now = up ? UPSTREAM_UP : UPSTREAM_DOWN;
 	int was = atomic_exchange(&f->upstream_state, now);
 	char q[192];
 
@@ -376,9 +380,20 @@ static void upstream_seen(struct forwarder *f, CURLcode rc, long status, const c
 	metrics_gauge_set(G_UPSTREAM_UP, now);
 	if (now == UPSTREAM_DOWN)
 		log_warn("upstream_down", "status=%ld error=%s", status,
-		         log_quote(rc != CURLE_OK ? error : "http error", q, sizeof q));
+		         log_quote(error ? error : "http error", q, sizeof q));
 	else if (was == UPSTREAM_DOWN)
 		log_info("upstream_up", "status=%ld", status);
+}
+
+static void upstream_seen(struct forwarder *f, CURLcode rc, long status, const char *error)
+{
+	upstream_state(f, rc == CURLE_OK && status < 500, status, rc != CURLE_OK ? error : NULL);
+}
+
+/* The websockets' view of the upstream, for the same state. */
+static void ws_seen(void *arg, bool up, int status, const char *error)
+{
+	upstream_state(arg, up, status, error);
 }
 
 /* Milliseconds before message m is sent again after a failed attempt. */
@@ -581,6 +596,7 @@ static void on_queue_notify(void *arg)
 {
 	struct forwarder *f = arg;
 
+	fws_notify(f->ws);
 	for (unsigned i = 0; i < f->nworkers; i++) {
 		struct worker *w = &f->workers[i];
 
@@ -712,6 +728,7 @@ static void forwarder_free(struct forwarder *f)
 		for (unsigned i = 0; i < f->nworkers; i++)
 			worker_release(&f->workers[i], f->o.inflight);
 	free(f->workers);
+	upstream_client_free(f->client);
 	curl_share_cleanup(f->share);
 	for (unsigned i = 0; i < f->nshare_locks; i++)
 		pthread_mutex_destroy(&f->share_locks[i]);
@@ -775,6 +792,48 @@ static int fail_with(char **cause, const char *why)
 	return -1;
 }
 
+/* upstream-protocol websocket: the queue's streams, the shared client
+ * (one set of TLS credentials), the threads. */
+static int ws_start(struct forwarder *f, const struct forwarder_options *o, char **cause)
+{
+	struct upstream_client_options co = {
+		.url = f->upstream,
+		.ca_file = o->ca_file,
+		.insecure = o->insecure,
+		.proxy = o->proxy,
+		.connect_timeout_ms = o->connect_timeout_ms,
+		.handshake_timeout_ms = o->timeout_ms,
+		.ping_interval_ms = o->ping_interval_ms,
+		.pong_timeout_ms = o->timeout_ms,
+		.close_timeout_ms = o->timeout_ms,
+		.max_message_bytes = 64 * 1024,
+		/* Room for a full window of the largest messages is not needed:
+		 * a send that does not fit waits for the next fence. */
+		.max_send_bytes = o->max_message_bytes + 64 * 1024,
+	};
+	struct fws_options wo = {
+		.threads = o->ws_threads ? o->ws_threads : 1,
+		.fence_messages = o->fence_messages ? o->fence_messages : 1,
+		.fence_ms = o->fence_ms ? o->fence_ms : 1,
+		.retry_base_ms = o->retry_base_ms,
+		.retry_max_ms = o->retry_max_ms,
+		.seen = ws_seen,
+		.seen_arg = f,
+		.backend_text = o->backend_text,
+		.backend_text_arg = o->backend_text_arg,
+	};
+	int err = queue_stream_init(f->q, wo.threads, fws_window(wo.fence_messages));
+
+	if (err != QUEUE_OK) {
+		if (asprintf(cause, "upstream websockets: %s", queue_strerror(err)) < 0)
+			*cause = NULL;
+		return -1;
+	}
+	if (upstream_client_new(&f->client, &co, cause) < 0)
+		return -1;
+	return fws_start(&f->ws, f->q, f->kb, f->client, &wo, cause);
+}
+
 int forwarder_start(struct forwarder **out, struct queue *q, struct keyban *kb,
                     const struct forwarder_options *o, char **cause)
 {
@@ -797,6 +856,10 @@ int forwarder_start(struct forwarder **out, struct queue *q, struct keyban *kb,
 	f = forwarder_create(q, kb, o, ca);
 	if (!f)
 		return fail_with(cause, "cannot set up the forwarders (out of memory?)");
+	if (o->websocket && ws_start(f, o, cause) < 0) {
+		forwarder_free(f);
+		return -1;
+	}
 	queue_set_notify(q, on_queue_notify, f);
 	for (unsigned i = 0; i < f->nworkers; i++) {
 		if (pthread_create(&f->workers[i].thread, NULL, worker_main, &f->workers[i])) {
@@ -812,8 +875,9 @@ int forwarder_start(struct forwarder **out, struct queue *q, struct keyban *kb,
 		log_warn("upstream_tls_unverified", "upstream=%s detail=\"the upstream's "
 		         "certificate is NOT verified: anyone on the path can read and alter "
 		         "the telemetry\"", log_quote(f->upstream, ubuf, sizeof ubuf));
-	log_info("forwarder_started", "upstream=%s http=%s workers=%u inflight=%u ca=%s",
-	         log_quote(f->upstream, ubuf, sizeof ubuf), use_http2(f) ? "2" : "1.1",
+	log_info("forwarder_started", "upstream=%s protocol=%s http=%s workers=%u inflight=%u ca=%s",
+	         log_quote(f->upstream, ubuf, sizeof ubuf),
+	         o->websocket ? "websocket" : "http-post", use_http2(f) ? "2" : "1.1",
 	         o->workers, o->inflight,
 	         o->insecure ? "none" : log_quote(f->ca_file, cbuf, sizeof cbuf));
 	*out = f;
@@ -826,6 +890,8 @@ void forwarder_stop(struct forwarder *f, unsigned deadline_ms)
 		return;
 	/* Waits for a notification under way: none touches f after this. */
 	queue_set_notify(f->q, NULL, NULL);
+	fws_stop(f->ws, deadline_ms);
+	f->ws = NULL;
 	atomic_store(&f->deadline_ms, now_ms() + deadline_ms);
 	atomic_store(&f->stopping, true);
 	wake_workers(f);

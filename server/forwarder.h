@@ -14,6 +14,7 @@
 #define WATCHRTC_FORWARDER_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 struct queue;
 struct keyban;
@@ -36,6 +37,18 @@ struct forwarder_options {
 	unsigned timeout_ms, connect_timeout_ms;
 	unsigned retry_base_ms, retry_max_ms;
 	enum forward_http http_version;
+	/* upstream-protocol = websocket: websocket messages go as websockets
+	 * (forwarder_ws.h) on ws_threads threads; the fallback POSTs still go
+	 * through the workers above.  false: every message is a POST. */
+	bool websocket;
+	unsigned ws_threads, fence_messages, fence_ms;
+	const char *proxy;            /* egress proxy for the websockets; NULL: environment */
+	size_t max_message_bytes;     /* the largest message a websocket carries */
+	unsigned ping_interval_ms;    /* keepalive of an idle upstream websocket */
+	/* Backend text after the hello, for the SDK's live connection (NULL:
+	 * dropped); any forwarder thread. */
+	void (*backend_text)(void *arg, const char *session, const char *text, size_t len);
+	void *backend_text_arg;
 };
 
 /* Starts the workers.  On failure *cause (malloc'd, caller frees) says why. */

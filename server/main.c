@@ -214,6 +214,7 @@ int main(int argc, char **argv)
 	qo.commit_window_ms = r.cfg.commit_window_ms;
 	qo.on_commit = on_commit;
 	qo.on_writable = on_writable;
+	qo.close_orphans = !strcmp(r.cfg.upstream_protocol, "websocket");
 	snprintf(db_path, sizeof db_path, "%s/queue.db", r.cfg.state_dir);
 	if (queue_open(&r.queue, db_path, &qo, &cause) != QUEUE_OK)
 		goto out;
@@ -245,6 +246,7 @@ int main(int argc, char **argv)
 		.collect_console_log = r.cfg.collect_console_log,
 		.console_log_level = r.cfg.console_log_level,
 		.project_id = r.cfg.project_id,
+		.upstream_ws = !strcmp(r.cfg.upstream_protocol, "websocket"),
 	};
 	if (ws_server_create(&r.ws, &wo, r.queue, &cause) < 0)
 		goto out;
@@ -261,6 +263,12 @@ int main(int argc, char **argv)
 		.retry_max_ms = r.cfg.retry_max_ms,
 		/* config.c accepts only "1.1" and "2" */
 		.http_version = strcmp(r.cfg.upstream_http_version, "2") ? FWD_HTTP_1_1 : FWD_HTTP_2,
+		.websocket = wo.upstream_ws,
+		.ws_threads = r.cfg.upstream_ws_threads,
+		.fence_messages = r.cfg.upstream_fence_messages,
+		.fence_ms = r.cfg.upstream_fence_ms,
+		.max_message_bytes = r.cfg.max_message_bytes,
+		.ping_interval_ms = r.cfg.ws_ping_interval_s * 1000,
 	};
 	if (forwarder_start(&fwd, r.queue, r.keyban, &fo, &cause) < 0)
 		goto out;

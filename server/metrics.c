@@ -41,6 +41,9 @@ static const struct hist_def hist_defs[H_HIST_COUNT] = {
 	[H_COMMIT_BATCH] = { "watchrtc_relay_commit_batch_size",
 		"Operations (inserts, deletes, moves) committed in one transaction.", 10,
 		{ 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000 } },
+	[H_FENCE_SECONDS] = { "watchrtc_relay_upstream_fence_seconds",
+		"Time from an upstream websocket fence (ping) to its pong.", 11,
+		{ 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5 } },
 };
 
 struct hist {
@@ -311,6 +314,28 @@ char *metrics_render(const struct queue_stats *qs, const struct queue_dead_reaso
 	one(&o, "watchrtc_relay_upstream_up", "gauge",
 	    "1 if the last upstream attempt got an HTTP answer, 0 if it failed.",
 	    (double)atomic_load_explicit(&gauges[G_UPSTREAM_UP], memory_order_relaxed));
+
+	one(&o, "watchrtc_relay_upstream_websockets", "gauge",
+	    "Upstream websockets open (upstream-protocol websocket).",
+	    (double)atomic_load_explicit(&gauges[G_UPWS_OPEN], memory_order_relaxed));
+	head(&o, "watchrtc_relay_upstream_upgrades_total", "counter",
+	     "Upstream websocket upgrades by result.");
+	static const struct { const char *label; enum metric_counter c; } upgrades[] = {
+		{ "open", M_UPWS_UPGRADE_OK }, { "refused", M_UPWS_UPGRADE_REFUSED },
+		{ "key_rejected", M_UPWS_UPGRADE_KEY_REJECTED }, { "failed", M_UPWS_UPGRADE_FAILED },
+	};
+	for (size_t i = 0; i < sizeof upgrades / sizeof upgrades[0]; i++)
+		out_printf(&o, "watchrtc_relay_upstream_upgrades_total{result=\"%s\"} %llu\n",
+		           upgrades[i].label, (unsigned long long)get(upgrades[i].c));
+	one(&o, "watchrtc_relay_upstream_frames_sent_total", "counter",
+	    "Messages sent as text frames on upstream websockets (resent ones included).",
+	    (double)get(M_UPWS_FRAMES));
+	one(&o, "watchrtc_relay_upstream_frames_resent_total", "counter",
+	    "Messages sent again on a new upstream websocket after one dropped before its fence.",
+	    (double)get(M_UPWS_RESENT));
+	one(&o, "watchrtc_relay_upstream_websocket_drops_total", "counter",
+	    "Open upstream websockets that ended without the relay's close (drop, backend close, "
+	    "timeout).", (double)get(M_UPWS_DROPPED));
 
 	head(&o, "watchrtc_relay_http_requests_total", "counter",
 	     "HTTP requests answered, by route and status code.");

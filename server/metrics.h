@@ -29,12 +29,20 @@ enum metric_counter {
 	M_WS_REFUSED,           /* upgrades refused */
 	M_WS_CLOSED_ERROR,      /* closed by the relay for a protocol error */
 	M_COMMITS,
+	M_UPWS_FRAMES,          /* text frames sent on upstream websockets */
+	M_UPWS_RESENT,          /* ... of them sent again after a drop */
+	M_UPWS_UPGRADE_OK,      /* upstream websocket upgrades by result: */
+	M_UPWS_UPGRADE_REFUSED,
+	M_UPWS_UPGRADE_KEY_REJECTED,
+	M_UPWS_UPGRADE_FAILED,  /* network, TLS, timeout, protocol */
+	M_UPWS_DROPPED,         /* open upstream websockets that ended without our close */
 	M_COUNTER_COUNT
 };
 
 enum metric_gauge {
 	G_WS_OPEN,              /* websocket connections open */
 	G_UPSTREAM_UP,          /* 1 if the last attempt reached the upstream */
+	G_UPWS_OPEN,            /* upstream websockets open */
 	G_GAUGE_COUNT
 };
 
@@ -42,6 +50,7 @@ enum metric_hist {
 	H_FORWARD_SECONDS,      /* one upstream POST */
 	H_COMMIT_SECONDS,       /* receipt to durable commit */
 	H_COMMIT_BATCH,         /* messages per commit (unitless) */
+	H_FENCE_SECONDS,        /* a fence's ping to its pong */
 	H_HIST_COUNT
 };
 

@@ -170,8 +170,14 @@ def load_fixture(*parts, mode="rb"):
 class Relay:
     """The relay binary under test, on a free loopback port."""
 
-    def __init__(self, upstream=None, args=(), state_dir=None):
+    def __init__(self, upstream=None, args=(), state_dir=None, protocol=None):
+        """protocol: the upstream-protocol; by default http-post in front of
+        the POST mock (mock_upstream.py, the old contract) or of nothing,
+        websocket in front of the backend mock (mock_backend.py)."""
         self.port = free_port()
+        if protocol is None:
+            protocol = "websocket" if hasattr(upstream, "frames") else "http-post"
+        self.protocol = protocol
         self.state_dir = state_dir or tempdir("relay-state-")
         self.upstream = upstream
         self.args = list(args)
@@ -182,7 +188,8 @@ class Relay:
     def command(self):
         cmd = [RELAY_BIN, "--listen-address", "127.0.0.1", "--port", str(self.port),
                "--state-dir", self.state_dir, "--log-level", "debug",
-               "--http-threads", "2", "--forward-workers", "2", "--ws-threads", "1"]
+               "--http-threads", "2", "--forward-workers", "2", "--ws-threads", "1",
+               "--upstream-protocol", self.protocol, "--upstream-ws-threads", "1"]
         if self.upstream is not None:
             cmd += ["--upstream", self.upstream.url, "--upstream-ca", os.path.join(CERTS, "ca.pem"),
                     "--retry-base-ms", "100", "--retry-max-ms", "1000"]

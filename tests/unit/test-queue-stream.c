@@ -326,19 +326,23 @@ static void test_dead(void)
 	struct queue *q = open_q("dead", false);
 	struct queue_msg *m[16];
 	struct queue_stats st;
+	int64_t first;
 	size_t n;
 
 	if (!q)
 		return;
 	queue_stream_init(q, 1, 2);
-	put(q, "s", "c", "d0");
+	first = put(q, "s", "c", "d0");
 	put(q, "s", "c", "d1");
 	put(q, "s", "c", "d2");
 	n = slease(q, 1, m, 16);
 	is_int(n, 2, "dead: two in flight");
 	free_msgs(m, n);
 	is_int(queue_dead_key(q, "k", "key_rejected"), 1, "dead: dead_key takes the unread one only");
-	queue_stream_dead(q, "s", "key_rejected", 401, "no");
+	queue_stream_dead(q, "s", first, "key_rejected", 401, "no");
+	queue_stats(q, &st);
+	is_int(st.depth, 1, "dead: up to the first in flight");
+	queue_stream_dead(q, "s", INT64_MAX, "key_rejected", 401, "no");
 	queue_stats(q, &st);
 	is_int(st.depth, 0, "dead: nothing queued");
 	is_int(st.dead, 3, "dead: all three dead-lettered");

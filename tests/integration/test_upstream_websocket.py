@@ -1,0 +1,224 @@
+"""upstream-protocol websocket end to end: SDK websockets (tests/wsc)
+through the real relay to tests/mock_backend.py, which behaves as the
+watchRTC backend does toward the SDK.  Each SDK connection must arrive as
+one upstream websocket on `/` with the SDK's query byte for byte,
+X-Forwarded-For, User-Agent and Origin, subprotocol 2.0, its messages as
+text frames byte for byte and in order, and its end as a close with the
+client's code; then drops, refused upgrades, rejected keys, reconnects, the
+learned hello and backend text after the hello."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.environ.get("TESTS_SRCDIR", os.path.join(os.path.dirname(__file__), "..")))
+from relaytest import (CERTS, FIXTURES, WSC_BIN, Relay, diag, done, eq, ok,  # noqa: E402
+                       on_exit, request, wait_until)
+from mock_backend import MockBackend  # noqa: E402
+
+ORIGIN = "https://app.example.com"
+UA = "Mozilla/5.0 (X11; Linux x86_64) relay-test"
+
+
+def query(session, key="key123", new=True, ts=1795463613117):
+    return ("apiKey=%s&timestamp=%d&apiVersion=v1&sessionId=%s&newConnection=%s"
+            % (key, ts, session, "true" if new else "false"))
+
+
+def wsc(relay, script, q, timeout=30, xff=None):
+    """Runs tests/wsc with a script; returns (exit code, events)."""
+    cmd = [WSC_BIN, "--port", str(relay.port), "--path", "/websocket?" + q,
+           "--origin", ORIGIN, "--user-agent", UA]
+    if xff:
+        cmd += ["--xff", xff]
+    p = subprocess.run(cmd, input="\n".join(script) + "\n", capture_output=True, text=True,
+                       timeout=timeout)
+    events = []
+    for line in p.stdout.splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            pass
+    if p.returncode != 0:
+        diag("wsc exited %d; stderr: %s" % (p.returncode, p.stderr[-800:]))
+    return p.returncode, events
+
+
+def texts_of(be, conn):
+    return [f["data"] for f in be.frames(opcode="text") if f["conn"] == conn]
+
+
+def conns_for(be, session):
+    return [u for u in be.upgrades() if u["status"] == 101 and ("sessionId=" + session) in u["query"]]
+
+
+def hdr(u, name):
+    for k, v in u["headers"]:
+        if k.lower() == name.lower():
+            return v
+    return None
+
+
+be = MockBackend(cert=os.path.join(CERTS, "server.pem"), key=os.path.join(CERTS, "server-key.pem"))
+be.start()
+on_exit(be.stop)
+relay = Relay(be, args=["--upstream-fence-messages", "4", "--upstream-fence-ms", "200"]).start()
+eq(relay.protocol, "websocket", "the relay runs with upstream-protocol websocket")
+
+# --- 1. the captured SDK session, byte for byte --------------------------------------
+with open(os.path.join(FIXTURES, "frames", "index.json")) as f:
+    index = json.load(f)
+names = sorted(n[:-len(".wire.bin")] for n in os.listdir(os.path.join(FIXTURES, "frames"))
+               if n.endswith(".wire.bin") and "close" not in n)
+payloads = []
+for n in names:
+    with open(os.path.join(FIXTURES, "frames", n + ".txt"), "rb") as f:
+        payloads.append(f.read())
+S1 = "hoaip931d9ncju1yin1bqm"
+Q1 = query(S1)
+script = ["recv"] + ["send-wire " + os.path.join(FIXTURES, "frames", n + ".wire.bin") for n in names]
+script += ["send-wire " + os.path.join(FIXTURES, "frames", "10-close-disconnect.wire.bin"),
+           "expect-close 1000"]
+code, events = wsc(relay, script, Q1, xff="203.0.113.7")
+eq(code, 0, "the captured SDK session replays cleanly")
+ok(be.wait(lambda b: [f for f in b.frames(opcode="close") if f["conn"] in
+                      [u["conn"] for u in conns_for(b, S1)]], 15),
+   "the upstream websocket is closed after the last message")
+ups = conns_for(be, S1)
+eq(len(ups), 1, "one upstream websocket for the one SDK connection")
+if ups:
+    u = ups[0]
+    eq(u["path"], "/", "the upgrade is on /")
+    eq(u["query"], Q1, "with the SDK's query, byte for byte")
+    eq(hdr(u, "Sec-WebSocket-Protocol"), "2.0", "subprotocol 2.0")
+    eq(hdr(u, "X-Forwarded-For"), "203.0.113.7, 127.0.0.1",
+       "X-Forwarded-For: the client's chain plus the peer")
+    eq(hdr(u, "X-Forwarded-Proto"), "https", "X-Forwarded-Proto: https")
+    eq(hdr(u, "User-Agent"), UA, "the browser's User-Agent")
+    eq(hdr(u, "Origin"), ORIGIN, "the browser's Origin")
+    got = texts_of(be, u["conn"])
+    eq(len(got), len(payloads), "every message arrived as a text frame")
+    ok(got == payloads, "byte for byte, in order")
+    closes = [f for f in be.frames(opcode="close") if f["conn"] == u["conn"]]
+    ok(closes and closes[0]["close_code"] == 1000, "the SDK's close code 1000 is replayed",
+       closes[:1])
+ok(wait_until(lambda: relay.metric("watchrtc_relay_queue_depth") == 0, 10),
+   "the queue is empty once the close was answered")
+
+# --- the learned hello ----------------------------------------------------------------
+code, events = wsc(relay, ["recv", "close 1000", "expect-close 1000"], query("learn-2"))
+hellos = [json.loads(e["text"]) for e in events if e.get("event") == "frame" and e.get("opcode") == 1]
+ok(hellos and hellos[0].get("projectId") == "mock-project",
+   "a later SDK connection of the key gets the backend's hello fields", hellos[:1])
+ok(hellos and hellos[0].get("connectionId") and hellos[0].get("connectionId") != "conn-1"
+   and len(hellos[0]["connectionId"]) == 16, "with a connectionId of its own", hellos[:1])
+code, events = wsc(relay, ["recv", "close 1000", "expect-close 1000"], query("other-1", key="unseen"))
+hellos = [json.loads(e["text"]) for e in events if e.get("event") == "frame" and e.get("opcode") == 1]
+ok(hellos and hellos[0].get("interval") == 8000 and "projectId" not in hellos[0],
+   "a key never seen upstream gets the hello-* settings", hellos[:1])
+
+
+def send_script(session, n, tag, close=1000):
+    s = ["recv"] + ["send-text {\"s\":\"%s\",\"n\":%d,\"t\":\"%s\"}" % (session, i, tag)
+                    for i in range(n)]
+    if close:
+        s += ["close %d" % close, "expect-close %d" % close]
+    return s
+
+
+def bodies(be, session, tag):
+    out = []
+    for u in conns_for(be, session):
+        for d in texts_of(be, u["conn"]):
+            try:
+                m = json.loads(d)
+            except ValueError:
+                continue
+            if m.get("t") == tag:
+                out.append(m["n"])
+    return out
+
+
+# --- 3. a drop mid-stream: what was not fenced comes again, in order -------------------
+resent0 = relay.metric("watchrtc_relay_upstream_frames_resent_total") or 0
+be.behave(drop_after=5, drop_count=1)
+code, _ = wsc(relay, send_script("drop-1", 20, "d"), query("drop-1"))
+eq(code, 0, "drop: the SDK side is unaffected")
+ok(be.wait(lambda b: sorted(set(bodies(b, "drop-1", "d"))) == list(range(20)), 20),
+   "drop: every message arrives upstream")
+got = bodies(be, "drop-1", "d")
+dedup = []
+for n in got:
+    if n not in dedup:
+        dedup.append(n)
+eq(dedup, list(range(20)), "drop: in order (first arrivals)")
+ups = conns_for(be, "drop-1")
+ok(len(ups) >= 2, "drop: a new upstream websocket after the drop", len(ups))
+first = texts_of(be, ups[0]["conn"]) if ups else []
+dups = len(got) - 20
+ok(0 <= dups <= 5, "drop: duplicates only of what the first connection had unfenced "
+   "(%d duplicates, %d frames on the first)" % (dups, len(first)))
+ok(all(got[i] < got[i + 1] for i in range(len(first), len(got) - 1)),
+   "drop: the second connection sends in order", got)
+resent = relay.metric("watchrtc_relay_upstream_frames_resent_total") or 0
+ok(resent - resent0 >= dups, "drop: resent frames are counted (%d)" % (resent - resent0))
+diag("drop: %d frames on the first connection, %d duplicates upstream, %d resent"
+     % (len(first), dups, resent - resent0))
+be.reset()
+
+# --- 4. upgrades refused with 503 + Retry-After for a while -----------------------------
+be.behave(refuse_status=503, retry_after=1, refuse_seconds=3)
+t0 = time.monotonic()
+code, _ = wsc(relay, send_script("refuse-1", 5, "r"), query("refuse-1"))
+ok(be.wait(lambda b: bodies(b, "refuse-1", "r") == list(range(5)), 25),
+   "refused: delivered once the backend takes upgrades again")
+ok(time.monotonic() - t0 >= 2.5, "refused: not before")
+refused = [u for u in be.upgrades() if u["status"] == 503 and "refuse-1" in u["query"]]
+ok(len(refused) >= 1, "refused: the relay tried and was refused (%d times)" % len(refused))
+ok((relay.metric('watchrtc_relay_upstream_upgrades_total{result="refused"}') or 0) >= 1,
+   "refused: counted by result")
+be.reset()
+
+# --- 5. the key rejected -----------------------------------------------------------------
+be.behave(refuse_status=401)
+code, _ = wsc(relay, send_script("reject-1", 3, "k"), query("reject-1", key="badkey"))
+ok(wait_until(lambda: (relay.metric('watchrtc_relay_dead_letters{reason="key_rejected"}') or 0) >= 4,
+              15), "rejected: the session's messages and its end are dead-lettered key_rejected")
+code, events = wsc(relay, ["recv", "expect-close 1008"], query("reject-2", key="badkey"))
+hellos = [json.loads(e["text"]) for e in events if e.get("event") == "frame" and e.get("opcode") == 1]
+ok(hellos and "error" in hellos[0], "rejected: the next SDK connection of the key gets the "
+   "hello error", hellos[:1])
+be.reset()
+
+# --- 6. reconnect: a new upstream websocket, only after the previous one closed ----------
+code, _ = wsc(relay, send_script("recon-1", 3, "a"), query("recon-1", new=True))
+code, _ = wsc(relay, send_script("recon-1", 3, "b"), query("recon-1", new=False, ts=1795463619999))
+ok(be.wait(lambda b: bodies(b, "recon-1", "b") == [0, 1, 2], 15), "reconnect: both connections delivered")
+ups = conns_for(be, "recon-1")
+eq(len(ups), 2, "reconnect: two upstream websockets")
+if len(ups) == 2:
+    eq(ups[1]["query"], query("recon-1", new=False, ts=1795463619999),
+       "reconnect: the second with the new query")
+    close1 = [f for f in be.frames(opcode="close") if f["conn"] == ups[0]["conn"]]
+    ok(close1 and close1[0]["time"] <= ups[1]["time"],
+       "reconnect: opened only after the first was closed")
+
+# --- 7. a fallback POST keeps its place --------------------------------------------------
+code, _ = wsc(relay, ["recv", "send-text {\"t\":\"p\",\"n\":0}"], query("post-1"), )
+st, _, _ = request(relay.port, "POST", "/websocket/trace",
+                   body=json.dumps({"sessionId": "post-1", "data": ["x", 1]}).encode(),
+                   headers={"Content-Type": "application/json", "Origin": ORIGIN})
+eq(st, 200, "post: the fallback POST is taken")
+ok(be.wait(lambda b: [p for p in b.posts() if p["path"] == "/trace" and b"post-1" in p["body"]], 15),
+   "post: it arrives at /trace")
+
+# --- 9. metrics and health ---------------------------------------------------------------
+ok((relay.metric("watchrtc_relay_upstream_frames_sent_total") or 0) >= len(payloads) + 20,
+   "metrics: frames sent")
+ok((relay.metric('watchrtc_relay_upstream_upgrades_total{result="open"}') or 0) >= 5,
+   "metrics: upgrades that opened")
+ok(relay.metric("watchrtc_relay_upstream_fence_seconds_count") is not None,
+   "metrics: fence latency")
+eq(relay.stop(), 0, "the relay stops cleanly")
+done()
