@@ -248,6 +248,7 @@ static void sess_ack(struct fsess *s, int64_t upto)
 	if (!n)
 		return;
 	queue_stream_ack(s->t->f->q, s->name, upto);
+	metrics_add(M_FORWARDED, n);
 	ring_drop(s, n);
 }
 

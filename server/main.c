@@ -155,6 +155,12 @@ static int wait_for_signal(struct relay *r)
 	}
 }
 
+/* The forwarder's websockets hand backend text to the SDK's live connection. */
+static void backend_text(void *arg, const char *session, const char *text, size_t len)
+{
+	(void)ws_server_send_text(arg, session, text, len);
+}
+
 int main(int argc, char **argv)
 {
 	struct relay r = { 0 };
@@ -269,6 +275,8 @@ int main(int argc, char **argv)
 		.fence_ms = r.cfg.upstream_fence_ms,
 		.max_message_bytes = r.cfg.max_message_bytes,
 		.ping_interval_ms = r.cfg.ws_ping_interval_s * 1000,
+		.backend_text = backend_text,
+		.backend_text_arg = r.ws,
 	};
 	if (forwarder_start(&fwd, r.queue, r.keyban, &fo, &cause) < 0)
 		goto out;

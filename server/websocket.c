@@ -64,6 +64,25 @@
 #define WS_CLOSE_PAYLOAD_MAX 125          /* a control frame's payload */
 
 struct ws_loop;
+struct ws_conn;
+
+/* Backend text for the live connection of a session (ws_server_send_text). */
+struct ws_mail {
+	struct ws_mail *next;
+	struct ws_conn *conn;             /* checked against the registry before use */
+	char *session;
+	size_t len;
+	char text[];
+};
+
+/* The registry: each session's latest connection, so that backend text
+ * reaches it from the forwarder's threads. */
+struct ws_reg {
+	struct ws_reg *next;
+	uint64_t hash;
+	struct ws_conn *conn;
+	char session[];
+};
 
 struct ws_conn {
 	struct ws_loop *loop;
@@ -97,6 +116,7 @@ struct ws_conn {
 	size_t rx_budget;                 /* bytes it may still read this turn */
 	bool rx_more;                     /* the budget ran out with bytes left */
 	bool in_again;                    /* on the loop's again list */
+	bool registered;                  /* in the server's registry */
 	struct ws_conn *again_next;
 };
 
@@ -107,6 +127,7 @@ struct ws_loop {
 	int epfd, evfd;
 	pthread_mutex_t lock;
 	struct ws_conn *handoff;          /* adopted, not yet registered (under lock) */
+	struct ws_mail *mail;             /* backend text for its connections (under lock) */
 	struct ws_conn *conns;            /* registered: loop thread only */
 	/* Connections that had more to read when their budget ran out: served
 	 * again after the others, without waiting for epoll (GnuTLS may hold
@@ -128,6 +149,9 @@ struct ws_server {
 	pthread_mutex_t open_lock;
 	pthread_cond_t open_cond;         /* signalled when open drops */
 	size_t open;                      /* adopted and not yet finished */
+	pthread_mutex_t reg_lock;         /* guards reg */
+	struct ws_reg **reg;
+	size_t reg_mask, reg_count;
 };
 
 void ws_conn_meta_free(struct ws_conn_meta *meta)
@@ -156,6 +180,94 @@ static void open_count_add(struct ws_server *s, int delta)
 	if (delta < 0)
 		pthread_cond_broadcast(&s->open_cond);
 	pthread_mutex_unlock(&s->open_lock);
+}
+
+/* --- the session registry ------------------------------------------------- */
+
+static uint64_t reg_hash(const char *s)
+{
+	uint64_t h = 14695981039346656037ULL; /* FNV-1a */
+
+	while (*s)
+		h = (h ^ (unsigned char)*s++) * 1099511628211ULL;
+	return h;
+}
+
+/* The entry of session; reg_lock held. */
+static struct ws_reg **reg_find(struct ws_server *s, const char *session, uint64_t h)
+{
+	struct ws_reg **pp;
+
+	for (pp = &s->reg[h & s->reg_mask]; *pp; pp = &(*pp)->next)
+		if ((*pp)->hash == h && !strcmp((*pp)->session, session))
+			return pp;
+	return pp;
+}
+
+static void reg_grow(struct ws_server *s)
+{
+	size_t n = (s->reg_mask + 1) * 2;
+	struct ws_reg **slot = calloc(n, sizeof *slot), *e, *next;
+
+	if (!slot)
+		return;
+	for (size_t i = 0; i <= s->reg_mask; i++)
+		for (e = s->reg[i]; e; e = next) {
+			next = e->next;
+			e->next = slot[e->hash & (n - 1)];
+			slot[e->hash & (n - 1)] = e;
+		}
+	free(s->reg);
+	s->reg = slot;
+	s->reg_mask = n - 1;
+}
+
+/* c becomes its session's live connection (loop thread). */
+static void reg_add(struct ws_server *s, struct ws_conn *c)
+{
+	const char *session = c->meta->session;
+	uint64_t h;
+	struct ws_reg **pp, *e;
+	size_t len;
+
+	if (!s->reg || !session || !*session)
+		return;
+	h = reg_hash(session);
+	len = strlen(session) + 1;
+	pthread_mutex_lock(&s->reg_lock);
+	pp = reg_find(s, session, h);
+	if (*pp) {
+		(*pp)->conn->registered = false;
+		(*pp)->conn = c;
+		c->registered = true;
+	} else if ((e = malloc(sizeof *e + len))) {
+		memcpy(e->session, session, len);
+		e->hash = h;
+		e->conn = c;
+		e->next = NULL;
+		*pp = e;
+		c->registered = true;
+		if (++s->reg_count > 2 * (s->reg_mask + 1))
+			reg_grow(s);
+	}
+	pthread_mutex_unlock(&s->reg_lock);
+}
+
+static void reg_del(struct ws_server *s, struct ws_conn *c)
+{
+	struct ws_reg **pp, *e;
+
+	if (!c->registered)
+		return;
+	pthread_mutex_lock(&s->reg_lock);
+	pp = reg_find(s, c->meta->session, reg_hash(c->meta->session));
+	if ((e = *pp) && e->conn == c) {
+		*pp = e->next;
+		free(e);
+		s->reg_count--;
+	}
+	c->registered = false;
+	pthread_mutex_unlock(&s->reg_lock);
 }
 
 static void conn_free(struct ws_conn *c)
@@ -242,6 +354,7 @@ static void conn_finish(struct ws_conn *c, const char *why)
 		c->next->prev = c->prev;
 
 	conn_store_end(c);
+	reg_del(l->srv, c);
 	log_info("ws_close", "conn=%s peer=%s key=%s session=%s code=%u by=%s messages=%" PRId64
 	         " duration_ms=%" PRId64 " reason=%s",
 	         c->id, c->meta->peer_ip ? c->meta->peer_ip : "-",
@@ -705,9 +818,90 @@ static void conn_start(struct ws_loop *l, struct ws_conn *c)
 			/* The SDK stops retrying after an {error} hello. */
 			c->refuse_data = true;
 			c->close_after_hello = true;
+		} else if (s->o.upstream_ws) {
+			reg_add(s, c);
 		}
 	}
 	conn_service(c, EPOLLIN | EPOLLOUT);
+}
+
+static void loop_signal(struct ws_loop *l);
+
+/* Delivers backend text to the connections it was meant for, if they
+ * are still their session's live connection (loop thread). */
+static void loop_deliver_mail(struct ws_loop *l)
+{
+	struct ws_server *s = l->srv;
+	struct ws_mail *list, *m, *next;
+	struct ws_reg **pp;
+	char sess[96];
+
+	pthread_mutex_lock(&l->lock);
+	list = l->mail;
+	l->mail = NULL;
+	pthread_mutex_unlock(&l->lock);
+	for (m = list; m; m = next) {
+		bool live;
+
+		next = m->next;
+		pthread_mutex_lock(&s->reg_lock);
+		pp = reg_find(s, m->session, reg_hash(m->session));
+		/* Only this thread frees its connections, and it takes them out
+		 * of the registry first: a registered pointer is alive. */
+		live = *pp && (*pp)->conn == m->conn && m->conn->loop == l;
+		pthread_mutex_unlock(&s->reg_lock);
+		if (live && !m->conn->deadline_ms) {
+			struct wslay_event_msg msg = { WSLAY_TEXT_FRAME, (const uint8_t *)m->text, m->len };
+
+			if (wslay_event_queue_msg(m->conn->ctx, &msg) == 0) {
+				log_debug("ws_backend_text", "conn=%s bytes=%zu", m->conn->id, m->len);
+				conn_service(m->conn, EPOLLOUT);
+			}
+		} else {
+			log_debug("backend_text_dropped", "session=%s bytes=%zu reason=\"no live "
+			          "connection\"", log_quote(m->session, sess, sizeof sess), m->len);
+		}
+		free(m->session);
+		free(m);
+	}
+}
+
+int ws_server_send_text(struct ws_server *s, const char *session, const char *text, size_t len)
+{
+	struct ws_reg **pp;
+	struct ws_mail *m;
+	struct ws_loop *l;
+	char sess[96];
+
+	if (!s || !session)
+		return -1;
+	m = malloc(sizeof *m + len + 1);
+	if (!m || !(m->session = strdup(session))) {
+		free(m);
+		return -1;
+	}
+	memcpy(m->text, text, len);
+	m->text[len] = '\0';
+	m->len = len;
+	pthread_mutex_lock(&s->reg_lock);
+	pp = s->reg ? reg_find(s, session, reg_hash(session)) : NULL;
+	if (!pp || !*pp) {
+		pthread_mutex_unlock(&s->reg_lock);
+		log_debug("backend_text_dropped", "session=%s bytes=%zu reason=\"no live connection\"",
+		          log_quote(session, sess, sizeof sess), len);
+		free(m->session);
+		free(m);
+		return -1;
+	}
+	m->conn = (*pp)->conn;
+	l = m->conn->loop;
+	pthread_mutex_lock(&l->lock);
+	m->next = l->mail;
+	l->mail = m;
+	pthread_mutex_unlock(&l->lock);
+	pthread_mutex_unlock(&s->reg_lock);
+	loop_signal(l);
+	return 0;
 }
 
 /* The eventfd fired: take adopted connections and shutdown requests. */
@@ -727,6 +921,7 @@ static void loop_wake(struct ws_loop *l)
 		next = c->next;
 		conn_start(l, c);
 	}
+	loop_deliver_mail(l);
 	if (atomic_load(&s->dropping)) {
 		while (l->conns)
 			conn_finish(l->conns, "shutdown deadline");
@@ -896,6 +1091,9 @@ int ws_server_create(struct ws_server **out, const struct ws_options *o, struct 
 	s->q = q;
 	s->nloops = o->threads ? o->threads : 1;
 	pthread_mutex_init(&s->open_lock, NULL);
+	pthread_mutex_init(&s->reg_lock, NULL);
+	s->reg = calloc(256, sizeof *s->reg);
+	s->reg_mask = 255;
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&s->open_cond, &ca);
@@ -1057,10 +1255,22 @@ void ws_server_destroy(struct ws_server *s)
 			close(l->epfd);
 		if (l->evfd >= 0)
 			close(l->evfd);
+		for (struct ws_mail *m = l->mail, *next; m; m = next) {
+			next = m->next;
+			free(m->session);
+			free(m);
+		}
 		if (l->srv)
 			pthread_mutex_destroy(&l->lock);
 	}
 	free(s->loops);
+	for (size_t i = 0; s->reg && i <= s->reg_mask; i++)
+		for (struct ws_reg *e = s->reg[i], *next; e; e = next) {
+			next = e->next;
+			free(e);
+		}
+	free(s->reg);
+	pthread_mutex_destroy(&s->reg_lock);
 	pthread_cond_destroy(&s->open_cond);
 	pthread_mutex_destroy(&s->open_lock);
 	free((char *)s->o.console_log_level);

@@ -70,6 +70,12 @@ size_t ws_server_open(struct ws_server *s);
 void ws_server_shutdown(struct ws_server *s, unsigned deadline_ms);
 void ws_server_destroy(struct ws_server *s);  /* accepts NULL */
 
+/* Backend text (len bytes, a complete message) for the live SDK connection
+ * of session, as a text frame: the SDK treats each JSON message as a hello.
+ * Any thread.  -1 if the session has no live connection (then it is
+ * dropped, with a debug log line) or out of memory. */
+int ws_server_send_text(struct ws_server *s, const char *session, const char *text, size_t len);
+
 /* Frees meta and its strings (accepts NULL). */
 void ws_conn_meta_free(struct ws_conn_meta *meta);
 

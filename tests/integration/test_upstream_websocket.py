@@ -204,6 +204,16 @@ if len(ups) == 2:
     ok(close1 and close1[0]["time"] <= ups[1]["time"],
        "reconnect: opened only after the first was closed")
 
+# --- backend text after the hello goes to the SDK's live connection ----------------------
+be.behave(second_message={"note": "from-backend"})
+code, events = wsc(relay, ["recv", "send-text {\"t\":\"x\"}", "expect-text from-backend",
+                           "close 1000", "expect-close 1000"], query("text-1"))
+eq(code, 0, "backend text: the SDK's live connection gets the backend's second message")
+got = [e["text"] for e in events if e.get("event") == "frame" and e.get("opcode") == 1]
+ok(any(json.loads(t) == {"note": "from-backend"} for t in got[1:]),
+   "backend text: as sent, after the relay's hello", got)
+be.reset()
+
 # --- 7. a fallback POST keeps its place --------------------------------------------------
 code, _ = wsc(relay, ["recv", "send-text {\"t\":\"p\",\"n\":0}"], query("post-1"), )
 st, _, _ = request(relay.port, "POST", "/websocket/trace",
