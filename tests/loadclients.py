@@ -185,6 +185,33 @@ def deliveries(*ups):
     return out
 
 
+def backend_deliveries(be):
+    """deliveries() for tests/mock_backend.py: {session: [(n, None), ...]} in
+    the order the backend got them, text frames on its websockets (the
+    session from their upgrade's query) and fallback POSTs alike.  A frame
+    has no Idempotency-Key: None."""
+    sessions = {u["conn"]: parse_qs(u["query"]).get("sessionId", [""])[0]
+                for u in be.upgrades() if u["status"] == 101}
+    got = []
+    for f in be.frames(opcode="text"):
+        got.append((f["time"], f["index"], sessions.get(f["conn"], ""), f["data"]))
+    for p in be.posts():
+        if p["path"] == "/trace":
+            got.append((p["time"], p["index"], None, p["body"]))
+    out = {}
+    for _, _, session, data in sorted(got, key=lambda g: (g[0], g[1])):
+        try:
+            body = json.loads(data)
+        except ValueError:
+            continue
+        if not isinstance(body, dict) or "n" not in body:
+            continue
+        if session is None:
+            session = body.get("sessionId", "")
+        out.setdefault(session, []).append((body["n"], None))
+    return out
+
+
 def audit(required, got):
     """Compares what must have arrived ({session: set of n}) with deliveries().
     Returns a dict of counts and a list of problems (empty when all holds):
@@ -197,7 +224,7 @@ def audit(required, got):
         first, seen, keys = [], set(), {}
         for n, key in seq:
             keys.setdefault(n, set()).add(key)
-            if owner.setdefault(key, (session, n)) != (session, n):
+            if key is not None and owner.setdefault(key, (session, n)) != (session, n):
                 problems.append("key %s names two messages: %r and %r"
                                 % (key, owner[key], (session, n)))
             if n not in seen:
@@ -222,10 +249,13 @@ def audit(required, got):
 
 def wait_delivered(ups, required, timeout):
     """Waits until every required message arrived at the upstream, or the
-    upstreams in the list ups; returns deliveries()."""
+    upstreams in the list ups (or the backend mock); returns deliveries()."""
     end = time.monotonic() + timeout
     while True:
-        got = deliveries(*(ups if isinstance(ups, list) else [ups]))
+        if hasattr(ups, "frames"):
+            got = backend_deliveries(ups)
+        else:
+            got = deliveries(*(ups if isinstance(ups, list) else [ups]))
         if all(need <= {n for n, _ in got.get(s, [])} for s, need in required.items()):
             return got
         if time.monotonic() >= end:
