@@ -252,8 +252,11 @@ def wait_delivered(ups, required, timeout):
     upstreams in the list ups (or the backend mock); returns deliveries()."""
     end = time.monotonic() + timeout
     while True:
-        if hasattr(ups, "frames"):
-            got = backend_deliveries(ups)
+        if hasattr(ups, "frames") or (isinstance(ups, list) and hasattr(ups[0], "frames")):
+            got = {}
+            for be in ups if isinstance(ups, list) else [ups]:
+                for session, seq in backend_deliveries(be).items():
+                    got.setdefault(session, []).extend(seq)
         else:
             got = deliveries(*(ups if isinstance(ups, list) else [ups]))
         if all(need <= {n for n, _ in got.get(s, [])} for s, need in required.items()):
