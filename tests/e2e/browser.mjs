@@ -1,16 +1,21 @@
 /*
- * browser.mjs - issue 4: the real watchRTC SDK (npm, unmodified) in a real
- * browser (Debian's chromium, headless, driven by playwright-core) sends
- * its telemetry through the relay to the mock upstream.
+ * browser.mjs - issues 4 and 16: the real watchRTC SDK (npm, unmodified) in
+ * a real browser (Debian's chromium, headless, driven by playwright-core)
+ * sends its telemetry through the relay to the backend mock
+ * (tests/mock_backend.py), which behaves as the watchRTC backend does.
  *
  * 1. websocket: a page on its own HTTPS origin runs a call between two
  *    RTCPeerConnections; the SDK streams to wss://127.0.0.1:<relay>/websocket
- *    for about SDK_RUN_MS, and the upstream fails with 503 for OUTAGE_S of it.
- *    Every message the relay accepted must reach the upstream, in order,
- *    byte for byte what the browser sent.
+ *    for about SDK_RUN_MS; meanwhile the backend drops the relay's upstream
+ *    websocket and refuses upgrades with 503 for OUTAGE_S.  Every message
+ *    the relay accepted must reach the backend as a websocket frame on / with
+ *    the socket's query and X-Forwarded-For, in order, byte for byte what
+ *    the browser sent.
  * 2. fallback: the relay restarts with --websocket false (same port, same
  *    queue); setUserRating() then goes over HTTPS (preflight + POST) and
- *    must reach the upstream at /trace, after the session's queued messages.
+ *    must reach the backend at /trace, after the session's queued messages.
+ * 3. learned hello: the relay restarts with websockets again; a second page
+ *    with the same key gets the backend's hello fields from the relay.
  *
  * Run by test_browser.py, in a network namespace that has only loopback;
  * it decides whether the test can run at all and kills every process of
@@ -22,7 +27,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 import LZString from "lz-string";
-import { closeServer, freePort, MockUpstream, Relay, startPageServer } from "./procs.mjs";
+import { closeServer, freePort, MockBackend, Relay, startPageServer } from "./procs.mjs";
 import { diag, done, eq, failed, ok, sleep, waitUntil, withTimeout } from "./tap.mjs";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -66,7 +71,7 @@ const SDK_ERROR = /watchRTC\s*(%c)?\s*ERROR/;
 
 // --- what the browser did: console, websockets (through CDP), fetches ---------
 function watchBrowser(page, cdp) {
-	const seen = { console: [], pageErrors: [], sockets: new Map(), frames: [],
+	const seen = { console: [], pageErrors: [], sockets: new Map(), frames: [], received: [],
 	               traces: new Map(), phase: "websocket" };
 	page.on("console", (m) => seen.console.push({ phase: seen.phase, type: m.type(), text: m.text() }));
 	page.on("pageerror", (e) => seen.pageErrors.push(String(e)));
@@ -85,6 +90,10 @@ function watchBrowser(page, cdp) {
 	cdp.on("Network.webSocketFrameSent", (e) => {
 		if (e.response.opcode === 1)
 			seen.frames.push({ socket: e.requestId, text: e.response.payloadData });
+	});
+	cdp.on("Network.webSocketFrameReceived", (e) => {
+		if (e.response.opcode === 1)
+			seen.received.push({ socket: e.requestId, text: e.response.payloadData });
 	});
 	cdp.on("Network.webSocketClosed", (e) => { socket(e.requestId).closed = true; });
 	// The fallback POSTs and their preflights, as the page's fetch saw them.
@@ -116,26 +125,27 @@ function decode(text) {
 	return Array.isArray(value) && Array.isArray(value[0]) ? value : [value];
 }
 
-// The upstream's 2xx answers for one session, in order of arrival, each
-// message once (a retry repeats the Idempotency-Key).
-function delivered(records, sessionId) {
-	const keys = new Set();
+// The session's text frames on the backend's websockets, in order of
+// arrival, each message once: a copy (sent again after the drop, before
+// its fence) repeats a text already seen.
+function delivered(frames, upgrades, sessionId) {
+	const conns = new Map(upgrades.filter((u) => u.status === 101 &&
+	                                      new URLSearchParams(u.query).get("sessionId") === sessionId)
+	                              .map((u) => [u.conn, u]));
+	const seen = new Set();
 	const out = [];
-	for (const r of records) {
-		const headers = Object.fromEntries(r.headers.map(([k, v]) => [k.toLowerCase(), v]));
-		const mine = r.path.startsWith("/?") ? new URLSearchParams(r.path.slice(2)).get("sessionId") === sessionId
-		                                     : r.text.includes('"sessionId":"' + sessionId + '"');
-		if (!mine || r.status < 200 || r.status > 299 || keys.has(headers["idempotency-key"]))
+	let copies = 0;
+	for (const f of frames) {
+		if (f.opcode !== "text" || !conns.has(f.conn))
 			continue;
-		keys.add(headers["idempotency-key"]);
-		out.push({ ...r, headers, websocket: r.path.startsWith("/?") });
+		if (seen.has(f.text)) {
+			copies++;
+			continue;
+		}
+		seen.add(f.text);
+		out.push({ ...f, upgrade: conns.get(f.conn) });
 	}
-	return out;
-}
-
-function messageId(rec) {
-	const key = rec.headers["idempotency-key"] || "";
-	return Number(key.slice(key.lastIndexOf("-") + 1));
+	return { frames: out, copies, conns: [...conns.values()] };
 }
 
 // --- the phases --------------------------------------------------------------------
@@ -151,36 +161,36 @@ async function checkWebsocketPhase(t) {
 	ok(query.get("apiKey") === "key123" && query.get("apiVersion") === "v1" && sessionId,
 	   "the socket URL carries apiKey=key123, apiVersion=v1 and a sessionId", sock.url);
 
-	// Every message the relay accepted reaches the upstream.
+	// Every message the relay accepted reaches the backend.
 	const accepted = await relay.metric('watchrtc_relay_messages_received_total{transport="websocket"}');
-	let got = [];
+	let got = [], d = null;
 	await waitUntil(async () => {
-		got = delivered(await mock.requests(), sessionId).filter((r) => r.websocket);
+		d = delivered(await mock.frames(), await mock.upgrades(), sessionId);
+		got = d.frames;
 		return got.length >= accepted;
 	}, DRAIN_TIMEOUT_MS);
 	ok(accepted >= 2 * MIN_DELTAS_PER_PC && got.length >= accepted,
-	   "all " + accepted + " messages the relay accepted reached the upstream after the outage",
+	   "all " + accepted + " messages the relay accepted reached the backend after the outage",
 	   "delivered " + got.length);
 	const sent = seen.frames.map((f) => f.text);
 	const firstBad = got.findIndex((r, i) => r.text !== sent[i]);
 	ok(firstBad < 0 && got.length <= sent.length,
-	   "they are what the browser sent, byte for byte, in the order it sent them",
+	   "as websocket text frames, byte for byte what the browser sent, in the order it sent them",
 	   "first difference at message " + firstBad + " of " + got.length + " (browser sent " + sent.length + ")");
-	const ids = got.map(messageId);
-	ok(ids.every((id, i) => i === 0 || id > ids[i - 1]),
-	   "the upstream got them in the relay's order, each once", ids.join(","));
-	const queries = new Map([...seen.sockets.values()].map((s) => ["/?" + new URL(s.url).search.slice(1), s]));
-	ok(got.every((r) => queries.has(r.path)), "each went to /? with its socket's query string unchanged",
-	   got.map((r) => r.path).find((p) => !queries.has(p)));
-	ok(got.every((r) => r.headers["x-forwarded-for"] === "127.0.0.1"),
-	   "each carries X-Forwarded-For: 127.0.0.1", got.map((r) => r.headers["x-forwarded-for"]));
-	eq(got.map((r) => r.headers["content-type"]).find((c) => c !== "text/plain; charset=utf-8"), undefined,
-	   "each is text/plain; charset=utf-8");
+	diag("backend: " + d.conns.length + " upstream websockets for the session, " + d.copies +
+	     " frames sent again after the drop");
+	ok(d.conns.length >= 2, "the dropped upstream websocket was opened again", d.conns.length);
+	const sockQuery = new URL(sock.url).search.slice(1);
+	ok(d.conns.every((u) => u.path === "/" && u.query === sockQuery),
+	   "every upstream websocket is on / with the socket's query, byte for byte",
+	   d.conns.map((u) => u.target));
+	ok(d.conns.every((u) => header(Object.fromEntries(u.headers), "x-forwarded-for") === "127.0.0.1" &&
+	                        header(Object.fromEntries(u.headers), "sec-websocket-protocol") === "2.0"),
+	   "each carries X-Forwarded-For: 127.0.0.1 and subprotocol 2.0", d.conns.map((u) => u.headers));
 
 	checkContent(got.map((r) => decode(r.text)));
-	const all = await mock.requests();
-	const refused = all.filter((r) => r.status === 503).length;
-	ok(refused > 0, "the upstream outage refused " + refused + " requests during the call");
+	const refused = (await mock.upgrades()).filter((u) => u.status === 503).length;
+	ok(refused > 0, "the backend outage refused " + refused + " upgrades during the call");
 	const retried = await relay.metric('watchrtc_relay_forward_attempts_total{result="retry"}');
 	ok(retried > 0, "the relay retried them (" + retried + " retries)");
 	t.deliveredWs = got.length;
@@ -265,27 +275,56 @@ async function fallbackPhase(t, firstSocket) {
 	checkConsole(seen, "fallback",
 	             /disconnectedPrematurely|cantConnectToServer|\sEvent$|WebSocket connection to .* failed/);
 
-	let got = [];
+	let posts = [];
 	const trace = await waitUntil(async () => {
-		got = delivered(await mock.requests(), t.sessionId);
-		return got.find((r) => r.path === "/trace");
+		posts = await mock.posts();
+		return posts.find((p) => p.path === "/trace" && p.text.includes('"sessionId":"' + t.sessionId + '"'));
 	}, DRAIN_TIMEOUT_MS);
-	ok(trace, "the rating reached the upstream at /trace");
+	ok(trace, "the rating reached the backend at /trace");
 	if (!trace)
 		return;
 	const body = JSON.parse(trace.text);
 	ok(body.data?.[0] === "userRating" && body.data[2]?.rating === 5 && body.data[2]?.ratingComment === "x",
 	   "it is the page's userRating 5, \"x\"", body);
-	eq(trace.headers["x-forwarded-for"], "127.0.0.1", "with X-Forwarded-For: 127.0.0.1");
-	const ws = got.filter((r) => r.websocket);
-	ok(ws.length >= t.deliveredWs && got.indexOf(trace) === got.length - 1 &&
-	   ws.every((r, i) => r.text === seen.frames[i]?.text),
-	   "after the session's " + ws.length + " websocket messages, still in order and unchanged");
+	eq(header(Object.fromEntries(trace.headers), "x-forwarded-for"), "127.0.0.1",
+	   "with X-Forwarded-For: 127.0.0.1");
+	const d = delivered(await mock.frames(), await mock.upgrades(), t.sessionId);
+	const last = d.frames[d.frames.length - 1];
+	ok(d.frames.length >= t.deliveredWs && last && last.time <= trace.time &&
+	   d.frames.every((r, i) => r.text === seen.frames[i]?.text),
+	   "after the session's " + d.frames.length + " websocket messages, still in order and unchanged");
+}
+
+// A second page of the same key: its hello carries the fields the backend
+// gave the first page's upstream websocket (learned, kept across restarts).
+async function secondPagePhase(t, config) {
+	const { relay } = t;
+	eq(await relay.stop(), 0, "the relay stops again");
+	await relay.start(["--hello-interval-ms", String(COLLECTION_MS)]);
+	const page = await t.context.newPage();
+	const cdp = await t.context.newCDPSession(page);
+	await cdp.send("Network.enable");
+	const seen = watchBrowser(page, cdp);
+	seen.phase = "second page";
+	await page.goto("https://127.0.0.1:" + t.pageServer.address().port + "/", { timeout: STEP_TIMEOUT_MS });
+	await withTimeout(page.evaluate((c) => e2eStart(c), config), STEP_TIMEOUT_MS, "the second call");
+	const got = await waitUntil(() => seen.received[0], WS_OPEN_TIMEOUT_MS);
+	let hello = {};
+	try {
+		hello = JSON.parse(got?.text ?? "{}");
+	} catch (e) {
+		hello = { unparsed: got?.text };
+	}
+	ok(hello.projectId === "mock-project" && hello.interval === 5000 && hello.sendInterval === 2,
+	   "a second page with the same key gets the backend's hello fields", hello);
+	ok(typeof hello.connectionId === "string" && hello.connectionId.length === 16,
+	   "and a connectionId of the relay's own", hello.connectionId);
+	await page.close();
 }
 
 async function run(t) {
 	const tmp = t.tmp;
-	t.mock = await new MockUpstream(PYTHON, TESTS_DIR, tmp, fs.readFileSync(path.join(CERTS_DIR, "ca.pem"))).start();
+	t.mock = await new MockBackend(PYTHON, TESTS_DIR, tmp, fs.readFileSync(path.join(CERTS_DIR, "ca.pem"))).start();
 	t.relay = new Relay(RELAY_BIN, { port: await freePort(), stateDir: path.join(tmp, "state"),
 	                                 upstreamPort: t.mock.port, certsDir: CERTS_DIR,
 	                                 logPath: path.join(tmp, "relay.log") });
@@ -296,7 +335,7 @@ async function run(t) {
 		"/page.js": { path: path.join(HERE, "page.js"), type: "text/javascript" },
 		"/watchrtc-sdk.js": { path: sdk, type: "text/javascript" },
 	});
-	diag("mock upstream :" + t.mock.port + ", relay :" + t.relay.port + ", page :" +
+	diag("mock backend :" + t.mock.port + ", relay :" + t.relay.port + ", page :" +
 	     t.pageServer.address().port);
 
 	t.context = await withTimeout(chromium.launchPersistentContext(path.join(tmp, "profile"), {
@@ -322,14 +361,18 @@ async function run(t) {
 	if (!ok(opened, "the SDK opened its websocket to the relay", [...t.seen.sockets.values()]))
 		return;
 	await sleep(OUTAGE_AFTER_MS);
-	await t.mock.behave({ status: 503, seconds: OUTAGE_S });
-	diag("upstream answers 503 for " + OUTAGE_S + " s");
+	// The open upstream websocket drops at its next frame; new ones are
+	// refused for OUTAGE_S.
+	await t.mock.behave({ drop_after: 1, drop_count: 1, refuse_status: 503, retry_after: 1,
+	                      refuse_seconds: OUTAGE_S });
+	diag("backend drops the upstream websocket and refuses upgrades for " + OUTAGE_S + " s");
 	await sleep(SDK_RUN_MS - OUTAGE_AFTER_MS);
 	diag("browser sent " + t.seen.frames.length + " messages on " + t.seen.sockets.size + " socket(s)");
-	eq(t.seen.sockets.size, 1, "the socket stayed up through the upstream outage");
+	eq(t.seen.sockets.size, 1, "the socket stayed up through the backend outage");
 	checkConsole(t.seen, "websocket");
 	const first = await checkWebsocketPhase(t);
 	await fallbackPhase(t, first);
+	await secondPagePhase(t, config);
 }
 
 // Stops everything the test started; safe to call more than once.
@@ -338,7 +381,7 @@ function cleanup(t) {
 		const steps = [
 			["closing the browser", () => t.context?.close()],
 			["stopping the relay", () => t.relay?.stop()],
-			["stopping the mock upstream", () => t.mock?.stop()],
+			["stopping the mock backend", () => t.mock?.stop()],
 			["closing the page server", () => t.pageServer && closeServer(t.pageServer)],
 		];
 		for (const [what, fn] of steps)

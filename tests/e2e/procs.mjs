@@ -109,10 +109,10 @@ export function request(ca, port, method, urlPath, body) {
 
 // tests/mock_upstream.py, which records what the relay forwards.
 export class MockUpstream {
-	constructor(python, testsDir, tmpDir, ca) {
+	constructor(python, testsDir, tmpDir, ca, script = "mock_upstream.py") {
 		this.ca = ca;
-		this.child = new Child([python, path.join(testsDir, "mock_upstream.py"), "--port", "0",
-		                        "--exit-on-eof"], path.join(tmpDir, "mock.log"), "pipe");
+		this.child = new Child([python, path.join(testsDir, script), "--port", "0",
+		                        "--exit-on-eof"], path.join(tmpDir, script + ".log"), "pipe");
 		// Its stdout is the log file; the port is the log's first line.
 		this.port = 0;
 	}
@@ -146,6 +146,25 @@ export class MockUpstream {
 		this.child.proc.stdin?.end();
 		return this.child.stop();
 	}
+}
+
+// tests/mock_backend.py: the backend as the SDK sees it (websocket on /,
+// hello first; POST /trace and /error), with its records over HTTPS.
+export class MockBackend extends MockUpstream {
+	constructor(python, testsDir, tmpDir, ca) {
+		super(python, testsDir, tmpDir, ca, "mock_backend.py");
+	}
+
+	async records(kind) {
+		const res = await request(this.ca, this.port, "GET", "/_mock/" + kind);
+		if (res.status !== 200)
+			throw new Error("mock backend /_mock/" + kind + " answered " + res.status);
+		return JSON.parse(res.body);
+	}
+
+	upgrades() { return this.records("upgrades"); }
+	frames() { return this.records("frames"); }
+	posts() { return this.records("posts"); }
 }
 
 // The relay under test.  It keeps its port and state directory across
