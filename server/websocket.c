@@ -725,9 +725,8 @@ static void loop_serve_again(struct ws_loop *l)
 	}
 }
 
-/* The hello of a key the upstream's hello was learned for: its fields
- * (those about one connection were left out when it was stored), and this
- * connection's own connectionId.  NULL if none was learned. */
+/* The fields learned from the upstream's hello for c's key (those about
+ * one connection were left out when it was stored), or NULL. */
 static json_t *hello_learned(const struct ws_server *s, const struct ws_conn *c)
 {
 	char *text;
@@ -740,25 +739,24 @@ static json_t *hello_learned(const struct ws_server *s, const struct ws_conn *c)
 		return NULL;
 	obj = json_loads(text, 0, NULL);
 	free(text);
-	if (obj && (!json_is_object(obj) ||
-	            json_object_set_new(obj, "connectionId", json_string(c->id)) != 0)) {
+	if (obj && !json_is_object(obj)) {
 		json_decref(obj);
 		obj = NULL;
 	}
 	return obj;
 }
 
+/* The hello-* settings, then what the upstream's hello for this key said
+ * over them, then this connection's own connectionId. */
 static char *hello_text(const struct ws_server *s, const struct ws_conn *c)
 {
 	const struct ws_options *o = &s->o;
-	json_t *obj;
+	json_t *obj, *learned = NULL;
 	char *text = NULL;
 
 	if (c->meta->key_rejected)
 		obj = json_pack("{s:s}", "error",
 		                c->meta->key_reason ? c->meta->key_reason : "api key rejected by upstream");
-	else if ((obj = hello_learned(s, c)) != NULL)
-		goto dump;
 	else
 		obj = json_pack("{s:s, s:I, s:I, s:b, s:s}", "connectionId", c->id,
 		                "interval", (json_int_t)o->interval_ms,
@@ -771,9 +769,13 @@ static char *hello_text(const struct ws_server *s, const struct ws_conn *c)
 	if (!c->meta->key_rejected && o->project_id && *o->project_id &&
 	    json_object_set_new(obj, "projectId", json_string(o->project_id)) != 0)
 		goto out;
-dump:
+	if (!c->meta->key_rejected && (learned = hello_learned(s, c)) != NULL &&
+	    (json_object_update(obj, learned) != 0 ||
+	     json_object_set_new(obj, "connectionId", json_string(c->id)) != 0))
+		goto out;
 	text = json_dumps(obj, JSON_COMPACT);
 out:
+	json_decref(learned);
 	json_decref(obj);
 	return text;
 }

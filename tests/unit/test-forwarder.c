@@ -31,6 +31,7 @@
 #include <jansson.h>
 
 #include "forwarder.h"
+#include "forwarder_ws.h"
 #include "keyban.h"
 #include "log.h"
 #include "queue.h"
@@ -1053,6 +1054,31 @@ out:
 	remove_dir(e.dir);
 }
 
+/* --- the hello fields later SDK connections of a key get ------------------ */
+
+static void test_hello_learnable(void)
+{
+	char *h;
+
+	h = fws_hello_learnable("{\"connectionId\":\"c-1\",\"projectId\":\"p\",\"interval\":5000,"
+	                        "\"SessionToken\":\"x\",\"socketId\":3,\"sendInterval\":2}");
+	is_str(h, "{\"projectId\":\"p\",\"interval\":5000,\"sendInterval\":2}",
+	       "hello: connection, session and socket fields are left out, the rest kept in order");
+	free(h);
+	h = fws_hello_learnable("{\"error\":\"bad key\"}");
+	ok(h == NULL, "hello: an error is not learned");
+	free(h);
+	h = fws_hello_learnable("[1,2]");
+	ok(h == NULL, "hello: not an object: nothing");
+	free(h);
+	h = fws_hello_learnable("{\"projectId\":");
+	ok(h == NULL, "hello: not JSON: nothing");
+	free(h);
+	h = fws_hello_learnable("{}");
+	is_str(h, "{}", "hello: an empty object stays one");
+	free(h);
+}
+
 int main(void)
 {
 	alarm(TEST_TIME_LIMIT_S);
@@ -1062,6 +1088,7 @@ int main(void)
 	test_backoff();
 	test_keyban();
 	test_round_trips();
+	test_hello_learnable();
 	curl_global_cleanup();
 	return done_testing();
 }
