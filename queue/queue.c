@@ -239,6 +239,7 @@ static int queue_alloc(struct queue **out, const char *path, const struct queue_
 	if (q->opt.max_age_ms > INT64_MAX / 2)
 		q->opt.max_age_ms = 0;
 	q->writable = true;
+	q->streams_published = UINT64_MAX;
 	q->path = strdup(path);
 	if (q->path == NULL || qidx_init(q) != QUEUE_OK)
 		return QUEUE_ENOMEM;

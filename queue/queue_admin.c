@@ -124,6 +124,11 @@ int queue_admin_stats(struct queue_admin *a, struct queue_admin_stats *st, char 
 	what = "instance id";
 	rc = qstore_query_text(a->db, "SELECT value FROM meta WHERE key = 'instance_id'",
 	                       st->instance_id, sizeof st->instance_id);
+	if (rc != SQLITE_OK)
+		goto out;
+	what = "upstream sessions";
+	rc = qstore_query_int(a->db, "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'streams'",
+	                      (int64_t *)&st->sessions_upstream);
 out:
 	if (rc != SQLITE_OK && rc != SQLITE_ROW)
 		rc = fail(a, cause, rc, what);

@@ -40,6 +40,9 @@ struct queue_admin_stats {
 	uint64_t dead;            /* dead letters */
 	int64_t schema_version;
 	char instance_id[17];     /* "" if the database has none yet */
+	/* Sessions the running relay had taken for its upstream websockets, as
+	 * it last wrote (within a second); meaningless if no relay runs. */
+	uint64_t sessions_upstream;
 };
 int queue_admin_stats(struct queue_admin *a, struct queue_admin_stats *st, char **cause)
 	__attribute__((warn_unused_result));

@@ -248,6 +248,7 @@ struct queue {
 	struct rlist ws_ready;
 	struct rlist *oready;           /* owners + 1 of them */
 	uint64_t streams;               /* sessions owned */
+	uint64_t streams_published;     /* the count in meta 'streams' (writer thread) */
 	struct session **heap;          /* S_WAITING sessions, soonest due first */
 	size_t heap_len, heap_cap;
 	struct entry *live_head, *live_tail;

@@ -273,6 +273,25 @@ static enum pickup_next pickup(struct queue *q, enum pickup_next next)
 	return n == PICKUP_MAX ? PICKUP_NOW : PICKUP_ON_CHANGE;
 }
 
+/* Keeps meta 'streams' (sessions a stream owner has: those with an open
+ * upstream websocket or on their way to one) for the queue CLI, which
+ * cannot see this process's memory.  At most once a tick, and only when it
+ * changed.  Called and returns with q->mu held. */
+static void streams_publish(struct queue *q)
+{
+	uint64_t n = q->streams;
+	char sql[96];
+
+	if (!q->streams_on || !q->writable || q->closing || n == q->streams_published)
+		return;
+	pthread_mutex_unlock(&q->mu);
+	snprintf(sql, sizeof sql, "INSERT OR REPLACE INTO meta (key, value) VALUES ('streams', '%llu')",
+	         (unsigned long long)n);
+	if (sqlite3_exec(q->db, sql, NULL, NULL, NULL) == SQLITE_OK)
+		q->streams_published = n;
+	pthread_mutex_lock(&q->mu);
+}
+
 void *qwriter_main(void *arg)
 {
 	struct queue *q = arg;
@@ -287,6 +306,7 @@ void *qwriter_main(void *arg)
 			if (q->opt.max_age_ms > 0)
 				expire_pass(q);
 			next = pickup(q, next);
+			streams_publish(q);
 			next_tick = now + TICK_MS;
 			qnotify_unlock(q);
 			pthread_mutex_lock(&q->mu);

@@ -211,6 +211,9 @@ static int cmd_stats(struct cli *c, struct queue_admin *a)
 		printf("relay         %s\n", c->relay_running ? "running" : "not running");
 		printf("queued        %" PRIu64 " messages, %" PRIu64 " bytes, %" PRIu64 " sessions\n",
 		       st.depth, st.bytes, st.sessions);
+		if (c->relay_running)
+			printf("upstream      %" PRIu64 " sessions on upstream websockets\n",
+			       st.sessions_upstream);
 		if (st.oldest_ms > 0)
 			printf("oldest        received %s, %s ago\n", fmt_time(st.oldest_ms, t, sizeof t),
 			       fmt_age(now_ms() - st.oldest_ms, age, sizeof age));
@@ -237,6 +240,9 @@ static int cmd_stats(struct cli *c, struct queue_admin *a)
 		"oldest_age_ms", (json_int_t)(st.oldest_ms > 0 ? now_ms() - st.oldest_ms : 0),
 		"waiting_retry", h.list, "sessions_waiting_retry", (json_int_t)h.count,
 		"dead_letters", (json_int_t)st.dead, "dead_by_reason", reasons);
+	if (doc)
+		json_object_set_new(doc, "sessions_upstream",
+		                    json_integer(c->relay_running ? (json_int_t)st.sessions_upstream : 0));
 	return print_json(doc);
 fail:
 	json_decref(h.list);

@@ -114,6 +114,17 @@ enum MHD_Result route_health(struct relay *r, struct MHD_Connection *c,
 	                (json_int_t)(age > 0 ? age : 0), "dead_letters", (json_int_t)st.dead);
 	if (obj && reason)
 		json_object_set_new(obj, "reason", json_string(reason));
+	/* The upstream as both transports last saw it (POSTs and upgrades). */
+	if (obj) {
+		int64_t down_since = metrics_upstream_down_since_ms();
+
+		json_object_set_new(obj, "upstream", json_string(down_since > 0 ? "down" : "up"));
+		if (down_since > 0)
+			json_object_set_new(obj, "upstream_down_ms", json_integer(now_ms() - down_since));
+		json_object_set_new(obj, "upstream_websockets",
+		                    json_integer(metrics_gauge_get(G_UPWS_OPEN)));
+		json_object_set_new(obj, "sessions_upstream", json_integer((json_int_t)st.streams));
+	}
 	text = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
 	json_decref(obj);
 	if (!text)

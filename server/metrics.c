@@ -94,6 +94,11 @@ void metrics_gauge_set(enum metric_gauge g, int64_t value)
 	}
 }
 
+int64_t metrics_gauge_get(enum metric_gauge g)
+{
+	return atomic_load_explicit(&gauges[g], memory_order_relaxed);
+}
+
 int64_t metrics_upstream_down_since_ms(void)
 {
 	return atomic_load(&upstream_down_since_ms);

@@ -58,6 +58,9 @@ void metrics_add(enum metric_counter c, uint64_t n);
 void metrics_gauge_add(enum metric_gauge g, int64_t delta);
 void metrics_gauge_set(enum metric_gauge g, int64_t value);
 void metrics_observe(enum metric_hist h, double value);
+/* A gauge's value now. */
+int64_t metrics_gauge_get(enum metric_gauge g);
+
 /* When the upstream started failing (ms since the epoch), or 0 if it is up. */
 int64_t metrics_upstream_down_since_ms(void);
 /* One HTTP answer: route is a short static name ("trace", "healthcheck"). */

@@ -13,8 +13,8 @@ import sys
 import time
 
 sys.path.insert(0, os.environ.get("TESTS_SRCDIR", os.path.join(os.path.dirname(__file__), "..")))
-from relaytest import (CERTS, FIXTURES, WSC_BIN, Relay, diag, done, eq, ok,  # noqa: E402
-                       on_exit, request, wait_until)
+from relaytest import (CERTS, FIXTURES, RELAY_BIN, WSC_BIN, Relay, diag, done, eq,  # noqa: E402
+                       ok, on_exit, request, wait_until)
 from mock_backend import MockBackend  # noqa: E402
 
 ORIGIN = "https://app.example.com"
@@ -223,7 +223,29 @@ eq(st, 200, "post: the fallback POST is taken")
 ok(be.wait(lambda b: [p for p in b.posts() if p["path"] == "/trace" and b"post-1" in p["body"]], 15),
    "post: it arrives at /trace")
 
-# --- 9. metrics and health ---------------------------------------------------------------
+# --- 9. an open SDK connection keeps its upstream websocket open: health, CLI ---------------
+live = subprocess.Popen([WSC_BIN, "--port", str(relay.port), "--path", "/websocket?" + query("live-1"),
+                         "--origin", ORIGIN], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL, text=True)
+on_exit(live.kill)
+live.stdin.write("recv\nsend-text {\"t\":\"live\"}\nsleep 4000\nclose 1000\nexpect-close 1000\n")
+live.stdin.flush()
+ok(be.wait(lambda b: [f for f in b.frames(opcode="text") if b'"live"' in f["data"]], 10),
+   "live: the message arrived")
+st, hc = relay.health()
+ok(hc.get("upstream") == "up" and hc.get("upstream_websockets", 0) >= 1 and
+   hc.get("sessions_upstream", 0) >= 1,
+   "/healthcheck: the upstream is up, with its websockets and sessions", hc)
+ok(wait_until(lambda: json.loads(subprocess.run(
+    [RELAY_BIN, "queue", "--state-dir", relay.state_dir, "--json", "stats"], capture_output=True,
+    text=True).stdout or "{}").get("sessions_upstream", 0) >= 1, 5),
+   "queue stats: sessions on upstream websockets")
+ok(not [f for f in be.frames(opcode="close") if f["conn"] in [u["conn"] for u in conns_for(be, "live-1")]],
+   "live: its upstream websocket stays open while the SDK connection is")
+live.stdin.close()
+live.wait(15)
+
+# --- metrics ------------------------------------------------------------------------------
 ok((relay.metric("watchrtc_relay_upstream_frames_sent_total") or 0) >= len(payloads) + 20,
    "metrics: frames sent")
 ok((relay.metric('watchrtc_relay_upstream_upgrades_total{result="open"}') or 0) >= 5,
