@@ -198,6 +198,15 @@ static void ws_fail(struct upstream_ws *ws, enum upws_class cls, const char *fmt
 	ws_end(ws, cls, 0, -1, reason, true);
 }
 
+/* The answer head's buffer is not needed once wslay has its leftovers:
+ * thousands of open websockets should not keep 8 KB each for it. */
+static void ws_drop_rx(struct upstream_ws *ws)
+{
+	free(ws->rx);
+	ws->rx = NULL;
+	ws->rx_len = ws->rx_off = 0;
+}
+
 /* A connection that failed: before on_open it never carried anything. */
 static enum upws_class lost_class(const struct upstream_ws *ws)
 {
@@ -480,6 +489,10 @@ static int ws_do_upgrade(struct upstream_ws *ws)
 	struct uphs_response resp;
 	ssize_t n;
 
+	if (!ws->rx && !(ws->rx = malloc(UPHS_MAX_RESPONSE_HEAD))) {
+		ws_fail(ws, UPWS_NETWORK, "out of memory");
+		return -1;
+	}
 	while (ws->req) {
 		n = gnutls_record_send(ws->tls, ws->req + ws->req_off, ws->req_len - ws->req_off);
 		if (n == GNUTLS_E_INTERRUPTED)
@@ -517,6 +530,8 @@ static int ws_do_upgrade(struct upstream_ws *ws)
 			continue;
 		case UPHS_UPGRADED:
 			ws->rx_off = resp.head_len;
+			if (ws->rx_off == ws->rx_len)
+				ws_drop_rx(ws);
 			if (ws_start_frames(ws) < 0) {
 				ws_fail(ws, UPWS_NETWORK, "out of memory");
 				return -1;
@@ -537,6 +552,7 @@ static int ws_do_upgrade(struct upstream_ws *ws)
 }
 
 /* --- frames ------------------------------------------------------------------------- */
+
 
 static ssize_t on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
                        void *user)
@@ -560,6 +576,8 @@ static ssize_t on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
 		n = (ssize_t)(ws->rx_len - ws->rx_off < len ? ws->rx_len - ws->rx_off : len);
 		memcpy(buf, ws->rx + ws->rx_off, (size_t)n);
 		ws->rx_off += (size_t)n;
+		if (ws->rx_off == ws->rx_len)
+			ws_drop_rx(ws);
 	} else {
 		do
 			n = gnutls_record_recv(ws->tls, buf, len);
@@ -1035,9 +1053,8 @@ int upstream_ws_new(struct upstream_ws **out, struct upstream_client *c, struct 
 	ev_io_init(&ws->io, -1, ws_io_cb);
 	if (ws_make_request(ws, req, cause) < 0)
 		goto fail;
-	ws->rx = malloc(UPHS_MAX_RESPONSE_HEAD);
 	ws->cn = connector_get(c, loop);
-	if (!ws->rx || !ws->cn || ws_tls_init(ws) < 0 || ws_start_connect(ws) < 0) {
+	if (!ws->cn || ws_tls_init(ws) < 0 || ws_start_connect(ws) < 0) {
 		*cause = strdup("out of resources for an upstream websocket");
 		goto fail;
 	}
