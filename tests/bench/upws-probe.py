@@ -36,6 +36,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--conns", type=int, default=1000)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--only", choices=("shared", "curl-tls"),
+                    help="measure one design only (e.g. --only shared --conns 3000)")
     args = ap.parse_args()
     builddir = os.environ.get("BUILDDIR", os.getcwd())
     probe = os.path.join(builddir, "tests", "bench", "upws-probe")
@@ -86,6 +88,8 @@ def main():
                    ("curl-tls+capath", "one", one, ["--capath-default"]))
         for run in range(args.runs):
             for mode, ca_name, ca, extra in configs:
+                if args.only and mode.split("+")[0] != args.only:
+                    continue
                 p = subprocess.run([probe, "--mode", mode.split("+")[0], "--url", url,
                                     "--ca", ca, "--conns", str(args.conns)] + extra,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=1800)
@@ -112,10 +116,11 @@ def main():
                 + (" + /etc/ssl/certs" if mode.endswith("capath") else ""),
                 med("rss_per_conn_kb"), med("rss_trimmed_per_conn_kb"), med("cpu_per_conn_ms"),
                 med("seconds")))
-        sh = statistics.median(r["rss_per_conn_kb"] for r in results[("shared", "bundle")])
-        cu = statistics.median(r["rss_per_conn_kb"] for r in results[("curl-tls", "bundle")])
-        print()
-        print("RSS ratio with the bundle, shared / libcurl TLS: %.3f" % (sh / cu if cu else 0))
+        if ("shared", "bundle") in results and ("curl-tls", "bundle") in results:
+            sh = statistics.median(r["rss_per_conn_kb"] for r in results[("shared", "bundle")])
+            cu = statistics.median(r["rss_per_conn_kb"] for r in results[("curl-tls", "bundle")])
+            print()
+            print("RSS ratio with the bundle, shared / libcurl TLS: %.3f" % (sh / cu))
         print()
         for f in facts:
             print("    " + f)

@@ -194,6 +194,29 @@ lines, rc = run(be, "--send", 0, "--ping-interval-ms", 100, "--pong-timeout-ms",
 eq(end_of(lines).get("class"), "timeout", "keepalive pings unanswered: timeout")
 be.reset()
 
+# A listener whose accept queue is full drops our SYN: connect timeout.
+full = socket.socket()
+full.bind(("127.0.0.1", 0))
+full.listen(0)
+on_exit(full.close)
+fillers = []
+for _ in range(3):
+    f = socket.socket()
+    f.setblocking(False)
+    try:
+        f.connect(full.getsockname())
+    except BlockingIOError:
+        pass
+    fillers.append(f)
+    on_exit(f.close)
+time.sleep(0.2)
+t0 = time.monotonic()
+lines, rc = run(be, "--connect-timeout-ms", 500, "--handshake-timeout-ms", 5000,
+                url="https://127.0.0.1:%d" % full.getsockname()[1])
+e = end_of(lines)
+eq((e.get("class"), e.get("opened")), ("timeout", "0"), "no answer to the SYN: connect timeout")
+ok(time.monotonic() - t0 < 4, "after about connect-timeout-ms", e.get("reason"))
+
 # A server that accepts and never speaks TLS: handshake timeout.
 silent = socket.socket()
 silent.bind(("127.0.0.1", 0))
