@@ -128,7 +128,7 @@ struct upstream_ws {
 	struct pending *held, **held_tail;
 	size_t held_bytes;
 	size_t rx_budget;
-	bool rx_more, io_failed, ended, freed, close_held;
+	bool rx_more, io_failed, ended, freed;
 	bool hello_error;             /* close 1000 queued after an {error} hello */
 	char *hello_reason;
 	uint16_t close_code_rx;

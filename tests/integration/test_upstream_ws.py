@@ -115,6 +115,22 @@ ok(len(got) == 3 and all(len(t) == 300000 + len('{"n":1,"pad":""}') for t in got
    "300 KB messages arrive whole", [len(t) for t in got])
 eq(end_of(lines).get("class"), "closed", "and the websocket closes cleanly")
 
+# Many websockets on one event loop at once: each its own frames, in order.
+be.reset()
+N = 150
+t0 = time.monotonic()
+lines, rc = run(be, "--conns", N, "--send", 20, "--fence-every", 5, "--interval-ms", 5,
+                timeout=120)
+ends = [line.split()[2] for line in lines if line.split()[1:2] == ["end"]]
+eq((len(ends), set(ends)), (N, {"closed"}), "%d websockets on one loop all close cleanly" % N)
+eq(sum(1 for line in lines if line.split()[1:2] == ["fence"]), 4 * N, "every fence answered")
+by_conn = {}
+for f in be.frames(opcode="text"):
+    by_conn.setdefault(f["conn"], []).append(f["text"])
+ok(len(by_conn) == N and all(v == want for v in by_conn.values()),
+   "each connection's 20 frames arrived whole and in order (%.1f s)" % (time.monotonic() - t0))
+be.reset()
+
 # Keepalive pings while nothing is sent.
 be.reset()
 lines, rc = run(be, "--send", 0, "--ping-interval-ms", 150, "--hold-ms", 800)
@@ -251,6 +267,22 @@ be.reset()
 lines, rc = run(be, "--send", 1, url="https://localhost:%d" % be.port)
 eq(end_of(lines).get("class"), "closed", "a host name checked against the certificate")
 be.reset()
+
+# IPv6: the address in brackets, checked against the certificate's IP entry.
+try:
+    be6 = MockBackend(cert=os.path.join(CERTS, "server.pem"),
+                      key=os.path.join(CERTS, "server-key.pem"), host="::1")
+except OSError:
+    be6 = None
+if be6:
+    be6.start()
+    on_exit(be6.stop)
+    lines, rc = run(be6, "--send", 2, url=be6.url)
+    eq(end_of(lines).get("class"), "closed", "an IPv6 backend: %s" % be6.url)
+    eq([h[1] for h in be6.upgrades()[0]["headers"] if h[0] == "Host"], ["[::1]:%d" % be6.port],
+       "Host names it in brackets")
+else:
+    ok(True, "# SKIP no IPv6 loopback")
 
 # --- the request builder refuses what cannot stand in a request ----------------------------------
 for bad in ["a=1\r\nX-Evil: 1", "a=1 HTTP/1.1", "a=\x01"]:
