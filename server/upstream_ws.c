@@ -33,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <sys/socket.h>
@@ -298,7 +299,6 @@ static void connector_timer_cb(struct evloop *l, struct ev_timer *t)
 static void ws_connected(struct upstream_ws *ws, CURLcode rc)
 {
 	curl_socket_t s = CURL_SOCKET_BAD;
-	long os_errno = 0;
 
 	if (rc == CURLE_OK && (curl_easy_getinfo(ws->easy, CURLINFO_ACTIVESOCKET, &s) != CURLE_OK ||
 	                       s == CURL_SOCKET_BAD))
@@ -310,8 +310,6 @@ static void ws_connected(struct upstream_ws *ws, CURLcode rc)
 			ws_fail(ws, UPWS_NETWORK, "dup: %s", strerror(errno));
 			return;
 		}
-	} else {
-		curl_easy_getinfo(ws->easy, CURLINFO_OS_ERRNO, &os_errno);
 	}
 	curl_multi_remove_handle(ws->cn->multi, ws->easy);
 	curl_easy_cleanup(ws->easy);
@@ -1272,6 +1270,13 @@ int upstream_client_new(struct upstream_client **out, const struct upstream_clie
 		goto fail;
 	proxy = o->proxy && *o->proxy ? o->proxy : env_proxy("https_proxy", "HTTPS_PROXY");
 	noproxy = o->proxy && *o->proxy ? NULL : env_proxy("no_proxy", "NO_PROXY");
+	/* An HTTPS proxy would wrap the tunnel in libcurl's own TLS session,
+	 * which does not survive the dup(): only plain tunnels are taken. */
+	if (proxy && !strncasecmp(proxy, "https://", 8)) {
+		*cause = dup_printf("egress proxy %s: an https:// proxy is not supported for "
+		                    "upstream websockets (use http:// or socks5://)", proxy);
+		goto fail;
+	}
 	c->proxy = strdup(proxy ? proxy : "");
 	c->noproxy = noproxy ? strdup(noproxy) : NULL;
 	if (!c->proxy || (noproxy && !c->noproxy)) {

@@ -42,9 +42,10 @@ struct upstream_client_options {
 	const char *ca_file;             /* NULL or "": the system trust */
 	bool insecure;                   /* no certificate or host name check */
 	/* Egress proxy for the CONNECT tunnel: a URL as libcurl takes it
-	 * (http://[user:pass@]host:port).  NULL or "": https_proxy / HTTPS_PROXY
-	 * and no_proxy / NO_PROXY from the environment (the real target is
-	 * https even though libcurl only sees http://host:port). */
+	 * (http://[user:pass@]host:port, or socks5://; not https://, whose TLS
+	 * would be libcurl's).  NULL or "": https_proxy / HTTPS_PROXY and
+	 * no_proxy / NO_PROXY from the environment (the real target is https
+	 * even though libcurl only sees http://host:port). */
 	const char *proxy;
 	unsigned connect_timeout_ms;     /* DNS, TCP and the proxy's CONNECT */
 	unsigned handshake_timeout_ms;   /* TLS, the upgrade and the hello */

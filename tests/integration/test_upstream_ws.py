@@ -330,6 +330,11 @@ lines, rc = run(be, "--send", 2, env={"http_proxy": "http://127.0.0.1:1"})
 eq(end_of(lines).get("class"), "closed", "http_proxy is not used for the https backend")
 be.reset()
 
+p = subprocess.run([UPWSC, "--url", be.url, "--ca", CA, "--proxy", "https://127.0.0.1:%d" % px.port],
+                   stdout=subprocess.PIPE, timeout=10)
+ok(p.stdout.decode().startswith("client-error ") and "https://" in p.stdout.decode(),
+   "an https:// proxy is refused at start (its TLS would be libcurl's)", p.stdout.decode())
+
 pa = ConnectProxy(auth=("relay", "s3cret"))
 pa.start()
 on_exit(pa.stop)
