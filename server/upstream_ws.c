@@ -175,8 +175,8 @@ static void ws_end(struct upstream_ws *ws, enum upws_class cls, int status, int 
 		ws->easy = NULL;
 	}
 	evloop_timer_stop(ws->loop, &ws->timer);
+	evloop_io_stop(ws->loop, &ws->io);   /* also off the fed list */
 	if (ws->fd >= 0) {
-		evloop_io_stop(ws->loop, &ws->io);
 		close(ws->fd);
 		ws->fd = -1;
 	}
