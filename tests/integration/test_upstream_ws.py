@@ -168,6 +168,14 @@ eq((e.get("class"), e.get("status"), e.get("retry_after")), ("refused", "401", "
    "401: refused with the status, no Retry-After")
 be.reset()
 
+be.behave(refuse_status=503, retry_after=1, refuse_seconds=1.0)
+lines, rc = run(be, "--send", 1)
+eq(end_of(lines).get("class"), "refused", "refuse_seconds: refused while it lasts")
+time.sleep(1.2)
+lines, rc = run(be, "--send", 1)
+eq(end_of(lines).get("class"), "closed", "and accepted again after")
+be.reset()
+
 # --- hello error -------------------------------------------------------------------------
 be.behave(hello_error="invalid api key")
 lines, rc = run(be, "--send", 3)
@@ -307,6 +315,41 @@ eq(end_of(lines).get("class"), "aborted", "upstream_ws_abort from a callback end
 be.reset()
 lines, rc = run(be, "--send", 1, "--max-message-bytes", 40)
 eq(end_of(lines).get("class"), "protocol", "a hello over max-message-bytes: protocol")
+be.reset()
+
+# --- the mock's fallback endpoints and control API (for tests that run it
+# as a program) ----------------------------------------------------------------------
+import http.client  # noqa: E402
+import json  # noqa: E402
+import ssl  # noqa: E402
+
+ctx = ssl.create_default_context(cafile=CA)
+
+
+def https(method, path, body=None, headers=None):
+    c = http.client.HTTPSConnection("127.0.0.1", be.port, context=ctx, timeout=10)
+    c.request(method, path, body=body, headers=headers or {})
+    r = c.getresponse()
+    data = r.read()
+    c.close()
+    return r.status, dict((k.lower(), v) for k, v in r.getheaders()), data
+
+
+st, hd, _ = https("OPTIONS", "/trace", headers={"Origin": "https://app.example",
+                                                "Access-Control-Request-Method": "POST"})
+eq((st, hd.get("access-control-allow-origin")), (204, "https://app.example"),
+   "CORS preflight of /trace answered")
+st, _, _ = https("POST", "/trace", body=b'{"sessionId":"s1"}',
+                 headers={"Content-Type": "application/json", "Origin": "https://app.example"})
+st2, _, _ = https("POST", "/error", body=b'{"err":1}', headers={"Content-Type": "application/json"})
+eq((st, st2), (200, 200), "POST /trace and /error answered 200")
+eq([(p["path"], p["body"]) for p in be.posts()],
+   [("/trace", b'{"sessionId":"s1"}'), ("/error", b'{"err":1}')], "and recorded with their bodies")
+st, _, body = https("POST", "/_mock/behave", body=json.dumps({"refuse_status": 429}))
+lines, rc = run(be, "--send", 1)
+eq(end_of(lines).get("status"), "429", "switches set over HTTP apply")
+st, _, body = https("GET", "/_mock/upgrades")
+eq([u["status"] for u in json.loads(body)], [429], "records read over HTTP")
 be.reset()
 
 # --- the egress proxy ------------------------------------------------------------------------------
