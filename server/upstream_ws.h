@@ -113,7 +113,9 @@ struct upstream_ws_callbacks {
 	 * before that fence.  Reported once per fence, in order; a pong that
 	 * answers a later fence reports the earlier ones too. */
 	void (*on_fence)(struct upstream_ws *ws, uint64_t id, void *arg);
-	/* The end (see struct upws_result).  Mandatory. */
+	/* The end (see struct upws_result).  Mandatory.  A fence not reported
+	 * by then was not answered, whatever the class: what it covers may not
+	 * have been read. */
 	void (*on_end)(struct upstream_ws *ws, const struct upws_result *r, void *arg);
 };
 
