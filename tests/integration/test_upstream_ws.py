@@ -149,6 +149,14 @@ be.behave(second_message={"note": "second"})
 lines, rc = run(be, "--send", 1)
 ok('text {"note": "second"}' in lines, "a second JSON message is handed up as text", lines)
 be.reset()
+# The 101, the hello and a second message in one TLS record: what follows the
+# head goes to the frame parser.
+be.behave(second_message={"note": "same record"}, hello_with_101=True)
+lines, rc = run(be, "--send", 2)
+ok(any(line.startswith("open {") for line in lines) and
+   'text {"note": "same record"}' in lines and end_of(lines).get("class") == "closed",
+   "hello and a second message in the 101's record: both handed up", lines)
+be.reset()
 
 # --- refused upgrades ------------------------------------------------------------------
 be.behave(refuse_status=503, retry_after=7, refuse_count=1)
