@@ -208,6 +208,26 @@ static void ws_drop_rx(struct upstream_ws *ws)
 	ws->rx_len = ws->rx_off = 0;
 }
 
+/*
+ * Keeps only what followed the answer head (frames read with it), in a
+ * buffer of its own size, and frees the 8 KB head buffer before wslay's
+ * context is made, so that the context can take its place.
+ */
+static int ws_keep_leftover(struct upstream_ws *ws, size_t head_len)
+{
+	size_t n = ws->rx_len - head_len;
+	char *rest = NULL;
+
+	if (n && !(rest = malloc(n)))
+		return -1;
+	if (n)
+		memcpy(rest, ws->rx + head_len, n);
+	ws_drop_rx(ws);
+	ws->rx = rest;
+	ws->rx_len = n;
+	return 0;
+}
+
 /* A connection that failed: before on_open it never carried anything. */
 static enum upws_class lost_class(const struct upstream_ws *ws)
 {
@@ -218,6 +238,7 @@ static enum upws_class lost_class(const struct upstream_ws *ws)
 
 static void connector_action(struct connector *cn, curl_socket_t s, int what);
 static void ws_io_cb(struct evloop *l, struct ev_io *w, uint32_t events);
+static int ws_tls_init(struct upstream_ws *ws);
 
 static void csock_free(struct ev_deferred *d)
 {
@@ -317,6 +338,13 @@ static void ws_connected(struct upstream_ws *ws, CURLcode rc)
 	if (rc != CURLE_OK) {
 		ws_fail(ws, rc == CURLE_OPERATION_TIMEDOUT ? UPWS_TIMEOUT : UPWS_NETWORK,
 		        "connect: %s", ws->errbuf[0] ? ws->errbuf : curl_easy_strerror(rc));
+		return;
+	}
+	/* The TLS session is made only now, in the memory the easy handle just
+	 * gave back: made before the connect, thousands of long-lived sessions
+	 * would sit between the holes of freed easy handles (BENCHMARKS.md). */
+	if (ws_tls_init(ws) < 0) {
+		ws_fail(ws, UPWS_NETWORK, "out of memory for a TLS session");
 		return;
 	}
 	ev_io_init(&ws->io, ws->fd, ws_io_cb);
@@ -527,10 +555,7 @@ static int ws_do_upgrade(struct upstream_ws *ws)
 		case UPHS_NEED_MORE:
 			continue;
 		case UPHS_UPGRADED:
-			ws->rx_off = resp.head_len;
-			if (ws->rx_off == ws->rx_len)
-				ws_drop_rx(ws);
-			if (ws_start_frames(ws) < 0) {
+			if (ws_keep_leftover(ws, resp.head_len) < 0 || ws_start_frames(ws) < 0) {
 				ws_fail(ws, UPWS_NETWORK, "out of memory");
 				return -1;
 			}
@@ -1052,7 +1077,7 @@ int upstream_ws_new(struct upstream_ws **out, struct upstream_client *c, struct 
 	if (ws_make_request(ws, req, cause) < 0)
 		goto fail;
 	ws->cn = connector_get(c, loop);
-	if (!ws->cn || ws_tls_init(ws) < 0 || ws_start_connect(ws) < 0) {
+	if (!ws->cn || ws_start_connect(ws) < 0) {
 		*cause = strdup("out of resources for an upstream websocket");
 		goto fail;
 	}

@@ -15,8 +15,9 @@
  *   upws-probe --mode M --url https://127.0.0.1:PORT --ca BUNDLE --conns N
  *
  * Each mode opens N websockets (upgrade answered, hello read) and holds them
- * all open, then prints one JSON line: RSS before and with them open, and
- * the CPU (user + system) the process spent opening them.  Run it against a
+ * all open, then prints one JSON line: RSS before and with them open (and
+ * after malloc_trim), the heap in use per websocket (mallinfo2), and the
+ * CPU (user + system) the process spent opening them.  Run it against a
  * TLS websocket endpoint that answers the SDK's upgrade (the benchmark's
  * nginx in front of wssink: tests/bench/upws-probe.py).
  */
@@ -64,19 +65,31 @@ static long rss_kb(void)
  * relay where connects come and go) may still be counted in it, so the
  * RSS after malloc_trim is reported too: what the open websockets hold.
  */
+static size_t heap0;   /* malloc'd bytes in use at the baseline */
+
+/* The baseline: RSS with free memory given back, and the heap in use. */
+static long baseline(void)
+{
+	malloc_trim(0);
+	heap0 = mallinfo2().uordblks;
+	return rss_kb();
+}
+
 static void report(const char *mode, const char *ca, unsigned conns, unsigned opened,
                    long rss0, long rss1, double cpu, double secs)
 {
+	size_t heap = mallinfo2().uordblks;
 	long rss_trim;
 
 	malloc_trim(0);
 	rss_trim = rss_kb();
 	printf("{\"mode\":\"%s\",\"ca\":\"%s\",\"conns\":%u,\"opened\":%u,\"rss_before_kb\":%ld,"
 	       "\"rss_open_kb\":%ld,\"rss_per_conn_kb\":%.1f,\"rss_trimmed_per_conn_kb\":%.1f,"
-	       "\"cpu_per_conn_ms\":%.3f,\"seconds\":%.2f}\n",
+	       "\"heap_per_conn_kb\":%.1f,\"cpu_per_conn_ms\":%.3f,\"seconds\":%.2f}\n",
 	       mode, ca, conns, opened, rss0, rss1,
 	       opened ? (double)(rss1 - rss0) / opened : 0.0,
 	       opened ? (double)(rss_trim - rss0) / opened : 0.0,
+	       opened ? (double)(heap - heap0) / 1024 / opened : 0.0,
 	       opened ? cpu * 1000 / opened : 0.0, secs);
 }
 
@@ -129,8 +142,7 @@ static int run_shared(const char *url, const char *ca, unsigned n)
 		fprintf(stderr, "upws-probe: %s\n", cause ? cause : "out of memory");
 		return 1;
 	}
-	malloc_trim(0);
-	rss0 = rss_kb();
+	rss0 = baseline();
 	cpu0 = bench_cpu_s();
 	t0 = bench_now_s();
 	for (unsigned i = 0; i < n; i++) {
@@ -214,8 +226,7 @@ static int run_curl_tls(const char *url, const char *ca, unsigned n, bool capath
 	snprintf(host, sizeof host, "%s", h + 3);
 	host[strcspn(host, "/")] = '\0';
 	curl_global_init(CURL_GLOBAL_DEFAULT);
-	malloc_trim(0);
-	rss0 = rss_kb();
+	rss0 = baseline();
 	cpu0 = bench_cpu_s();
 	t0 = bench_now_s();
 	for (unsigned i = 0; i < n; i++) {

@@ -103,19 +103,19 @@ def main():
               "CA bundle = the system bundle (%d certificates with the test CA)." %
               (args.conns, args.runs, ncerts))
         print()
-        print("| design | CA file | RSS per websocket | after malloc_trim | CPU per websocket "
-              "| time to open all |")
-        print("|---|---|---|---|---|---|")
+        print("| design | CA file | RSS per websocket | after malloc_trim | heap in use "
+              "| CPU per websocket | time to open all |")
+        print("|---|---|---|---|---|---|---|")
         for (mode, ca_name), rs in sorted(results.items()):
             med = lambda k: statistics.median(r[k] for r in rs)  # noqa: E731
-            print("| %s | %s | %.1f KB | %.1f KB | %.2f ms | %.1f s |" % (
+            print("| %s | %s | %.1f KB | %.1f KB | %.1f KB | %.2f ms | %.1f s |" % (
                 {"curl-tls": "libcurl TLS per connection",
                  "curl-tls+capath": "libcurl TLS per connection, default CA path kept",
                  "shared": "shared GnuTLS credentials (upstream_ws.c)"}[mode],
                 "%d certificates" % ncerts if ca_name == "bundle" else "1 certificate"
                 + (" + /etc/ssl/certs" if mode.endswith("capath") else ""),
-                med("rss_per_conn_kb"), med("rss_trimmed_per_conn_kb"), med("cpu_per_conn_ms"),
-                med("seconds")))
+                med("rss_per_conn_kb"), med("rss_trimmed_per_conn_kb"), med("heap_per_conn_kb"),
+                med("cpu_per_conn_ms"), med("seconds")))
         if ("shared", "bundle") in results and ("curl-tls", "bundle") in results:
             sh = statistics.median(r["rss_per_conn_kb"] for r in results[("shared", "bundle")])
             cu = statistics.median(r["rss_per_conn_kb"] for r in results[("curl-tls", "bundle")])
