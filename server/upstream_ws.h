@@ -24,7 +24,9 @@
  * of on_open or on_end follows first; after on_open come any number of
  * on_text and on_fence, then exactly one on_end.  After on_end nothing more is
  * called; the owner frees the websocket with upstream_ws_free (allowed inside
- * any callback; the memory goes at the end of the loop's batch).
+ * any callback; the memory goes at the end of the loop's batch).  on_end is
+ * called from inside upstream_ws_abort, and from upstream_ws_close before
+ * on_open; every other callback comes from the loop.
  */
 #ifndef WATCHRTC_UPSTREAM_WS_H
 #define WATCHRTC_UPSTREAM_WS_H
@@ -86,7 +88,7 @@ enum upws_class {
 	UPWS_TIMEOUT,           /* connect, handshake, hello, pong or close took too long */
 	UPWS_BACKEND_CLOSED,    /* the backend sent a close first (close_code, reason) */
 	UPWS_DROPPED,           /* the connection ended without a close */
-	UPWS_ABORTED,           /* upstream_ws_abort, or the client is shutting down */
+	UPWS_ABORTED,           /* upstream_ws_abort, or upstream_ws_close before on_open */
 };
 
 struct upws_result {
