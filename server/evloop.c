@@ -39,6 +39,7 @@ struct evloop {
 	/* loop thread only */
 	struct ev_timer **heap;
 	size_t nheap, heap_cap;
+	bool in_timers;                    /* run_timers is calling back */
 	struct ev_io *fed, **fed_tail;
 	struct ev_deferred *deferred, **deferred_tail;
 	struct ev_io wake;                 /* the eventfd's watcher */
@@ -121,6 +122,10 @@ int evloop_timer_start(struct evloop *l, struct ev_timer *t, int64_t after_ms)
 		l->heap_cap = cap;
 	}
 	t->due_ms = l->now + (after_ms > 0 ? after_ms : 0);
+	/* Armed by a timer callback for "now": next pass, or one callback
+	 * re-arming itself with 0 would keep run_timers going forever. */
+	if (l->in_timers && t->due_ms <= l->now)
+		t->due_ms = l->now + 1;
 	heap_place(l, l->nheap++, t);
 	heap_up(l, t->slot);
 	return 0;
@@ -134,16 +139,16 @@ void evloop_timer_stop(struct evloop *l, struct ev_timer *t)
 
 static void run_timers(struct evloop *l)
 {
-	/* Timers armed by a callback for "now" wait for the next turn, so a
-	 * zero-delay re-arm cannot spin here forever. */
 	int64_t now = l->now;
 
+	l->in_timers = true;
 	while (l->nheap && l->heap[0]->due_ms <= now) {
 		struct ev_timer *t = l->heap[0];
 
 		heap_remove(l, t);
 		t->cb(l, t);
 	}
+	l->in_timers = false;
 }
 
 /* --- fd watchers ------------------------------------------------------------- */

@@ -21,7 +21,9 @@
  * deferred frees.  A callback may stop or free any watcher, including ones
  * later in the same batch: a stopped watcher is never called again, but its
  * memory must stay valid until the batch ends, so free objects that embed
- * watchers through evloop_defer, not directly from a callback.
+ * watchers through evloop_defer, not directly from a callback.  Stop an
+ * object's watchers (evloop_io_stop, which also takes it off the fed list)
+ * and timers before its memory goes, deferred or not.
  */
 #ifndef WATCHRTC_EVLOOP_H
 #define WATCHRTC_EVLOOP_H

@@ -33,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <sys/socket.h>
@@ -128,7 +129,7 @@ struct upstream_ws {
 	struct pending *held, **held_tail;
 	size_t held_bytes;
 	size_t rx_budget;
-	bool rx_more, io_failed, ended, freed, close_held;
+	bool rx_more, io_failed, ended, freed;
 	bool hello_error;             /* close 1000 queued after an {error} hello */
 	char *hello_reason;
 	uint16_t close_code_rx;
@@ -174,8 +175,8 @@ static void ws_end(struct upstream_ws *ws, enum upws_class cls, int status, int 
 		ws->easy = NULL;
 	}
 	evloop_timer_stop(ws->loop, &ws->timer);
+	evloop_io_stop(ws->loop, &ws->io);   /* also off the fed list */
 	if (ws->fd >= 0) {
-		evloop_io_stop(ws->loop, &ws->io);
 		close(ws->fd);
 		ws->fd = -1;
 	}
@@ -198,6 +199,35 @@ static void ws_fail(struct upstream_ws *ws, enum upws_class cls, const char *fmt
 	ws_end(ws, cls, 0, -1, reason, true);
 }
 
+/* The answer head's buffer is not needed once wslay has its leftovers:
+ * thousands of open websockets should not keep 8 KB each for it. */
+static void ws_drop_rx(struct upstream_ws *ws)
+{
+	free(ws->rx);
+	ws->rx = NULL;
+	ws->rx_len = ws->rx_off = 0;
+}
+
+/*
+ * Keeps only what followed the answer head (frames read with it), in a
+ * buffer of its own size, and frees the 8 KB head buffer before wslay's
+ * context is made, so that the context can take its place.
+ */
+static int ws_keep_leftover(struct upstream_ws *ws, size_t head_len)
+{
+	size_t n = ws->rx_len - head_len;
+	char *rest = NULL;
+
+	if (n && !(rest = malloc(n)))
+		return -1;
+	if (n)
+		memcpy(rest, ws->rx + head_len, n);
+	ws_drop_rx(ws);
+	ws->rx = rest;
+	ws->rx_len = n;
+	return 0;
+}
+
 /* A connection that failed: before on_open it never carried anything. */
 static enum upws_class lost_class(const struct upstream_ws *ws)
 {
@@ -208,6 +238,7 @@ static enum upws_class lost_class(const struct upstream_ws *ws)
 
 static void connector_action(struct connector *cn, curl_socket_t s, int what);
 static void ws_io_cb(struct evloop *l, struct ev_io *w, uint32_t events);
+static int ws_tls_init(struct upstream_ws *ws);
 
 static void csock_free(struct ev_deferred *d)
 {
@@ -289,7 +320,6 @@ static void connector_timer_cb(struct evloop *l, struct ev_timer *t)
 static void ws_connected(struct upstream_ws *ws, CURLcode rc)
 {
 	curl_socket_t s = CURL_SOCKET_BAD;
-	long os_errno = 0;
 
 	if (rc == CURLE_OK && (curl_easy_getinfo(ws->easy, CURLINFO_ACTIVESOCKET, &s) != CURLE_OK ||
 	                       s == CURL_SOCKET_BAD))
@@ -301,8 +331,6 @@ static void ws_connected(struct upstream_ws *ws, CURLcode rc)
 			ws_fail(ws, UPWS_NETWORK, "dup: %s", strerror(errno));
 			return;
 		}
-	} else {
-		curl_easy_getinfo(ws->easy, CURLINFO_OS_ERRNO, &os_errno);
 	}
 	curl_multi_remove_handle(ws->cn->multi, ws->easy);
 	curl_easy_cleanup(ws->easy);
@@ -310,6 +338,13 @@ static void ws_connected(struct upstream_ws *ws, CURLcode rc)
 	if (rc != CURLE_OK) {
 		ws_fail(ws, rc == CURLE_OPERATION_TIMEDOUT ? UPWS_TIMEOUT : UPWS_NETWORK,
 		        "connect: %s", ws->errbuf[0] ? ws->errbuf : curl_easy_strerror(rc));
+		return;
+	}
+	/* The TLS session is made only now, in the memory the easy handle just
+	 * gave back: made before the connect, thousands of long-lived sessions
+	 * would sit between the holes of freed easy handles (BENCHMARKS.md). */
+	if (ws_tls_init(ws) < 0) {
+		ws_fail(ws, UPWS_NETWORK, "out of memory for a TLS session");
 		return;
 	}
 	ev_io_init(&ws->io, ws->fd, ws_io_cb);
@@ -480,6 +515,10 @@ static int ws_do_upgrade(struct upstream_ws *ws)
 	struct uphs_response resp;
 	ssize_t n;
 
+	if (!ws->rx && !(ws->rx = malloc(UPHS_MAX_RESPONSE_HEAD))) {
+		ws_fail(ws, UPWS_NETWORK, "out of memory");
+		return -1;
+	}
 	while (ws->req) {
 		n = gnutls_record_send(ws->tls, ws->req + ws->req_off, ws->req_len - ws->req_off);
 		if (n == GNUTLS_E_INTERRUPTED)
@@ -516,8 +555,7 @@ static int ws_do_upgrade(struct upstream_ws *ws)
 		case UPHS_NEED_MORE:
 			continue;
 		case UPHS_UPGRADED:
-			ws->rx_off = resp.head_len;
-			if (ws_start_frames(ws) < 0) {
+			if (ws_keep_leftover(ws, resp.head_len) < 0 || ws_start_frames(ws) < 0) {
 				ws_fail(ws, UPWS_NETWORK, "out of memory");
 				return -1;
 			}
@@ -537,6 +575,7 @@ static int ws_do_upgrade(struct upstream_ws *ws)
 }
 
 /* --- frames ------------------------------------------------------------------------- */
+
 
 static ssize_t on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
                        void *user)
@@ -560,6 +599,8 @@ static ssize_t on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
 		n = (ssize_t)(ws->rx_len - ws->rx_off < len ? ws->rx_len - ws->rx_off : len);
 		memcpy(buf, ws->rx + ws->rx_off, (size_t)n);
 		ws->rx_off += (size_t)n;
+		if (ws->rx_off == ws->rx_len)
+			ws_drop_rx(ws);
 	} else {
 		do
 			n = gnutls_record_recv(ws->tls, buf, len);
@@ -1035,9 +1076,8 @@ int upstream_ws_new(struct upstream_ws **out, struct upstream_client *c, struct 
 	ev_io_init(&ws->io, -1, ws_io_cb);
 	if (ws_make_request(ws, req, cause) < 0)
 		goto fail;
-	ws->rx = malloc(UPHS_MAX_RESPONSE_HEAD);
 	ws->cn = connector_get(c, loop);
-	if (!ws->rx || !ws->cn || ws_tls_init(ws) < 0 || ws_start_connect(ws) < 0) {
+	if (!ws->cn || ws_start_connect(ws) < 0) {
 		*cause = strdup("out of resources for an upstream websocket");
 		goto fail;
 	}
@@ -1255,6 +1295,13 @@ int upstream_client_new(struct upstream_client **out, const struct upstream_clie
 		goto fail;
 	proxy = o->proxy && *o->proxy ? o->proxy : env_proxy("https_proxy", "HTTPS_PROXY");
 	noproxy = o->proxy && *o->proxy ? NULL : env_proxy("no_proxy", "NO_PROXY");
+	/* An HTTPS proxy would wrap the tunnel in libcurl's own TLS session,
+	 * which does not survive the dup(): only plain tunnels are taken. */
+	if (proxy && !strncasecmp(proxy, "https://", 8)) {
+		*cause = dup_printf("egress proxy %s: an https:// proxy is not supported for "
+		                    "upstream websockets (use http:// or socks5://)", proxy);
+		goto fail;
+	}
 	c->proxy = strdup(proxy ? proxy : "");
 	c->noproxy = noproxy ? strdup(noproxy) : NULL;
 	if (!c->proxy || (noproxy && !c->noproxy)) {

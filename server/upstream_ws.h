@@ -24,7 +24,9 @@
  * of on_open or on_end follows first; after on_open come any number of
  * on_text and on_fence, then exactly one on_end.  After on_end nothing more is
  * called; the owner frees the websocket with upstream_ws_free (allowed inside
- * any callback; the memory goes at the end of the loop's batch).
+ * any callback; the memory goes at the end of the loop's batch).  on_end is
+ * called from inside upstream_ws_abort, and from upstream_ws_close before
+ * on_open; every other callback comes from the loop.
  */
 #ifndef WATCHRTC_UPSTREAM_WS_H
 #define WATCHRTC_UPSTREAM_WS_H
@@ -42,9 +44,10 @@ struct upstream_client_options {
 	const char *ca_file;             /* NULL or "": the system trust */
 	bool insecure;                   /* no certificate or host name check */
 	/* Egress proxy for the CONNECT tunnel: a URL as libcurl takes it
-	 * (http://[user:pass@]host:port).  NULL or "": https_proxy / HTTPS_PROXY
-	 * and no_proxy / NO_PROXY from the environment (the real target is
-	 * https even though libcurl only sees http://host:port). */
+	 * (http://[user:pass@]host:port, or socks5://; not https://, whose TLS
+	 * would be libcurl's).  NULL or "": https_proxy / HTTPS_PROXY and
+	 * no_proxy / NO_PROXY from the environment (the real target is https
+	 * even though libcurl only sees http://host:port). */
 	const char *proxy;
 	unsigned connect_timeout_ms;     /* DNS, TCP and the proxy's CONNECT */
 	unsigned handshake_timeout_ms;   /* TLS, the upgrade and the hello */
@@ -85,7 +88,7 @@ enum upws_class {
 	UPWS_TIMEOUT,           /* connect, handshake, hello, pong or close took too long */
 	UPWS_BACKEND_CLOSED,    /* the backend sent a close first (close_code, reason) */
 	UPWS_DROPPED,           /* the connection ended without a close */
-	UPWS_ABORTED,           /* upstream_ws_abort, or the client is shutting down */
+	UPWS_ABORTED,           /* upstream_ws_abort, or upstream_ws_close before on_open */
 };
 
 struct upws_result {
@@ -112,7 +115,9 @@ struct upstream_ws_callbacks {
 	 * before that fence.  Reported once per fence, in order; a pong that
 	 * answers a later fence reports the earlier ones too. */
 	void (*on_fence)(struct upstream_ws *ws, uint64_t id, void *arg);
-	/* The end (see struct upws_result).  Mandatory. */
+	/* The end (see struct upws_result).  Mandatory.  A fence not reported
+	 * by then was not answered, whatever the class: what it covers may not
+	 * have been read. */
 	void (*on_end)(struct upstream_ws *ws, const struct upws_result *r, void *arg);
 };
 

@@ -31,6 +31,8 @@ Switches (behave(); each replaces the value it names, reset() clears all):
     hello_error                      send {"error": hello_error} as the hello,
                                      then wait for the client's close
     second_message                   a JSON object sent right after the hello
+    hello_with_101                   send the hello (and second_message) in the
+                                     same write as the 101 (one TLS record)
     drop_after, drop_count           drop (TCP reset, no close frame) the next
                                      drop_count connections (default 1) once
                                      each has received drop_after text frames
@@ -347,22 +349,28 @@ class _Conn:
                          "application/json", extra)
             raise _Drop()
         accept = base64.b64encode(hashlib.sha1((key + GUID).encode()).digest()).decode()
-        self._answer(101, extra=[("Upgrade", "websocket"), ("Connection", "Upgrade"),
-                                 ("Sec-WebSocket-Accept", accept),
-                                 ("Sec-WebSocket-Protocol", "2.0")])
         err = self.st.get("hello_error")
         if err is not None:
-            self._frame(0x1, json.dumps({"error": err}).encode())
+            first = self._frame_bytes(0x1, json.dumps({"error": err}).encode())
         else:
             hello = dict(self.st.get("hello") or DEFAULT_HELLO)
             hello.setdefault("connectionId", "mock-%d" % self.conn)
-            self._frame(0x1, json.dumps(hello).encode())
+            first = self._frame_bytes(0x1, json.dumps(hello).encode())
             second = self.st.get("second_message")
             if second is not None:
-                self._frame(0x1, json.dumps(second).encode())
+                first += self._frame_bytes(0x1, json.dumps(second).encode())
+        # hello_with_101: the hello in the same write (and TLS record) as the
+        # 101, as a server may send it; otherwise in writes of its own.
+        together = bool(self.st.get("hello_with_101"))
+        self._answer(101, body=first if together else b"",
+                     extra=[("Upgrade", "websocket"), ("Connection", "Upgrade"),
+                            ("Sec-WebSocket-Accept", accept), ("Sec-WebSocket-Protocol", "2.0")])
+        if not together:
+            self._send(first)
         self._frames()
 
-    def _frame(self, opcode, payload):
+    @staticmethod
+    def _frame_bytes(opcode, payload):
         n = len(payload)
         if n < 126:
             head = struct.pack("!BB", 0x80 | opcode, n)
@@ -370,7 +378,10 @@ class _Conn:
             head = struct.pack("!BBH", 0x80 | opcode, 126, n)
         else:
             head = struct.pack("!BBQ", 0x80 | opcode, 127, n)
-        self._send(head + payload)
+        return head + payload
+
+    def _frame(self, opcode, payload):
+        self._send(self._frame_bytes(opcode, payload))
 
     def _close(self, code, reason=b""):
         self._frame(0x8, struct.pack("!H", code) + reason if code else b"")

@@ -9,7 +9,7 @@
  *         [--hold-ms MS] [--close CODE] [--reason R] [--abort-after-fence ID]
  *         [--connect-timeout-ms MS] [--handshake-timeout-ms MS]
  *         [--ping-interval-ms MS] [--pong-timeout-ms MS] [--close-timeout-ms MS]
- *         [--max-send-bytes B] [--max-message-bytes B] [--run-ms MS]
+ *         [--max-send-bytes B] [--max-message-bytes B] [--run-ms MS] [--conns N]
  *
  * After the hello it sends N text messages {"n":i,"pad":"xx…"} (one every
  * interval-ms, or all at once), a fence after every K and one after the
@@ -23,9 +23,12 @@
  *   fence <id> <messages before it>
  *   end <class> opened=<0|1> status=<s> retry_after=<r> code=<c> reason=<…>
  * and exits 0 after "end" (2 on a usage error, 3 if run-ms passes first).
+ * With --conns N, N such websockets run at once on the one event loop and
+ * each line starts with "c<i> ".
  */
 #include <getopt.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,7 +51,22 @@ struct driver {
 	size_t nfences;
 	int exit_code;
 	bool ended;
+	char tag[16];                 /* "" for one websocket, "c<i> " for many */
 };
+
+static unsigned live;                 /* websockets not ended yet */
+
+static void out(const struct driver *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void out(const struct driver *d, const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs(d->tag, stdout);
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+}
 
 static void send_some(struct driver *d);
 
@@ -57,7 +75,7 @@ static void note_fence(struct driver *d)
 	uint64_t id;
 
 	if (upstream_ws_fence(d->ws, &id) < 0) {
-		printf("fence-refused %u\n", d->sent);
+		out(d, "fence-refused %u\n", d->sent);
 		return;
 	}
 	d->fence_msgs = realloc(d->fence_msgs, (id + 1) * sizeof *d->fence_msgs);
@@ -80,13 +98,13 @@ static void send_one(struct driver *d)
 		if (msg[i] == ' ')
 			msg[i] = 'x';
 	if (upstream_ws_send_text(d->ws, msg, (size_t)len) < 0) {
-		printf("full %u\n", n);
+		out(d, "full %u\n", n);
 		free(msg);
 		return;
 	}
 	free(msg);
 	d->sent = n;
-	printf("sent %u\n", n);
+	out(d, "sent %u\n", n);
 	if ((d->fence_every && n % d->fence_every == 0 && n != d->send) || n == d->send)
 		note_fence(d);
 }
@@ -120,14 +138,14 @@ static void on_hold(struct evloop *l, struct ev_timer *t)
 	(void)l;
 	if (!d->ended && d->close_code > 0 && upstream_ws_close(d->ws, (uint16_t)d->close_code,
 	                                                        d->reason) < 0)
-		printf("close-refused\n");
+		out(d, "close-refused\n");
 }
 
 static void on_run(struct evloop *l, struct ev_timer *t)
 {
 	struct driver *d = (struct driver *)((char *)t - offsetof(struct driver, run));
 
-	printf("run-timeout\n");
+	out(d, "run-timeout\n");
 	d->exit_code = 3;
 	evloop_stop(l);
 }
@@ -137,7 +155,7 @@ static void cb_open(struct upstream_ws *ws, const char *hello, size_t len, void 
 	struct driver *d = arg;
 
 	(void)ws;
-	printf("open %.*s\n", (int)len, hello);
+	out(d, "open %.*s\n", (int)len, hello);
 	if (d->send)
 		send_some(d);
 	else if (d->close_code > 0 && evloop_timer_start(d->loop, &d->hold, d->hold_ms) < 0)
@@ -147,15 +165,14 @@ static void cb_open(struct upstream_ws *ws, const char *hello, size_t len, void 
 static void cb_text(struct upstream_ws *ws, const char *text, size_t len, void *arg)
 {
 	(void)ws;
-	(void)arg;
-	printf("text %.*s\n", (int)len, text);
+	out(arg, "text %.*s\n", (int)len, text);
 }
 
 static void cb_fence(struct upstream_ws *ws, uint64_t id, void *arg)
 {
 	struct driver *d = arg;
 
-	printf("fence %" PRIu64 " %" PRIu64 "\n", id, id < d->nfences ? d->fence_msgs[id] : 0);
+	out(d, "fence %" PRIu64 " %" PRIu64 "\n", id, id < d->nfences ? d->fence_msgs[id] : 0);
 	if (d->abort_after_fence && id == d->abort_after_fence) {
 		upstream_ws_abort(ws);
 		return;
@@ -169,13 +186,14 @@ static void cb_end(struct upstream_ws *ws, const struct upws_result *r, void *ar
 {
 	struct driver *d = arg;
 
-	printf("end %s opened=%d status=%d retry_after=%d code=%u reason=%s\n",
+	out(d, "end %s opened=%d status=%d retry_after=%d code=%u reason=%s\n",
 	       upws_class_name(r->cls), r->opened, r->http_status, r->retry_after_s, r->close_code,
 	       r->reason);
 	d->ended = true;
 	upstream_ws_free(ws);
 	d->ws = NULL;
-	evloop_stop(d->loop);
+	if (--live == 0)
+		evloop_stop(d->loop);
 }
 
 static const struct upstream_ws_callbacks callbacks = {
@@ -190,13 +208,15 @@ int main(int argc, char **argv)
 		.max_send_bytes = 4 << 20,
 	};
 	struct upstream_ws_request req = { 0 };
-	struct driver d = { .close_code = 1000, .reason = "done", .size = 16 };
+	struct driver d = { .close_code = 1000, .reason = "done", .size = 16 }, *all;
+	unsigned nconns = 1;
+	int status = 0;
 	struct upstream_client *c = NULL;
 	unsigned run_ms = 30000;
 	char *cause = NULL;
 	enum { O_CA = 256, O_INSECURE, O_PROXY, O_QUERY, O_UA, O_ORIGIN, O_XFF, O_SEND, O_SIZE,
 	       O_FENCE, O_INTERVAL, O_HOLD, O_CLOSE, O_REASON, O_ABORT, O_CT, O_HT, O_PI, O_PT,
-	       O_CLT, O_MSB, O_MMB, O_RUN, O_URL };
+	       O_CLT, O_MSB, O_MMB, O_RUN, O_URL, O_CONNS };
 	static const struct option opts[] = {
 		{ "url", 1, 0, O_URL }, { "ca", 1, 0, O_CA }, { "insecure", 0, 0, O_INSECURE },
 		{ "proxy", 1, 0, O_PROXY }, { "query", 1, 0, O_QUERY }, { "ua", 1, 0, O_UA },
@@ -208,7 +228,7 @@ int main(int argc, char **argv)
 		{ "handshake-timeout-ms", 1, 0, O_HT }, { "ping-interval-ms", 1, 0, O_PI },
 		{ "pong-timeout-ms", 1, 0, O_PT }, { "close-timeout-ms", 1, 0, O_CLT },
 		{ "max-send-bytes", 1, 0, O_MSB }, { "max-message-bytes", 1, 0, O_MMB },
-		{ "run-ms", 1, 0, O_RUN }, { 0, 0, 0, 0 },
+		{ "run-ms", 1, 0, O_RUN }, { "conns", 1, 0, O_CONNS }, { 0, 0, 0, 0 },
 	};
 	int ch;
 
@@ -239,6 +259,7 @@ int main(int argc, char **argv)
 		case O_MSB: o.max_send_bytes = strtoull(optarg, NULL, 10); break;
 		case O_MMB: o.max_message_bytes = strtoull(optarg, NULL, 10); break;
 		case O_RUN: run_ms = (unsigned)atoi(optarg); break;
+		case O_CONNS: nconns = (unsigned)atoi(optarg); break;
 		default: return 2;
 		}
 	}
@@ -251,23 +272,39 @@ int main(int argc, char **argv)
 		free(cause);
 		return 1;
 	}
-	if (evloop_new(&d.loop, &cause) < 0) {
-		fprintf(stderr, "upwsc: %s\n", cause);
+	if (evloop_new(&d.loop, &cause) < 0 || nconns == 0 || !(all = calloc(nconns, sizeof *all))) {
+		fprintf(stderr, "upwsc: %s\n", cause ? cause : "bad --conns");
 		return 1;
 	}
-	ev_timer_init(&d.tick, on_tick);
-	ev_timer_init(&d.hold, on_hold);
-	ev_timer_init(&d.run, on_run);
-	if (upstream_ws_new(&d.ws, c, d.loop, &req, &callbacks, &d, &cause) < 0) {
-		printf("refused-request %s\n", cause ? cause : "?");
-		free(cause);
-		d.ended = true;
-	} else if (evloop_timer_start(d.loop, &d.run, run_ms) == 0) {
-		evloop_run(d.loop);
+	/* Every websocket on the one loop, as a forwarder thread runs them. */
+	for (unsigned i = 0; i < nconns; i++) {
+		struct driver *x = &all[i];
+
+		*x = d;
+		if (nconns > 1)
+			snprintf(x->tag, sizeof x->tag, "c%u ", i);
+		ev_timer_init(&x->tick, on_tick);
+		ev_timer_init(&x->hold, on_hold);
+		ev_timer_init(&x->run, on_run);
+		if (upstream_ws_new(&x->ws, c, x->loop, &req, &callbacks, x, &cause) < 0) {
+			out(x, "refused-request %s\n", cause ? cause : "?");
+			free(cause);
+			cause = NULL;
+			x->ended = true;
+			continue;
+		}
+		live++;
 	}
-	upstream_ws_free(d.ws);
+	if (live && evloop_timer_start(d.loop, &all[0].run, run_ms) == 0)
+		evloop_run(d.loop);
+	for (unsigned i = 0; i < nconns; i++) {
+		upstream_ws_free(all[i].ws);
+		free(all[i].fence_msgs);
+		if (all[i].exit_code)
+			status = all[i].exit_code;
+	}
 	evloop_free(d.loop);
 	upstream_client_free(c);
-	free(d.fence_msgs);
-	return d.exit_code;
+	free(all);
+	return status;
 }

@@ -7,7 +7,8 @@
  * once it listens, then serves until SIGTERM or SIGINT:
  *   - a websocket upgrade gets a 101 (echoing subprotocol 2.0) and a hello
  *     text frame, like the relay's; every message after it is counted and
- *     dropped (payloads are skipped, not unmasked); a close is echoed;
+ *     dropped (payloads are skipped, not unmasked); a ping gets its pong; a
+ *     close is echoed;
  *   - GET /stats gets {"messages":..,"bytes":..,"open":..,"accepted":..,
  *     "errors":..} and the connection is closed.
  * It stores and checks nothing else: it stands for an upstream that costs
@@ -146,8 +147,25 @@ static int answer(struct sconn *c)
 	return 0;
 }
 
-/* One client frame (a wsf_frame_fn): counts messages, echoes a close.
- * Returns -1 to close the connection. */
+/*
+ * A ping gets its pong, payload unmasked: the relay's upstream websockets
+ * fence their frames with pings and delete messages on the pong.  The
+ * parser keeps the last header's bytes, mask included, in p->hdr.
+ */
+static int answer_ping(struct sconn *c, const struct wsf_parser *p)
+{
+	uint8_t payload[WSF_CONTROL_MAX], frame[WSF_HEADER_MAX + WSF_CONTROL_MAX];
+	unsigned l7 = p->hdr[1] & 127;
+	const uint8_t *mask = p->hdr[1] & 0x80 ? p->hdr + 2 + (l7 == 126 ? 2 : l7 == 127 ? 8 : 0)
+	                                       : NULL;
+
+	for (size_t i = 0; i < p->ctl_len; i++)
+		payload[i] = mask ? p->ctl[i] ^ mask[i & 3] : p->ctl[i];
+	return write_all(c->fd, frame, wsf_build(frame, 0xA, true, NULL, payload, p->ctl_len));
+}
+
+/* One client frame (a wsf_frame_fn): counts messages, answers a ping,
+ * echoes a close.  Returns -1 to close the connection. */
 static int on_frame(void *arg, const struct wsf_parser *p)
 {
 	static const uint8_t close_frame[4] = { 0x88, 0x02, 0x03, 0xE8 };  /* 1000 */
@@ -158,6 +176,8 @@ static int on_frame(void *arg, const struct wsf_parser *p)
 		write_all(c->fd, close_frame, sizeof close_frame);
 		return -1;
 	}
+	if (p->opcode == 0x9)
+		return answer_ping(c, p);
 	if (p->opcode < 0x8 && p->fin)
 		st.messages++;
 	return 0;

@@ -40,8 +40,12 @@ def run(be, *args, env=None, timeout=30, url=None, ca=True):
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
                        env=e)
     lines = p.stdout.decode("utf-8", "replace").splitlines()
-    if p.stderr:
-        diag(p.stderr.decode("utf-8", "replace"))
+    err = p.stderr.decode("utf-8", "replace")
+    if p.returncode != 0 or "Sanitizer" in err:
+        # A leak or UB report (sanitizer builds), or a crash: always a failure.
+        ok(False, "upwsc %s exited %d" % (" ".join(str(a) for a in args), p.returncode), err)
+    elif err:
+        diag(err)
     return lines, p.returncode
 
 
@@ -115,6 +119,22 @@ ok(len(got) == 3 and all(len(t) == 300000 + len('{"n":1,"pad":""}') for t in got
    "300 KB messages arrive whole", [len(t) for t in got])
 eq(end_of(lines).get("class"), "closed", "and the websocket closes cleanly")
 
+# Many websockets on one event loop at once: each its own frames, in order.
+be.reset()
+N = 150
+t0 = time.monotonic()
+lines, rc = run(be, "--conns", N, "--send", 20, "--fence-every", 5, "--interval-ms", 5,
+                timeout=120)
+ends = [line.split()[2] for line in lines if line.split()[1:2] == ["end"]]
+eq((len(ends), set(ends)), (N, {"closed"}), "%d websockets on one loop all close cleanly" % N)
+eq(sum(1 for line in lines if line.split()[1:2] == ["fence"]), 4 * N, "every fence answered")
+by_conn = {}
+for f in be.frames(opcode="text"):
+    by_conn.setdefault(f["conn"], []).append(f["text"])
+ok(len(by_conn) == N and all(v == want for v in by_conn.values()),
+   "each connection's 20 frames arrived whole and in order (%.1f s)" % (time.monotonic() - t0))
+be.reset()
+
 # Keepalive pings while nothing is sent.
 be.reset()
 lines, rc = run(be, "--send", 0, "--ping-interval-ms", 150, "--hold-ms", 800)
@@ -128,6 +148,14 @@ be.reset()
 be.behave(second_message={"note": "second"})
 lines, rc = run(be, "--send", 1)
 ok('text {"note": "second"}' in lines, "a second JSON message is handed up as text", lines)
+be.reset()
+# The 101, the hello and a second message in one TLS record: what follows the
+# head goes to the frame parser.
+be.behave(second_message={"note": "same record"}, hello_with_101=True)
+lines, rc = run(be, "--send", 2)
+ok(any(line.startswith("open {") for line in lines) and
+   'text {"note": "same record"}' in lines and end_of(lines).get("class") == "closed",
+   "hello and a second message in the 101's record: both handed up", lines)
 be.reset()
 
 # --- refused upgrades ------------------------------------------------------------------
@@ -146,6 +174,14 @@ lines, rc = run(be, "--send", 1)
 e = end_of(lines)
 eq((e.get("class"), e.get("status"), e.get("retry_after")), ("refused", "401", "-1"),
    "401: refused with the status, no Retry-After")
+be.reset()
+
+be.behave(refuse_status=503, retry_after=1, refuse_seconds=1.0)
+lines, rc = run(be, "--send", 1)
+eq(end_of(lines).get("class"), "refused", "refuse_seconds: refused while it lasts")
+time.sleep(1.2)
+lines, rc = run(be, "--send", 1)
+eq(end_of(lines).get("class"), "closed", "and accepted again after")
 be.reset()
 
 # --- hello error -------------------------------------------------------------------------
@@ -194,6 +230,29 @@ lines, rc = run(be, "--send", 0, "--ping-interval-ms", 100, "--pong-timeout-ms",
 eq(end_of(lines).get("class"), "timeout", "keepalive pings unanswered: timeout")
 be.reset()
 
+# A listener whose accept queue is full drops our SYN: connect timeout.
+full = socket.socket()
+full.bind(("127.0.0.1", 0))
+full.listen(0)
+on_exit(full.close)
+fillers = []
+for _ in range(3):
+    f = socket.socket()
+    f.setblocking(False)
+    try:
+        f.connect(full.getsockname())
+    except BlockingIOError:
+        pass
+    fillers.append(f)
+    on_exit(f.close)
+time.sleep(0.2)
+t0 = time.monotonic()
+lines, rc = run(be, "--connect-timeout-ms", 500, "--handshake-timeout-ms", 5000,
+                url="https://127.0.0.1:%d" % full.getsockname()[1])
+e = end_of(lines)
+eq((e.get("class"), e.get("opened")), ("timeout", "0"), "no answer to the SYN: connect timeout")
+ok(time.monotonic() - t0 < 4, "after about connect-timeout-ms", e.get("reason"))
+
 # A server that accepts and never speaks TLS: handshake timeout.
 silent = socket.socket()
 silent.bind(("127.0.0.1", 0))
@@ -229,12 +288,29 @@ lines, rc = run(be, "--send", 1, url="https://localhost:%d" % be.port)
 eq(end_of(lines).get("class"), "closed", "a host name checked against the certificate")
 be.reset()
 
+# IPv6: the address in brackets, checked against the certificate's IP entry.
+try:
+    be6 = MockBackend(cert=os.path.join(CERTS, "server.pem"),
+                      key=os.path.join(CERTS, "server-key.pem"), host="::1")
+except OSError:
+    be6 = None
+if be6:
+    be6.start()
+    on_exit(be6.stop)
+    lines, rc = run(be6, "--send", 2, url=be6.url)
+    eq(end_of(lines).get("class"), "closed", "an IPv6 backend: %s" % be6.url)
+    eq([h[1] for h in be6.upgrades()[0]["headers"] if h[0] == "Host"], ["[::1]:%d" % be6.port],
+       "Host names it in brackets")
+else:
+    ok(True, "# SKIP no IPv6 loopback")
+
 # --- the request builder refuses what cannot stand in a request ----------------------------------
 for bad in ["a=1\r\nX-Evil: 1", "a=1 HTTP/1.1", "a=\x01"]:
     cmd = [UPWSC, "--url", be.url, "--ca", CA, "--query", bad]
     p = subprocess.run(cmd, stdout=subprocess.PIPE, timeout=10)
     out = p.stdout.decode()
-    ok(out.startswith("refused-request "), "query %r refused before connecting" % bad, out)
+    ok(out.startswith("refused-request ") and p.returncode == 0,
+       "query %r refused before connecting" % bad, out)
 for bad in ["UA\r\nX-Evil: 1", "UA\nX: y"]:
     p = subprocess.run([UPWSC, "--url", be.url, "--ca", CA, "--query", "a=1", "--ua", bad],
                        stdout=subprocess.PIPE, timeout=10)
@@ -247,6 +323,41 @@ eq(end_of(lines).get("class"), "aborted", "upstream_ws_abort from a callback end
 be.reset()
 lines, rc = run(be, "--send", 1, "--max-message-bytes", 40)
 eq(end_of(lines).get("class"), "protocol", "a hello over max-message-bytes: protocol")
+be.reset()
+
+# --- the mock's fallback endpoints and control API (for tests that run it
+# as a program) ----------------------------------------------------------------------
+import http.client  # noqa: E402
+import json  # noqa: E402
+import ssl  # noqa: E402
+
+ctx = ssl.create_default_context(cafile=CA)
+
+
+def https(method, path, body=None, headers=None):
+    c = http.client.HTTPSConnection("127.0.0.1", be.port, context=ctx, timeout=10)
+    c.request(method, path, body=body, headers=headers or {})
+    r = c.getresponse()
+    data = r.read()
+    c.close()
+    return r.status, dict((k.lower(), v) for k, v in r.getheaders()), data
+
+
+st, hd, _ = https("OPTIONS", "/trace", headers={"Origin": "https://app.example",
+                                                "Access-Control-Request-Method": "POST"})
+eq((st, hd.get("access-control-allow-origin")), (204, "https://app.example"),
+   "CORS preflight of /trace answered")
+st, _, _ = https("POST", "/trace", body=b'{"sessionId":"s1"}',
+                 headers={"Content-Type": "application/json", "Origin": "https://app.example"})
+st2, _, _ = https("POST", "/error", body=b'{"err":1}', headers={"Content-Type": "application/json"})
+eq((st, st2), (200, 200), "POST /trace and /error answered 200")
+eq([(p["path"], p["body"]) for p in be.posts()],
+   [("/trace", b'{"sessionId":"s1"}'), ("/error", b'{"err":1}')], "and recorded with their bodies")
+st, _, body = https("POST", "/_mock/behave", body=json.dumps({"refuse_status": 429}))
+lines, rc = run(be, "--send", 1)
+eq(end_of(lines).get("status"), "429", "switches set over HTTP apply")
+st, _, body = https("GET", "/_mock/upgrades")
+eq([u["status"] for u in json.loads(body)], [429], "records read over HTTP")
 be.reset()
 
 # --- the egress proxy ------------------------------------------------------------------------------
@@ -269,6 +380,11 @@ eq(len(px.requests()), 2, "the proxy saw nothing more")
 lines, rc = run(be, "--send", 2, env={"http_proxy": "http://127.0.0.1:1"})
 eq(end_of(lines).get("class"), "closed", "http_proxy is not used for the https backend")
 be.reset()
+
+p = subprocess.run([UPWSC, "--url", be.url, "--ca", CA, "--proxy", "https://127.0.0.1:%d" % px.port],
+                   stdout=subprocess.PIPE, timeout=10)
+ok(p.stdout.decode().startswith("client-error ") and "https://" in p.stdout.decode(),
+   "an https:// proxy is refused at start (its TLS would be libcurl's)", p.stdout.decode())
 
 pa = ConnectProxy(auth=("relay", "s3cret"))
 pa.start()

@@ -76,6 +76,43 @@ static void test_timers(void)
 	evloop_free(l);
 }
 
+struct spin {
+	struct ev_timer t;
+	int fired;
+};
+
+static void on_spin(struct evloop *l, struct ev_timer *t)
+{
+	struct spin *sp = (struct spin *)t;
+
+	/* Re-arms itself for "now" every time: must fire once per turn, not
+	 * loop within one. */
+	if (++sp->fired < 1000 && evloop_timer_start(l, t, 0) < 0)
+		sp->fired = 1000;
+}
+
+static void test_zero_rearm(void)
+{
+	struct evloop *l;
+	char *cause = NULL;
+	struct spin sp = { .fired = 0 };
+	struct ev_timer stop;
+	int64_t start = mono_ms();
+
+	if (evloop_new(&l, &cause) < 0) {
+		ok(0, "evloop_new");
+		return;
+	}
+	ev_timer_init(&sp.t, on_spin);
+	ev_timer_init(&stop, on_stop_timer);
+	ok(evloop_timer_start(l, &sp.t, 0) == 0 && evloop_timer_start(l, &stop, 30) == 0,
+	   "a self-re-arming timer and a stop timer");
+	evloop_run(l);
+	ok(sp.fired > 1 && sp.fired < 1000, "a 0 ms re-arm from its own callback waits for the "
+	   "next pass (%d passes in %lld ms)", sp.fired, (long long)(mono_ms() - start));
+	evloop_free(l);
+}
+
 struct io_case {
 	struct ev_io w;
 	struct ev_io other;
@@ -288,6 +325,7 @@ static void test_stop_wakes(void)
 int main(void)
 {
 	test_timers();
+	test_zero_rearm();
 	test_io();
 	test_inbox();
 	test_free_runs_posts();
