@@ -450,6 +450,8 @@ static void on_end(struct upstream_ws *ws, const struct upws_result *r, void *ar
 	char ebuf[160];
 	unsigned delay;
 
+	log_debug("upstream_ws_end", "session=%s class=%s opened=%d", s->name, upws_class_name(r->cls),
+	          r->opened);
 	upstream_ws_free(ws);
 	s->ws = NULL;
 	s->open = s->closing = false;
@@ -460,7 +462,7 @@ static void on_end(struct upstream_ws *ws, const struct upws_result *r, void *ar
 		metrics_gauge_add(G_UPWS_OPEN, -1);
 
 	if (r->cls == UPWS_CLOSED) {
-		/* Our close was answered: the backend has read all we sent. */
+		/* Our close was answered; what came before it was fenced. */
 		sess_ack(s, s->last_sent_id);
 		s->nsent = 0;
 		free(s->conn_id);
@@ -596,14 +598,24 @@ static void sess_pump(struct fsess *s)
 		}
 		if (!s->conn_id || !m->conn_id || strcmp(s->conn_id, m->conn_id)) {
 			/* Another SDK connection, and this one's end was lost: end
-			 * it as a client that left. */
-			if (s->open && !s->closing)
+			 * it as a client that left (fenced first, as below). */
+			if (s->unfenced || s->nfences)
+				sess_fence(s);
+			else if (s->open && !s->closing)
 				sess_close(s, NULL, 1001);
 			return;
 		}
 		if (!s->open || s->closing)
 			return;
 		if (end) {
+			/* Everything before the close is fenced first: a close that
+			 * crosses the backend's own can end the websocket as
+			 * "closed" while wslay drops frames not yet written, so
+			 * only the end row itself rides on the close. */
+			if (s->unfenced || s->nfences) {
+				sess_fence(s);
+				return;
+			}
 			sess_close(s, m, code);
 			s->last_sent_id = m->id;
 			s->nsent++;

@@ -191,6 +191,30 @@ ok(hellos and "error" in hellos[0], "rejected: the next SDK connection of the ke
    "hello error", hellos[:1])
 be.reset()
 
+# --- another 4xx on the upgrade: that connection's messages are dead-lettered ----------------
+be.behave(refuse_status=404)
+code, _ = wsc(relay, send_script("notfound-1", 2, "n"), query("notfound-1"))
+ok(wait_until(lambda: (relay.metric('watchrtc_relay_dead_letters{reason="rejected"}') or 0) >= 2, 15),
+   "404: the connection's messages are dead-lettered as rejected")
+eq(bodies(be, "notfound-1", "n"), [], "404: nothing of it was sent")
+be.reset()
+
+# --- a backend close mid-stream: a new websocket, what was not fenced sent again ------------
+be.behave(close_after=3, close_code=1011, close_reason="mock close")
+code, _ = wsc(relay, send_script("bclose-1", 10, "c"), query("bclose-1"))
+be.wait(lambda b: len(conns_for(b, "bclose-1")) >= 2, 10)
+be.behave(close_after=0)     # closes the first connection only (or the first few)
+ok(be.wait(lambda b: sorted(set(bodies(b, "bclose-1", "c"))) == list(range(10)), 20),
+   "backend close: every message arrives")
+got = bodies(be, "bclose-1", "c")
+first_seen = []
+for n in got:
+    if n not in first_seen:
+        first_seen.append(n)
+eq(first_seen, list(range(10)), "backend close: in order")
+ok(len(conns_for(be, "bclose-1")) >= 2, "backend close: on a new upstream websocket")
+be.reset()
+
 # --- 6. reconnect: a new upstream websocket, only after the previous one closed ----------
 code, _ = wsc(relay, send_script("recon-1", 3, "a"), query("recon-1", new=True))
 code, _ = wsc(relay, send_script("recon-1", 3, "b"), query("recon-1", new=False, ts=1795463619999))
