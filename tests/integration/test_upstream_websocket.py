@@ -191,6 +191,19 @@ ok(hellos and "error" in hellos[0], "rejected: the next SDK connection of the ke
    "hello error", hellos[:1])
 be.reset()
 
+# --- an SDK connection that ends without a close ends upstream with 1001 --------------------
+code, _ = wsc(relay, ["recv", "send-text {\"t\":\"drop\"}", "sleep 300"], query("tcpdrop-1"))
+
+
+def close_codes(b, session):
+    conns = [u["conn"] for u in conns_for(b, session)]
+    return [f["close_code"] for f in b.frames(opcode="close") if f["conn"] in conns]
+
+
+ok(be.wait(lambda b: close_codes(b, "tcpdrop-1"), 15) == [1001],
+   "tcp drop: the upstream websocket is closed with 1001 after the message",
+   close_codes(be, "tcpdrop-1"))
+
 # --- another 4xx on the upgrade: that connection's messages are dead-lettered ----------------
 be.behave(refuse_status=404)
 code, _ = wsc(relay, send_script("notfound-1", 2, "n"), query("notfound-1"))
@@ -276,5 +289,27 @@ ok((relay.metric('watchrtc_relay_upstream_upgrades_total{result="open"}') or 0) 
    "metrics: upgrades that opened")
 ok(relay.metric("watchrtc_relay_upstream_fence_seconds_count") is not None,
    "metrics: fence latency")
+# --- a relay killed under an open connection: the next start ends it upstream (1001) ------
+be.behave(refuse_status=503)
+orphan = subprocess.Popen([WSC_BIN, "--port", str(relay.port), "--path", "/websocket?" + query("orphan-1"),
+                           "--origin", ORIGIN], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, text=True)
+on_exit(orphan.kill)
+orphan.stdin.write("recv\nsend-text {\"t\":\"orphan\"}\nsleep 5000\n")
+orphan.stdin.flush()
+ok(wait_until(lambda: (relay.metric("watchrtc_relay_queue_depth") or 0) >= 1, 10),
+   "orphan: the message is queued while the backend refuses")
+time.sleep(0.3)          # past the commit window
+relay.proc.kill()
+relay.proc.wait()
+orphan.kill()
+orphan.wait()
+be.reset()
+relay.start()
+ok(be.wait(lambda b: close_codes(b, "orphan-1"), 20) == [1001],
+   "orphan: after the restart its message arrives and its upstream websocket ends with 1001",
+   close_codes(be, "orphan-1"))
+ok(any(b'"orphan"' in f["data"] for f in be.frames(opcode="text")), "orphan: with its message")
+
 eq(relay.stop(), 0, "the relay stops cleanly")
 done()
