@@ -502,6 +502,8 @@ static void on_end(struct upstream_ws *ws, const struct upws_result *r, void *ar
 		metrics_add(r->cls == UPWS_REFUSED ? M_UPWS_UPGRADE_REFUSED : M_UPWS_UPGRADE_FAILED, 1);
 	else if (r->cls != UPWS_ABORTED)
 		metrics_add(M_UPWS_DROPPED, 1);
+	/* What was written and not fenced goes out again on the next one. */
+	metrics_add(M_UPWS_RESENT, s->nsent);
 	delay = t->draining || r->cls == UPWS_ABORTED ? 0 : sess_delay(s, r->retry_after_s);
 	log_debug("forward_retry", "session=%s class=%s opened=%d status=%d unfenced=%zu "
 	          "delay_ms=%u reason=%s", s->name, upws_class_name(r->cls), r->opened,
@@ -631,8 +633,6 @@ static void sess_pump(struct fsess *s)
 			return;
 		}
 		metrics_add(M_UPWS_FRAMES, 1);
-		if (m->attempts > 0)
-			metrics_add(M_UPWS_RESENT, 1);
 		s->nsent++;
 		s->last_sent_id = m->id;
 		if (++s->unfenced >= f->o.fence_messages)

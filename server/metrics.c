@@ -336,7 +336,7 @@ char *metrics_render(const struct queue_stats *qs, const struct queue_dead_reaso
 	    "Messages sent as text frames on upstream websockets (resent ones included).",
 	    (double)get(M_UPWS_FRAMES));
 	one(&o, "watchrtc_relay_upstream_frames_resent_total", "counter",
-	    "Messages sent again on a new upstream websocket after one dropped before its fence.",
+	    "Messages sent on an upstream websocket that ended before their fence: sent again.",
 	    (double)get(M_UPWS_RESENT));
 	one(&o, "watchrtc_relay_upstream_websocket_drops_total", "counter",
 	    "Open upstream websockets that ended without the relay's close (drop, backend close, "

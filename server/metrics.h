@@ -30,7 +30,7 @@ enum metric_counter {
 	M_WS_CLOSED_ERROR,      /* closed by the relay for a protocol error */
 	M_COMMITS,
 	M_UPWS_FRAMES,          /* text frames sent on upstream websockets */
-	M_UPWS_RESENT,          /* ... of them sent again after a drop */
+	M_UPWS_RESENT,          /* ... of them unfenced when their websocket ended: sent again */
 	M_UPWS_UPGRADE_OK,      /* upstream websocket upgrades by result: */
 	M_UPWS_UPGRADE_REFUSED,
 	M_UPWS_UPGRADE_KEY_REJECTED,
