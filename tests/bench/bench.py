@@ -14,7 +14,11 @@ load generator and the two raw-rate programs.
   curl          curl-post to nginx's HTTPS `return 200`: raw POSTs/s over
                 HTTP/1.1 keep-alive and over HTTP/2 multiplexing
   drain         queue-fill pre-fills a queue, the relay drains it to the same
-                nginx: messages delivered/s until empty
+                nginx (upstream-protocol http-post): messages delivered/s until
+                empty
+  drainws       the same queue drained over upstream websockets (the default
+                upstream-protocol) to nginx's TLS websocket proxy in front of
+                wssink, the sink the nginx step's wsload writes to
   scale         10,000 SDK-like connections, one message each every 8 s:
                 RSS per connection, CPU, p99 commit latency, errors
 
@@ -55,6 +59,7 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 TARGET_INGEST_VS_NGINX = 0.5
 TARGET_INGEST_VS_SQLITE = 0.6
 TARGET_DRAIN_VS_CURL = 0.8
+TARGET_DRAINWS_VS_NGINX = 0.5
 TARGET_RSS_PER_CONN_KB = 30
 TARGET_P99_COMMIT_S = 0.020
 
@@ -496,7 +501,7 @@ class Bench:
                     h2_per_s=h2["requests_per_s"], h2_cpu_us=h2["cpu_us_per_request"],
                     best_per_s=max(h1["requests_per_s"], h2["requests_per_s"]))
 
-    def drain(self):
+    def drain(self, protocol="http-post"):
         s = self.s
         state = os.path.join(self.tmp, "drain-state")
         shutil.rmtree(state, ignore_errors=True)
@@ -511,8 +516,16 @@ class Bench:
         # where round trips bound the rate; against this local sink every
         # extra connection only costs CPU (curl-post: ~15% more per request
         # at 64 connections than at 8).
-        relay = self.start_relay("drain", "https://127.0.0.1:%d" % self.nginx_post_port, state=state,
-                                 extra=["--forward-workers", "2", "--forward-inflight", "8"])
+        if protocol == "websocket":
+            # Two threads of upstream websockets, one per core, the
+            # default fence interval.
+            relay = self.start_relay("drainws", "https://127.0.0.1:%d" % self.nginx_ws_port,
+                                     state=state, extra=["--upstream-ws-threads", "2"])
+        else:
+            relay = self.start_relay("drain", "https://127.0.0.1:%d" % self.nginx_post_port,
+                                     state=state, extra=["--upstream-protocol", "http-post",
+                                                         "--forward-workers", "2",
+                                                         "--forward-inflight", "8"])
         t_live = time.monotonic()
         pids = self.nginx_pids()
         try:
@@ -559,11 +572,15 @@ class Bench:
                     nginx_cpu_cores=(n1 - n0) / dt if n0 is not None else 0,
                     not_delivered=failed)
 
+    def drainws(self):
+        return self.drain("websocket")
+
     def scale(self):
         s = self.s
         # Normal operation: the upstream (nginx's HTTPS 200) takes what
         # arrives, so the figures are the connections', not a growing queue's.
-        relay = self.start_relay("scale", "https://127.0.0.1:%d" % self.nginx_post_port)
+        relay = self.start_relay("scale", "https://127.0.0.1:%d" % self.nginx_post_port,
+                                 extra=["--upstream-protocol", "http-post"])
         try:
             rss0, fds0 = rss_kb(relay.pid), open_fds(relay.pid)
             duration = s["scale_settle"] + s["scale_window"] + 1
@@ -681,6 +698,7 @@ def report(runs, machine, smoke):
     r_ng = ratio(med("ingest", "committed_per_s"), med("nginx", "sink_per_s"))
     r_sq = ratio(med("ingest", "committed_per_s"), med("sqlite", "best_rows_per_s"))
     r_cu = ratio(med("drain", "delivered_per_s"), med("curl", "best_per_s"))
+    r_dw = ratio(med("drainws", "delivered_per_s"), med("nginx", "sink_per_s"))
     rss = med("scale", "rss_kb_per_conn")
     p99 = med("scale", "p99_ms")
     within = med("scale", "within_20ms")
@@ -710,6 +728,10 @@ def report(runs, machine, smoke):
         ("Drain: relay, messages delivered/s", fmt(med("drain", "delivered_per_s"))),
         ("Drain: relay CPU / nginx CPU (cores)",
          "%s / %s" % (fmt(med("drain", "cpu_cores"), 2), fmt(med("drain", "nginx_cpu_cores"), 2))),
+        ("Drain over upstream websockets: relay, messages delivered/s",
+         fmt(med("drainws", "delivered_per_s"))),
+        ("Drain over upstream websockets: relay CPU / nginx CPU (cores)",
+         "%s / %s" % (fmt(med("drainws", "cpu_cores"), 2), fmt(med("drainws", "nginx_cpu_cores"), 2))),
         ("Scale: connections open", fmt(med("scale", "connections"))),
         ("Scale: connection set-up rate (/s)", fmt(med("scale", "connects_per_s"))),
         ("Scale: relay RSS (MB), per connection (KB)",
@@ -728,6 +750,8 @@ def report(runs, machine, smoke):
          met(None if r_sq is None else r_sq >= TARGET_INGEST_VS_SQLITE)),
         ("Drain ≥ 0.8 × raw libcurl (best mode)", fmt(r_cu, 3),
          met(None if r_cu is None else r_cu >= TARGET_DRAIN_VS_CURL)),
+        ("Drain over upstream websockets ≥ 0.5 × wsload through nginx to the same sink",
+         fmt(r_dw, 3), met(None if r_dw is None else r_dw >= TARGET_DRAINWS_VS_NGINX)),
         ("Scale ≤ 30 KB RSS per connection", fmt(rss, 1),
          met(None if rss is None else rss <= TARGET_RSS_PER_CONN_KB)),
         ("Scale p99 commit latency ≤ 20 ms", "%s (%.1f%% within 20 ms)" % (fmt(p99, 2), 100 * (within or 0)),
@@ -763,7 +787,7 @@ def main():
     ap.add_argument("--runs", type=int, help="runs of each measurement (default 3, smoke 1)")
     ap.add_argument("--out", help="write the markdown report here")
     ap.add_argument("--json", help="write every run's figures here")
-    ap.add_argument("--only", help="comma list of steps: ingest,nginx,sqlite,curl,drain,scale")
+    ap.add_argument("--only", help="comma list of steps: ingest,nginx,sqlite,curl,drain,drainws,scale")
     ap.add_argument("--scale-connections", type=int,
                     help="connections of the scale step (default 10000, smoke 200)")
     ap.add_argument("--relay-arg", action="append", default=[],
@@ -774,7 +798,7 @@ def main():
         sizes["runs"] = a.runs
     if a.scale_connections:
         sizes["scale_conns"] = a.scale_connections
-    steps = (a.only or "ingest,nginx,sqlite,curl,drain,scale").split(",")
+    steps = (a.only or "ingest,nginx,sqlite,curl,drain,drainws,scale").split(",")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     b = Bench(a, sizes)
     runs = []
