@@ -632,6 +632,16 @@ size_t queue_dead_key(struct queue *q, const char *key, const char *reason)
 	return n;
 }
 
+bool queue_lease_ready(struct queue *q)
+{
+	bool ready;
+
+	pthread_mutex_lock(&q->mu);
+	ready = q->ready.head != NULL;
+	pthread_mutex_unlock(&q->mu);
+	return ready;
+}
+
 long queue_next_due_ms(struct queue *q)
 {
 	long ms = -1;

@@ -153,6 +153,10 @@ size_t queue_dead_key(struct queue *q, const char *key, const char *reason);
  * NULL).  It must not be called from inside the callback.
  */
 void queue_set_notify(struct queue *q, void (*fn)(void *arg), void *arg);
+/* Whether queue_lease has something to hand out now (a retry falling due
+ * later does not count).  With streams on, most notifications are for the
+ * stream owners: the POST consumers ask this before they wake. */
+bool queue_lease_ready(struct queue *q);
 /* Milliseconds until the next retry falls due, or -1 if none waits. */
 long queue_next_due_ms(struct queue *q);
 

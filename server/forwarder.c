@@ -597,6 +597,10 @@ static void on_queue_notify(void *arg)
 	struct forwarder *f = arg;
 
 	fws_notify(f->ws);
+	/* With upstream websockets nearly every notification is theirs (an
+	 * ack, a commit); a worker is woken only for a fallback POST. */
+	if (f->ws && !queue_lease_ready(f->q))
+		return;
 	for (unsigned i = 0; i < f->nworkers; i++) {
 		struct worker *w = &f->workers[i];
 

@@ -46,6 +46,11 @@
 #define FWS_TABLE_MIN 1024       /* session table slots per thread, to start */
 #define FWS_REASON_MAX 123       /* a close frame's reason */
 #define FWS_WINDOW_FACTOR 4      /* messages in flight per session: fences of this many */
+/* Messages one thread holds leased at most, all sessions together: a
+ * backlog of many sessions (after an outage) must not be read into memory
+ * a window per session at once (10,000 sessions x 128 x ~2 KB).  16,384
+ * messages of ~2 KB: ~32 MB per thread.  It costs drain rate (BENCHMARKS.md). */
+#define FWS_THREAD_LEASED_MAX 16384
 
 struct fws_thread;
 
@@ -86,6 +91,7 @@ struct fws_thread {
 	struct fsess **table;
 	size_t mask, nsess;
 	uint64_t rng;
+	size_t leased;                  /* messages in the rings of its sessions */
 	bool draining;
 	int64_t drain_deadline_ms;
 };
@@ -224,6 +230,7 @@ static int ring_push(struct fsess *s, struct queue_msg *m)
 		s->head = 0;
 	}
 	s->ring[(s->head + s->count++) % s->cap] = m;
+	s->t->leased++;
 	return 0;
 }
 
@@ -234,6 +241,7 @@ static void ring_drop(struct fsess *s, size_t n)
 		queue_msg_free(s->ring[s->head]);
 		s->head = (s->head + 1) % s->cap;
 		s->count--;
+		s->t->leased--;
 		s->nsent = s->nsent > 0 ? s->nsent - 1 : 0;
 	}
 }
@@ -641,6 +649,11 @@ static void sess_pump(struct fsess *s)
 		         evloop_timer_start(s->t->loop, &s->fence_timer, f->o.fence_ms) < 0)
 			sess_fence(s);
 	}
+	/* All it holds is sent.  While the thread's lease budget is mostly
+	 * taken (a backlog), what waits for a fence holds others back: fence
+	 * now rather than after fence_ms. */
+	if (s->unfenced && s->t->leased >= FWS_THREAD_LEASED_MAX / 2)
+		sess_fence(s);
 }
 
 /* Nothing left to send and nothing open: the session goes back.  Not from
@@ -663,8 +676,13 @@ static void thread_fill(struct fws_thread *t)
 	if (t->draining)
 		return;
 	do {
+		size_t max = FWS_THREAD_LEASED_MAX - t->leased;
+
+		if (t->leased >= FWS_THREAD_LEASED_MAX)
+			return;         /* the next ack makes room */
 		n = nt = 0;
-		if (queue_stream_lease(f->q, t->owner, out, FWS_LEASE_BATCH, &n) != QUEUE_OK)
+		if (queue_stream_lease(f->q, t->owner, out, max < FWS_LEASE_BATCH ? max :
+		                       FWS_LEASE_BATCH, &n) != QUEUE_OK)
 			return;
 		for (size_t i = 0; i < n; i++) {
 			struct fsess *s = sess_get(t, out[i]->session ? out[i]->session : "");
@@ -682,7 +700,7 @@ static void thread_fill(struct fws_thread *t)
 			sess_pump(touched[i]);
 		for (size_t i = 0; i < nt; i++)
 			sess_settle(touched[i]);
-	} while (n == FWS_LEASE_BATCH);
+	} while (n == FWS_LEASE_BATCH && t->leased < FWS_THREAD_LEASED_MAX);
 }
 
 static void on_tick(struct evloop *l, struct ev_timer *tm)
