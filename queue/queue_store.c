@@ -411,6 +411,14 @@ static int index_load(struct queue *q, char **cause)
 	int64_t v;
 	int rc, err = QUEUE_OK;
 
+	/* Before the next id is taken: the ends get ids of their own. */
+	if (q->opt.close_orphans) {
+		what = "end orphaned connections";
+		rc = sqlite3_exec(q->db, QSQL_CLOSE_ORPHANS, NULL, NULL, NULL);
+		if (rc != SQLITE_OK)
+			goto out;
+	}
+	what = "next id";
 	/* An id is never reused: not after the table empties (sqlite_sequence
 	 * remembers) and not after a message moved to dead_letters. */
 	rc = qstore_query_int(q->db, "SELECT max(x) FROM (SELECT seq AS x FROM sqlite_sequence "
@@ -429,12 +437,6 @@ static int index_load(struct queue *q, char **cause)
 	if (rc != SQLITE_OK)
 		goto out;
 
-	if (q->opt.close_orphans) {
-		what = "end orphaned connections";
-		rc = sqlite3_exec(q->db, QSQL_CLOSE_ORPHANS, NULL, NULL, NULL);
-		if (rc != SQLITE_OK)
-			goto out;
-	}
 	what = "load messages";
 	rc = sqlite3_prepare_v2(q->db, "SELECT id, session, length(body), received_ms, "
 	                        "attempts, api_key, conn_id IS NOT NULL FROM messages ORDER BY id",

@@ -270,6 +270,7 @@ static void test_close_rows(void)
 	struct queue *q;
 	struct queue_msg *m[16];
 	unsigned code = 0;
+	int64_t end_id = 0;
 	size_t n;
 	char *cause = NULL;
 
@@ -298,10 +299,14 @@ static void test_close_rows(void)
 		ok(queue_msg_is_close(m[3], &code) && code == 1001 && m[3]->conn_id &&
 		   !strcmp(m[3]->conn_id, "c2"), "close: c2 got an end, 1001, after its last row");
 		ok(body_is(m[4], "c"), "close: t's message");
+		end_id = m[3]->id;
 	}
 	free_msgs(m, n);
 	n = slease(q, 1, m, 16);
 	is_int(n, 0, "close: t's orphan end waits behind t's POST, which came before it");
+	/* The ends took ids of their own: a new message never shares one (it
+	 * did: acking the end deleted the message too). */
+	ok(put(q, "u", "c9", "new") > end_id + 1, "close: a new message's id is past the ends'");
 	queue_close(q);
 
 	/* A full queue still takes a connection's end. */
