@@ -228,6 +228,19 @@ eq(first_seen, list(range(10)), "backend close: in order")
 ok(len(conns_for(be, "bclose-1")) >= 2, "backend close: on a new upstream websocket")
 be.reset()
 
+# --- a hello {"error": ...} from the backend rejects the key as a 401 does -----------------
+dead0 = relay.metric('watchrtc_relay_dead_letters{reason="key_rejected"}') or 0
+be.behave(hello_error="invalid api key")
+code, _ = wsc(relay, send_script("helloerr-1", 2, "h"), query("helloerr-1", key="errkey"))
+ok(wait_until(lambda: (relay.metric('watchrtc_relay_dead_letters{reason="key_rejected"}') or 0)
+              >= dead0 + 2, 15), "hello error: the session's messages are dead-lettered key_rejected")
+code, events = wsc(relay, ["recv", "expect-close 1008"], query("helloerr-2", key="errkey"))
+hellos = [json.loads(e["text"]) for e in events if e.get("event") == "frame" and e.get("opcode") == 1]
+ok(hellos and "error" in hellos[0], "hello error: the next SDK connection of the key gets the "
+   "hello error", hellos[:1])
+eq(bodies(be, "helloerr-1", "h"), [], "hello error: nothing was sent after the error")
+be.reset()
+
 # --- 6. reconnect: a new upstream websocket, only after the previous one closed ----------
 code, _ = wsc(relay, send_script("recon-1", 3, "a"), query("recon-1", new=True))
 code, _ = wsc(relay, send_script("recon-1", 3, "b"), query("recon-1", new=False, ts=1795463619999))
