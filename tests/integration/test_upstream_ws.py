@@ -224,6 +224,17 @@ eq(e.get("class"), "timeout", "a backend that stops reading: the fence's pong ti
 ok(0.5 < time.monotonic() - t0 < 10, "after about pong-timeout-ms")
 be.reset()
 
+# What a stalled backend can make us hold is bounded by max-send-bytes.
+be.behave(stop_reading=True)
+lines, rc = run(be, "--send", 2000, "--size", 10000, "--fence-every", 10,
+                "--max-send-bytes", 300000, "--pong-timeout-ms", 1500)
+fulls = [line for line in lines if line.startswith("full ")]
+sent = [int(line.split()[1]) for line in lines if line.startswith("sent ")]
+ok(fulls and max(sent) < 2000, "sends past max-send-bytes are refused while the backend "
+   "stalls (%d sent, %d refused)" % (max(sent or [0]), len(fulls)))
+eq(end_of(lines).get("class"), "timeout", "and the unanswered fence ends it: timeout")
+be.reset()
+
 be.behave(no_pong=True)
 lines, rc = run(be, "--send", 0, "--ping-interval-ms", 100, "--pong-timeout-ms", 400,
                 "--hold-ms", 5000)
