@@ -155,32 +155,39 @@ diag("websocket: %d upstream websockets, %d duplicates in all" % (len(ups), coun
 relay.stop()
 
 # --- clean shutdown under load loses nothing --------------------------------------------------
+def clean_shutdown(up, relay, label):
+    ws = [WsSender(relay.port, "clean-%s-ws%d" % (label, i), interval=0.02)
+          for i in range(WS_SENDERS)]
+    fb = [FallbackSender(relay.port, "clean-%s-fb%d" % (label, i), interval=0.01)
+          for i in range(FB_SENDERS)]
+    for s in ws + fb:
+        s.start()
+    time.sleep(2.0)
+    t_term = time.monotonic()
+    code = relay.stop(signal.SIGTERM)
+    for s in ws + fb:
+        s.stop()
+    eq(code, 0, "%s: SIGTERM under load: the relay exits 0" % label)
+    log = relay.log_text()
+    ok(re.search(r"event=stopped status=ok", log), "%s: and says it stopped cleanly" % label)
+    required = {s.name: {n for n, t, _ in s.sent if t < t_term} for s in ws}
+    required.update({s.name: {n for n, _ in s.acked} for s in fb})
+    relay.start()       # forwards what the first one had no time to
+    got = wait_delivered(up, required, 60)
+    counts, problems = audit(required, got)
+    acked = sum(len(v) for v in required.values())
+    diag("%s: clean shutdown: acknowledged %d (websocket messages written before SIGTERM, "
+         "fallback 200s), delivered %d, duplicates %d, lost %d"
+         % (label, acked, counts["delivered"], counts["duplicates"], counts["lost"]))
+    ok(acked > 100, "%s: enough messages under load (%d)" % (label, acked))
+    eq(counts["lost"], 0, "%s: a clean shutdown loses nothing that was sent before it" % label)
+    eq(problems, [], "%s: and keeps every session in order" % label)
+    relay.stop()
+
+
 up.reset()
 up.behave(status=200, delay_ms=20)
-relay = Relay(up, args=["--commit-window-ms", str(COMMIT_WINDOW_MS)]).start()
-ws = [WsSender(relay.port, "clean-ws%d" % i, interval=0.02) for i in range(WS_SENDERS)]
-fb = [FallbackSender(relay.port, "clean-fb%d" % i, interval=0.01) for i in range(FB_SENDERS)]
-for s in ws + fb:
-    s.start()
-time.sleep(2.0)
-t_term = time.monotonic()
-code = relay.stop(signal.SIGTERM)
-for s in ws + fb:
-    s.stop()
-eq(code, 0, "SIGTERM under load: the relay exits 0")
-log = relay.log_text()
-ok(re.search(r"event=stopped status=ok", log), "and says it stopped cleanly")
-required = {s.name: {n for n, t, _ in s.sent if t < t_term} for s in ws}
-required.update({s.name: {n for n, _ in s.acked} for s in fb})
-relay.start()       # forwards what the first one had no time to
-got = wait_delivered(up, required, 60)
-counts, problems = audit(required, got)
-acked = sum(len(v) for v in required.values())
-diag("clean shutdown: acknowledged %d (websocket messages written before SIGTERM, fallback 200s), "
-     "delivered %d, duplicates %d, lost %d" % (acked, counts["delivered"], counts["duplicates"],
-                                                 counts["lost"]))
-ok(acked > 100, "enough messages under load (%d)" % acked)
-eq(counts["lost"], 0, "a clean shutdown loses nothing that was sent before it")
-eq(problems, [], "and keeps every session in order")
-relay.stop()
+clean_shutdown(up, Relay(up, args=["--commit-window-ms", str(COMMIT_WINDOW_MS)]).start(), "http-post")
+be.reset()
+clean_shutdown(be, Relay(be, args=["--commit-window-ms", str(COMMIT_WINDOW_MS)]).start(), "websocket")
 done()
