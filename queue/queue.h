@@ -6,8 +6,10 @@
  * everything submitted within a short window into one transaction (group
  * commit) and only then makes the messages visible to consumers.  Consumers
  * (the forwarders) lease messages so that each session has at most one
- * message in flight, which keeps every session's messages in order while
- * different sessions proceed in parallel.
+ * message in flight (queue_lease), or one consumer at a time with a window
+ * of its messages in flight (the streams below), which keeps every
+ * session's messages in order while different sessions proceed in
+ * parallel.
  *
  * All functions are thread-safe.  Errors are negative enum queue_err values.
  */

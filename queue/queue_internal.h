@@ -8,6 +8,9 @@
  *   queue_writer.c  the writer thread: group commit, expiry, back-off, and
  *                   noticing what the queue CLI changed in the database
  *   queue_store.c   SQLite: opening, schema, statements, transactions
+ *   queue_stream.c  the stream lease of the upstream websockets (a session
+ *                   per owner, a window of it in flight)
+ *   queue_hello.c   the upstream's hellos per API key
  *
  * Functions shared between the files carry the prefix of their file
  * (qidx_, qwriter_, qstore_); the rest are static.
