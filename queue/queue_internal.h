@@ -18,7 +18,9 @@
  * Locking: q->mu guards every in-memory structure.  Nobody calls SQLite with
  * q->mu held.  Only the writer thread uses the write connection (and
  * queue_open/queue_close while no writer runs).  The lease path reads bodies
- * that are not cached through a read-only connection under q->read_mu.
+ * that are not cached through a read-only connection under q->read_mu.  A
+ * learned hello is written through a third connection under
+ * q->hello_db_mu (queue_hello.c); the list of hellos is under q->hello_mu.
  */
 #ifndef WATCHRTC_QUEUE_INTERNAL_H
 #define WATCHRTC_QUEUE_INTERNAL_H
