@@ -80,7 +80,8 @@ void qmsg_set_str(struct queue_msg *m, size_t i, const char *s)
 	*p = s;
 }
 
-size_t qmsg_footprint(const struct queue_msg *m)
+/* Bytes queue_msg_dup allocates for m, or 0 if that overflows size_t. */
+static size_t qmsg_footprint(const struct queue_msg *m)
 {
 	size_t total = sizeof(*m), len, i;
 

@@ -83,8 +83,6 @@ static inline int64_t wall_ms(void)
 #define MSG_NSTR 9
 const char *qmsg_str(const struct queue_msg *m, size_t i);
 void qmsg_set_str(struct queue_msg *m, size_t i, const char *s);
-/* Bytes queue_msg_dup allocates for m, or 0 if that overflows size_t. */
-size_t qmsg_footprint(const struct queue_msg *m);
 
 /* Sets *cause (if cause is not NULL and *cause is still NULL) and returns err. */
 int qcause(char **cause, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -333,6 +331,5 @@ int qstore_lock(const char *path);
 int qstore_query_int(sqlite3 *db, const char *sql, int64_t *v);
 int qstore_query_text(sqlite3 *db, const char *sql, char *buf, size_t len);
 int qstore_step_reset(sqlite3_stmt *st);
-int qstore_random_hex(char *out, size_t nbytes);
 
 #endif

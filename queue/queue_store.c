@@ -112,7 +112,7 @@ int qstore_step_reset(sqlite3_stmt *st)
 	return rc == SQLITE_DONE || rc == SQLITE_ROW ? SQLITE_OK : rc;
 }
 
-int qstore_random_hex(char *out, size_t nbytes)
+static int qstore_random_hex(char *out, size_t nbytes)
 {
 	unsigned char buf[32];
 	size_t got = 0, i;

@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "clientip.h"
+#include "forwarder.h"   /* FWD_WORKERS_MAX, FWD_INFLIGHT_MAX */
 #include "log.h"
 
 /* A config file is a few dozen short lines; anything bigger is a mistake. */
@@ -193,10 +194,9 @@ static const struct setting settings[] = {
 	  "upstream HTTP version: 1.1 (keep-alive connections) or 2 (multiplexed where offered)",
 	  check_http_version, "1.1 or 2",
 	  "upstream", false },
-	/* The maxima are forwarder.c's FWD_WORKERS_MAX and FWD_INFLIGHT_MAX. */
-	NUM("forward-workers", T_UINT, forward_workers, "4", 1, 64,
+	NUM("forward-workers", T_UINT, forward_workers, "4", 1, FWD_WORKERS_MAX,
 	    "upstream forwarding threads", "upstream"),
-	NUM("forward-inflight", T_UINT, forward_inflight, "16", 1, 1024,
+	NUM("forward-inflight", T_UINT, forward_inflight, "16", 1, FWD_INFLIGHT_MAX,
 	    "upstream requests in flight per worker", "upstream"),
 	NUM("upstream-timeout-ms", T_UINT, upstream_timeout_ms, "10000", 1, 600000,
 	    "whole upstream request timeout", "upstream"),

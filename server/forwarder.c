@@ -21,6 +21,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -38,8 +39,6 @@
 #include "metrics.h"
 #include "queue.h"
 
-#define FWD_WORKERS_MAX 64      /* more threads than this is a configuration mistake */
-#define FWD_INFLIGHT_MAX 1024   /* easy handles per worker */
 #define FWD_ANSWER_MAX 256      /* bytes of an upstream answer kept for a dead letter */
 #define FWD_HEADER_MAX 8192     /* one request header line; longer ones are not sent */
 #define FWD_URL_MAX (4 << 20)   /* a longer upstream URL is not sent (dead-lettered) */
@@ -769,9 +768,15 @@ fail:
 	return NULL;
 }
 
-static int fail_with(char **cause, const char *why)
+__attribute__((format(printf, 2, 3)))
+static int fail_with(char **cause, const char *fmt, ...)
 {
-	*cause = strdup(why);
+	va_list ap;
+
+	va_start(ap, fmt);
+	if (vasprintf(cause, fmt, ap) < 0)
+		*cause = NULL;
+	va_end(ap);
 	return -1;
 }
 
@@ -787,7 +792,8 @@ int forwarder_start(struct forwarder **out, struct queue *q, struct keyban *kb,
 		return fail_with(cause, "no upstream URL");
 	if (o->workers < 1 || o->workers > FWD_WORKERS_MAX ||
 	    o->inflight < 1 || o->inflight > FWD_INFLIGHT_MAX)
-		return fail_with(cause, "forward workers must be 1..64 and in-flight requests 1..1024");
+		return fail_with(cause, "forward workers must be 1..%d and in-flight requests 1..%d",
+		                 FWD_WORKERS_MAX, FWD_INFLIGHT_MAX);
 	/* Without this, every attempt would fail the same way, forever. */
 	if (!o->insecure && access(ca, R_OK) < 0) {
 		if (asprintf(cause, "cannot read the CA bundle %s: %s", ca, strerror(errno)) < 0)

@@ -27,6 +27,10 @@ enum forward_http {
 	                         * else HTTP/1.1; one multiplexed connection per worker */
 };
 
+/* Bounds of forwarder_options' workers and inflight (config.c's ranges). */
+#define FWD_WORKERS_MAX 64      /* more threads than this is a configuration mistake */
+#define FWD_INFLIGHT_MAX 1024   /* easy handles per worker */
+
 struct forwarder_options {
 	const char *upstream;     /* base URL, e.g. "https://host:port" (no trailing '/') */
 	const char *ca_file;      /* NULL or "": the system CA bundle */

@@ -33,6 +33,7 @@
 #include "routes.h"
 #include "tls.h"
 #include "tls_creds.h"
+#include "ws_handshake.h"
 
 #define HTTP_CONNECTION_TIMEOUT_S 30   /* an idle keep-alive connection is closed after this */
 #define HTTP_DISCARD_FACTOR 4          /* oversize bodies: read at most this many limits, then drop */
@@ -157,21 +158,6 @@ static bool ends_with(const char *s, const char *suffix)
 	size_t n = strlen(s), m = strlen(suffix);
 
 	return n >= m && !memcmp(s + n - m, suffix, m);
-}
-
-static bool has_token(const char *value, const char *token)
-{
-	size_t n = strlen(token);
-
-	for (const char *p = value; p && *p;) {
-		while (*p == ' ' || *p == '\t' || *p == ',')
-			p++;
-		if (!strncasecmp(p, token, n) && (p[n] == '\0' || p[n] == ',' || p[n] == ' ' ||
-		                                  p[n] == '\t'))
-			return true;
-		p = strchr(p, ',');
-	}
-	return false;
 }
 
 static void peer_address(struct MHD_Connection *c, char *buf, size_t size)
@@ -330,14 +316,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	if (!rq->started) {
 		rq->started = true;
 		bool fallback_path = ends_with(path, "/trace") || ends_with(path, "/error");
-		const char *upgrade = header(c, MHD_HTTP_HEADER_UPGRADE);
+		struct ws_upgrade_req wsreq = { .upgrade = header(c, MHD_HTTP_HEADER_UPGRADE) };
 		enum access_verdict v;
 
 		if (!strcmp(path, "/healthcheck") || !strncmp(path, "/healthcheck/", 13)) {
 			ret = route_health(r, c, &ri);
 		} else if (!strcmp(path, "/metrics")) {
 			ret = route_metrics(r, c, &ri);
-		} else if (upgrade && has_token(upgrade, "websocket")) {
+		} else if (ws_handshake_is_upgrade(&wsreq)) {
 			ret = route_upgrade(r, c, &ri);
 		} else if (fallback_path && !strcmp(method, MHD_HTTP_METHOD_OPTIONS)) {
 			ret = route_preflight(r, c, &ri);

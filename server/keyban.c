@@ -16,10 +16,6 @@
 #include <sys/random.h>
 #include <time.h>
 
-/* At most this many keys are remembered; adding one more forgets the oldest.
- * Keys only get here after the upstream refused them, so a client sending
- * endless made-up keys costs at most this much memory. */
-#define KEYBAN_MAX_ENTRIES 10000
 /* Hash buckets (a power of two): at most ~2.5 entries per chain when full. */
 #define KEYBAN_BUCKETS 4096
 /* Longer keys are truncated for comparison (no real API key is this long). */

@@ -167,12 +167,14 @@ static void test_defaults(void)
 	config_release(&c);
 	ok(c.port == 8443 && c.listen_address == NULL, "release clears strings");
 	config_release(&c);
-	ok(1, "release twice is safe");
+	ok(c.port == 8443 && c.listen_address == NULL && c.log_level == NULL,
+	   "release twice is safe and leaves the struct cleared");
 	{
-		struct config zero = { 0 };
+		struct config zero = { 0 }, untouched = { 0 };
 		config_release(&zero);
 		config_release(NULL);
-		ok(1, "release of a zeroed struct and of NULL is safe");
+		ok(memcmp(&zero, &untouched, sizeof zero) == 0,
+		   "release of a zeroed struct leaves it zeroed (and NULL is accepted)");
 	}
 }
 

@@ -38,7 +38,6 @@
 
 #define TEST_TIME_LIMIT_S 120    /* the whole program; SIGALRM ends it after that */
 #define MOCK_REPLY_MAX (8 << 20) /* largest control answer read from the mock */
-#define KEYBAN_CAPACITY 10000    /* KEYBAN_MAX_ENTRIES in server/keyban.c */
 
 static int64_t now_ms(void)
 {
@@ -180,17 +179,17 @@ static void test_keyban(void)
 	keyban_destroy(NULL);
 
 	kb = keyban_create(3600);
-	for (int i = 0; i <= KEYBAN_CAPACITY; i++) {
+	for (int i = 0; i <= KEYBAN_MAX_ENTRIES; i++) {
 		snprintf(key, sizeof key, "key-%d", i);
 		keyban_add(kb, key);
 	}
 	ok(!keyban_contains(kb, "key-0"), "over capacity: the oldest key is forgotten");
-	for (int i = 1; i <= KEYBAN_CAPACITY; i++) {
+	for (int i = 1; i <= KEYBAN_MAX_ENTRIES; i++) {
 		snprintf(key, sizeof key, "key-%d", i);
 		if (!keyban_contains(kb, key))
 			all = 0;
 	}
-	ok(all, "the %d newest keys are all kept", KEYBAN_CAPACITY);
+	ok(all, "the %d newest keys are all kept", KEYBAN_MAX_ENTRIES);
 	keyban_add(kb, "key-1");        /* refused again: now the newest */
 	keyban_add(kb, "one-more");
 	ok(keyban_contains(kb, "key-1"), "a re-added key is not the next evicted");
