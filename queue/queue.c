@@ -150,19 +150,6 @@ void queue_options_init(struct queue_options *o)
 	o->cache_bytes = (uint64_t)64 << 20;
 }
 
-int qcause(char **cause, int err, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (cause != NULL && *cause == NULL) {
-		va_start(ap, fmt);
-		if (vasprintf(cause, fmt, ap) < 0)
-			*cause = NULL;
-		va_end(ap);
-	}
-	return err;
-}
-
 /* --- notification ------------------------------------------------------------------ */
 
 /* Copies fn and arg while q->mu is held, then unlocks and calls notify if a
@@ -273,7 +260,7 @@ int queue_open(struct queue **out, const char *path, const struct queue_options 
 	if (cause != NULL)
 		*cause = NULL;
 	if (out == NULL || path == NULL || *path == '\0')
-		return qcause(cause, QUEUE_EINVAL, "queue_open: no database path");
+		return cause_set(cause, QUEUE_EINVAL, "queue_open: no database path");
 	*out = NULL;
 	if (o == NULL) {
 		queue_options_init(&defaults);
@@ -281,14 +268,14 @@ int queue_open(struct queue **out, const char *path, const struct queue_options 
 	}
 	err = queue_alloc(&q, path, o);
 	if (err != QUEUE_OK) {
-		qcause(cause, err, "queue_open: out of memory");
+		cause_set(cause, err, "queue_open: out of memory");
 		goto out;
 	}
 	err = qstore_open(q, cause);
 	if (err != QUEUE_OK)
 		goto out;
 	if (pthread_create(&q->writer, NULL, qwriter_main, q) != 0) {
-		err = qcause(cause, QUEUE_ENOMEM, "queue_open: cannot start the writer thread");
+		err = cause_set(cause, QUEUE_ENOMEM, "queue_open: cannot start the writer thread");
 		goto out;
 	}
 	q->writer_started = true;

@@ -28,6 +28,7 @@
 
 #include <sqlite3.h>
 
+#include "cause.h"
 #include "queue.h"
 
 #define BUSY_TIMEOUT_MS 5000    /* another connection (the queue CLI) holds the lock */
@@ -84,8 +85,6 @@ static inline int64_t wall_ms(void)
 const char *qmsg_str(const struct queue_msg *m, size_t i);
 void qmsg_set_str(struct queue_msg *m, size_t i, const char *s);
 
-/* Sets *cause (if cause is not NULL and *cause is still NULL) and returns err. */
-int qcause(char **cause, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* --- the in-memory state ------------------------------------------------------------ */
 

@@ -44,7 +44,7 @@ static int corrupt_cause(char **cause, const char *path, const char *what)
 	char dir[PATH_MAX];
 
 	snprintf(dir, sizeof dir, "%s", path);
-	return qcause(cause, QUEUE_ECORRUPT, "queue database %s is corrupt (%s): stop here and run "
+	return cause_set(cause, QUEUE_ECORRUPT, "queue database %s is corrupt (%s): stop here and run "
 	              "`watchrtc-relay queue --state-dir %s salvage`, which keeps every readable "
 	              "message and moves the bad file aside", path, what, dirname(dir));
 }
@@ -61,7 +61,7 @@ static int open_fail(const char *path, sqlite3 *db, char **cause, int rc, const 
 		snprintf(buf, sizeof buf, "%s: %s", what, msg);
 		return corrupt_cause(cause, path, buf);
 	}
-	return qcause(cause, err, "queue database %s: %s: %s", path, what, msg);
+	return cause_set(cause, err, "queue database %s: %s: %s", path, what, msg);
 }
 
 /* Prepares sql and steps it once: SQLITE_ROW with *st on the first row,
@@ -182,7 +182,7 @@ static int db_open_writer(struct queue *q, char **cause)
 	 * would send every message twice and race the first one's deletes. */
 	q->lock_fd = qstore_lock(q->path);
 	if (q->lock_fd < 0)
-		return qcause(cause, errno == EWOULDBLOCK ? QUEUE_EBUSY : QUEUE_EIO,
+		return cause_set(cause, errno == EWOULDBLOCK ? QUEUE_EBUSY : QUEUE_EIO,
 		              "queue database %s: %s", q->path, errno == EWOULDBLOCK ?
 		              "in use by another process (a relay on the same state directory?)" :
 		              strerror(errno));
@@ -191,7 +191,7 @@ static int db_open_writer(struct queue *q, char **cause)
 	 * database file. */
 	fd = open(q->path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 	if (fd < 0)
-		return qcause(cause, QUEUE_EIO, "queue database %s: %s", q->path, strerror(errno));
+		return cause_set(cause, QUEUE_EIO, "queue database %s: %s", q->path, strerror(errno));
 	close(fd);
 
 	rc = sqlite3_open_v2(q->path, &q->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
@@ -218,7 +218,7 @@ static int db_open_writer(struct queue *q, char **cause)
 	if (rc != SQLITE_OK)
 		return open_fail(q->path, q->db, cause, rc, "journal_mode");
 	if (strcmp(buf, "wal") != 0)
-		return qcause(cause, QUEUE_EIO, "queue database %s: cannot use WAL mode "
+		return cause_set(cause, QUEUE_EIO, "queue database %s: cannot use WAL mode "
 		              "(journal_mode is %s)", q->path, buf);
 	/* FULL: a commit is on disk before a producer hears about it.
 	 * secure_delete is on in Debian's build and doubles the cost of an ack. */
@@ -244,13 +244,13 @@ int qstore_migrate(sqlite3 *db, const char *path, char instance_id[17], char **c
 	int rc, err = QUEUE_OK;
 
 	if (qstore_random_hex(fresh_id, 8) != 0)
-		return qcause(cause, QUEUE_EIO, "cannot read /dev/urandom: %s", strerror(errno));
+		return cause_set(cause, QUEUE_EIO, "cannot read /dev/urandom: %s", strerror(errno));
 
 	rc = qstore_query_int(db, "PRAGMA user_version", &have);
 	if (rc != SQLITE_OK)
 		goto out;
 	if (have > latest)
-		return qcause(cause, QUEUE_EINVAL, "queue database %s has schema version %" PRId64
+		return cause_set(cause, QUEUE_EINVAL, "queue database %s has schema version %" PRId64
 		              ", newer than this relay knows (%d): run a newer relay",
 		              path, have, latest);
 
@@ -431,7 +431,7 @@ static int index_load(struct queue *q, char **cause)
 	}
 	q->wake = false;
 	if (err != QUEUE_OK) {
-		qcause(cause, err, "queue database %s: out of memory loading messages", q->path);
+		cause_set(cause, err, "queue database %s: out of memory loading messages", q->path);
 		goto out;
 	}
 	if (rc == SQLITE_DONE)

@@ -17,6 +17,8 @@
 #include <strings.h>
 #include <time.h>
 
+#include "cause.h"
+#include "clock.h"
 #include "iplimit.h"
 #include "log.h"
 
@@ -111,9 +113,8 @@ static int add_entries(struct keyset *k, const char *text, const char *seps, boo
 			q--;
 		if (q > p && !(comments && *p == '#')) {
 			if ((size_t)(q - p) > ACCESS_KEY_MAX) {
-				if (asprintf(cause, "%s: %s %u is longer than %d characters", name,
-				             comments ? "line" : "entry", n, ACCESS_KEY_MAX) < 0)
-					*cause = NULL;
+				cause_set(cause, -1, "%s: %s %u is longer than %d characters", name,
+				          comments ? "line" : "entry", n, ACCESS_KEY_MAX);
 				return -1;
 			}
 			if (keyset_add(k, p, (size_t)(q - p)) < 0) {
@@ -134,8 +135,7 @@ static char *read_keys_file(const char *path, char **cause)
 	size_t n;
 
 	if (!f) {
-		if (asprintf(cause, "cannot open %s: %s", path, strerror(errno)) < 0)
-			*cause = NULL;
+		cause_set(cause, -1, "cannot open %s: %s", path, strerror(errno));
 		return NULL;
 	}
 	if (!(text = malloc(ACCESS_KEYS_FILE_MAX + 2))) {
@@ -144,10 +144,9 @@ static char *read_keys_file(const char *path, char **cause)
 	}
 	n = fread(text, 1, ACCESS_KEYS_FILE_MAX + 1, f);
 	if (ferror(f) || n > ACCESS_KEYS_FILE_MAX || memchr(text, '\0', n)) {
-		if (asprintf(cause, "%s: %s", path, ferror(f) ? strerror(errno) :
-		             n > ACCESS_KEYS_FILE_MAX ? "larger than 16 MiB" :
-		             "not a text file (contains a NUL byte)") < 0)
-			*cause = NULL;
+		cause_set(cause, -1, "%s: %s", path, ferror(f) ? strerror(errno) :
+		          n > ACCESS_KEYS_FILE_MAX ? "larger than 16 MiB" :
+		          "not a text file (contains a NUL byte)");
 		free(text);
 		text = NULL;
 		goto out;
@@ -340,10 +339,7 @@ bool access_message_at(struct access *a, const char *ip, int64_t now_ms)
 
 bool access_message(struct access *a, const char *ip)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return access_message_at(a, ip, (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+	return access_message_at(a, ip, mono_ms());
 }
 
 size_t access_tracked(struct access *a)

@@ -17,6 +17,7 @@
 
 #include <microhttpd.h>
 
+#include "cause.h"
 #include "clientip.h"
 #include "log.h"
 #include "metrics.h"
@@ -110,9 +111,8 @@ int admin_server_start(struct admin_server **out, struct relay *r, char **cause)
 	if (ss.ss_family == AF_INET6)
 		flags |= MHD_USE_IPv6;
 	if (!is_loopback(&ss) && !r->cfg.admin_allow_remote) {
-		if (asprintf(cause, "admin-listen %s is not a loopback address: the admin listener is "
-		             "plain HTTP; set admin-allow-remote to serve it anyway", r->cfg.admin_listen) < 0)
-			*cause = NULL;
+		cause_set(cause, -1, "admin-listen %s is not a loopback address: the admin listener is "
+		          "plain HTTP; set admin-allow-remote to serve it anyway", r->cfg.admin_listen);
 		return -1;
 	}
 	s = calloc(1, sizeof *s);
@@ -128,9 +128,8 @@ int admin_server_start(struct admin_server **out, struct relay *r, char **cause)
 	                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)ADMIN_TIMEOUT_S,
 	                             MHD_OPTION_END);
 	if (!s->daemon) {
-		if (asprintf(cause, "cannot listen on admin-listen %s: %s", r->cfg.admin_listen,
-		             strerror(errno)) < 0)
-			*cause = NULL;
+		cause_set(cause, -1, "cannot listen on admin-listen %s: %s", r->cfg.admin_listen,
+		          strerror(errno));
 		free(s);
 		return -1;
 	}
@@ -142,9 +141,8 @@ int admin_server_start(struct admin_server **out, struct relay *r, char **cause)
 	*out = s;
 	return 0;
 bad:
-	if (asprintf(cause, "admin-listen %s is not ADDR:PORT (e.g. 127.0.0.1:9100 or [::1]:9100)",
-	             r->cfg.admin_listen) < 0)
-		*cause = NULL;
+	cause_set(cause, -1, "admin-listen %s is not ADDR:PORT (e.g. 127.0.0.1:9100 or [::1]:9100)",
+	          r->cfg.admin_listen);
 	return -1;
 }
 

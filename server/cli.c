@@ -18,6 +18,7 @@
 
 #include <jansson.h>
 
+#include "clock.h"
 #include "config.h"
 #include "queue.h"
 #include "queue_admin.h"
@@ -65,14 +66,6 @@ static int failed(const char *cause, int err)
 }
 
 /* --- formatting ------------------------------------------------------------------ */
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static const char *fmt_time(int64_t ms, char *buf, size_t len)
 {
@@ -175,7 +168,7 @@ static int on_head(void *arg, const struct queue_admin_row *r)
 	}
 	printf("  #%" PRId64 "  session %s  %" PRIu32 " attempts  %" PRIu64 " queued  "
 	       "received %s ago  %s\n", r->id, printable(r->session, sess, sizeof sess),
-	       r->attempts, r->queued, fmt_age(now_ms() - r->received_ms, age, sizeof age),
+	       r->attempts, r->queued, fmt_age(wall_ms() - r->received_ms, age, sizeof age),
 	       masked_target(r->target, tgt, sizeof tgt));
 	return 0;
 }
@@ -213,7 +206,7 @@ static int cmd_stats(struct cli *c, struct queue_admin *a)
 		       st.depth, st.bytes, st.sessions);
 		if (st.oldest_ms > 0)
 			printf("oldest        received %s, %s ago\n", fmt_time(st.oldest_ms, t, sizeof t),
-			       fmt_age(now_ms() - st.oldest_ms, age, sizeof age));
+			       fmt_age(wall_ms() - st.oldest_ms, age, sizeof age));
 		printf("retrying      sessions whose head waits for a retry:\n");
 	}
 	if ((err = queue_admin_retry_heads(a, 0, on_head, &h, &cause)) != QUEUE_OK)
@@ -234,7 +227,7 @@ static int cmd_stats(struct cli *c, struct queue_admin *a)
 		"instance_id", st.instance_id, "relay_running", c->relay_running,
 		"depth", (json_int_t)st.depth, "bytes", (json_int_t)st.bytes,
 		"sessions", (json_int_t)st.sessions, "oldest_received_ms", (json_int_t)st.oldest_ms,
-		"oldest_age_ms", (json_int_t)(st.oldest_ms > 0 ? now_ms() - st.oldest_ms : 0),
+		"oldest_age_ms", (json_int_t)(st.oldest_ms > 0 ? wall_ms() - st.oldest_ms : 0),
 		"waiting_retry", h.list, "sessions_waiting_retry", (json_int_t)h.count,
 		"dead_letters", (json_int_t)st.dead, "dead_by_reason", reasons);
 	return print_json(doc);

@@ -17,6 +17,8 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "cause.h"
+
 struct trusted_proxies {
 	size_t n;
 	struct cidr blocks[];
@@ -155,10 +157,9 @@ int trusted_proxies_create(struct trusted_proxies **out, const char *list, char 
 		while (q > p && is_blank(q[-1]))
 			q--;
 		if (q > p && cidr_parse(p, (size_t)(q - p), &tp->blocks[tp->n++]) < 0) {
-			if (asprintf(cause, "\"%.*s\" is not an address or a CIDR block "
-			             "(e.g. 10.0.0.0/8 or 2001:db8::/32) with no host bits set",
-			             (int)(q - p), p) < 0)
-				*cause = NULL;
+			cause_set(cause, -1, "\"%.*s\" is not an address or a CIDR block "
+			          "(e.g. 10.0.0.0/8 or 2001:db8::/32) with no host bits set",
+			          (int)(q - p), p);
 			free(tp);
 			return -1;
 		}

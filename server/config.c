@@ -24,6 +24,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cause.h"
 #include "clientip.h"
 #include "forwarder.h"   /* FWD_WORKERS_MAX, FWD_INFLIGHT_MAX */
 #include "log.h"
@@ -234,20 +235,6 @@ static const struct setting settings[] = {
 
 #define NSETTINGS (sizeof settings / sizeof settings[0])
 
-/* Sets *cause (if wanted) to a malloc'd message; NULL if out of memory. */
-__attribute__((format(printf, 2, 3)))
-static void set_cause(char **cause, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!cause)
-		return;
-	va_start(ap, fmt);
-	if (vasprintf(cause, fmt, ap) < 0)
-		*cause = NULL;
-	va_end(ap);
-}
-
 static const struct setting *find_setting(const char *name, size_t len)
 {
 	for (size_t i = 0; i < NSETTINGS; i++) {
@@ -414,35 +401,35 @@ static int validate(const struct config *c, char **cause)
 
 	if (inet_pton(AF_INET, c->listen_address, addr) != 1 &&
 	    inet_pton(AF_INET6, c->listen_address, addr) != 1) {
-		set_cause(cause, "listen-address: \"%s\" is not an IPv4 or IPv6 address",
+		cause_set(cause, -1, "listen-address: \"%s\" is not an IPv4 or IPv6 address",
 		          c->listen_address);
 		return -1;
 	}
 	if (!*c->tls_cert != !*c->tls_key) {
-		set_cause(cause, "tls-cert and tls-key must be given together");
+		cause_set(cause, -1, "tls-cert and tls-key must be given together");
 		return -1;
 	}
 	for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
 		if (*files[i][1] && access(files[i][1], R_OK) < 0) {
-			set_cause(cause, "%s: cannot read %s: %s", files[i][0], files[i][1],
+			cause_set(cause, -1, "%s: cannot read %s: %s", files[i][0], files[i][1],
 			          strerror(errno));
 			return -1;
 		}
 	}
 	if (!*c->state_dir) {
-		set_cause(cause, "state-dir must not be empty");
+		cause_set(cause, -1, "state-dir must not be empty");
 		return -1;
 	}
 	if (!*c->tls_priorities) {
-		set_cause(cause, "tls-priorities must not be empty");
+		cause_set(cause, -1, "tls-priorities must not be empty");
 		return -1;
 	}
 	if (strncmp(c->upstream, "https://", 8) && strncmp(c->upstream, "http://", 7)) {
-		set_cause(cause, "upstream: \"%s\" is not an http:// or https:// URL", c->upstream);
+		cause_set(cause, -1, "upstream: \"%s\" is not an http:// or https:// URL", c->upstream);
 		return -1;
 	}
 	if (c->retry_base_ms > c->retry_max_ms) {
-		set_cause(cause, "retry-base-ms (%u) is larger than retry-max-ms (%u)",
+		cause_set(cause, -1, "retry-base-ms (%u) is larger than retry-max-ms (%u)",
 		          c->retry_base_ms, c->retry_max_ms);
 		return -1;
 	}
@@ -457,7 +444,7 @@ static int set_defaults(struct config *c, char **cause)
 	memset(c, 0, sizeof *c);
 	for (size_t i = 0; i < NSETTINGS; i++) {
 		if (setting_set(c, &settings[i], settings[i].def, false, err, sizeof err) < 0) {
-			set_cause(cause, "default of %s", err);
+			cause_set(cause, -1, "default of %s", err);
 			return -1;
 		}
 	}
@@ -539,7 +526,7 @@ int config_apply_file_text(struct config *c, const char *name, const char *text,
 	bool seen[NSETTINGS] = { false };   /* a list named again is extended */
 
 	if (strnlen(text, CONFIG_FILE_MAX + 1) > CONFIG_FILE_MAX) {
-		set_cause(cause, "%s: larger than %d bytes", name, CONFIG_FILE_MAX);
+		cause_set(cause, -1, "%s: larger than %d bytes", name, CONFIG_FILE_MAX);
 		return -1;
 	}
 	while (*text) {
@@ -553,7 +540,7 @@ int config_apply_file_text(struct config *c, const char *name, const char *text,
 		if (len > 0 && text[len - 1] == '\r')
 			len--;
 		if (len > CONFIG_LINE_MAX) {
-			set_cause(cause, "%s:%u: line longer than %d characters", name, lineno,
+			cause_set(cause, -1, "%s:%u: line longer than %d characters", name, lineno,
 			          CONFIG_LINE_MAX);
 			return -1;
 		}
@@ -565,21 +552,21 @@ int config_apply_file_text(struct config *c, const char *name, const char *text,
 		if (r == 0)
 			continue;
 		if (r < 0) {
-			set_cause(cause, "%s:%u: %s", name, lineno, err);
+			cause_set(cause, -1, "%s:%u: %s", name, lineno, err);
 			return -1;
 		}
 		s = find_setting(key, strlen(key));
 		if (!s) {
-			set_cause(cause, "%s:%u: unknown key \"%s\"", name, lineno, key);
+			cause_set(cause, -1, "%s:%u: unknown key \"%s\"", name, lineno, key);
 			return -1;
 		}
 		if (s->cli_only) {
-			set_cause(cause, "%s:%u: %s is only accepted on the command line",
+			cause_set(cause, -1, "%s:%u: %s is only accepted on the command line",
 			          name, lineno, key);
 			return -1;
 		}
 		if (setting_set(c, s, value, seen[s - settings], err, sizeof err) < 0) {
-			set_cause(cause, "%s:%u: %s", name, lineno, err);
+			cause_set(cause, -1, "%s:%u: %s", name, lineno, err);
 			return -1;
 		}
 		seen[s - settings] = true;
@@ -596,25 +583,25 @@ static int apply_file(struct config *c, const char *path, char **cause)
 	int ret = -1;
 
 	if (!(f = fopen(path, "r"))) {
-		set_cause(cause, "cannot open %s: %s", path, strerror(errno));
+		cause_set(cause, -1, "cannot open %s: %s", path, strerror(errno));
 		goto out;
 	}
 	if (!(text = malloc(CONFIG_FILE_MAX + 2))) {
-		set_cause(cause, "%s: out of memory", path);
+		cause_set(cause, -1, "%s: out of memory", path);
 		goto out;
 	}
 	/* One byte over the ceiling tells "too big" from "exactly the limit". */
 	n = fread(text, 1, CONFIG_FILE_MAX + 1, f);
 	if (ferror(f)) {
-		set_cause(cause, "cannot read %s: %s", path, strerror(errno));
+		cause_set(cause, -1, "cannot read %s: %s", path, strerror(errno));
 		goto out;
 	}
 	if (n > CONFIG_FILE_MAX) {
-		set_cause(cause, "%s: larger than %d bytes", path, CONFIG_FILE_MAX);
+		cause_set(cause, -1, "%s: larger than %d bytes", path, CONFIG_FILE_MAX);
 		goto out;
 	}
 	if (memchr(text, '\0', n)) {
-		set_cause(cause, "%s: not a text file (contains a NUL byte)", path);
+		cause_set(cause, -1, "%s: not a text file (contains a NUL byte)", path);
 		goto out;
 	}
 	text[n] = '\0';
@@ -645,7 +632,7 @@ static enum config_result parse_args(struct config *c, int argc, char **argv,
 		size_t len;
 
 		if (strncmp(arg, "--", 2) || !arg[2]) {
-			set_cause(cause, "unexpected argument \"%s\"", arg);
+			cause_set(cause, -1, "unexpected argument \"%s\"", arg);
 			return CONFIG_ERROR;
 		}
 		name = arg + 2;
@@ -657,7 +644,7 @@ static enum config_result parse_args(struct config *c, int argc, char **argv,
 		if ((len == 4 && !memcmp(name, "help", 4)) ||
 		    (len == 7 && !memcmp(name, "version", 7))) {
 			if (eq) {
-				set_cause(cause, "--%.*s takes no value", (int)len, name);
+				cause_set(cause, -1, "--%.*s takes no value", (int)len, name);
 				return CONFIG_ERROR;
 			}
 			if (pass == PASS_CONFIG) {
@@ -671,7 +658,7 @@ static enum config_result parse_args(struct config *c, int argc, char **argv,
 			continue;
 		}
 		if (!(s = find_setting(name, len))) {
-			set_cause(cause, "unknown option --%.*s", (int)len, name);
+			cause_set(cause, -1, "unknown option --%.*s", (int)len, name);
 			return CONFIG_ERROR;
 		}
 		if (!value) {
@@ -685,14 +672,14 @@ static enum config_result parse_args(struct config *c, int argc, char **argv,
 			} else if (i + 1 < argc) {
 				value = argv[++i];
 			} else {
-				set_cause(cause, "option --%s needs a value", s->name);
+				cause_set(cause, -1, "option --%s needs a value", s->name);
 				return CONFIG_ERROR;
 			}
 		}
 		if ((pass == PASS_CONFIG) != (s->offset == offsetof(struct config, config_file)))
 			continue;
 		if (setting_set(c, s, value, seen[s - settings], err, sizeof err) < 0) {
-			set_cause(cause, "--%s", err);
+			cause_set(cause, -1, "--%s", err);
 			return CONFIG_ERROR;
 		}
 		seen[s - settings] = true;

@@ -10,6 +10,7 @@
 
 #include <jansson.h>
 
+#include "clock.h"
 #include "log.h"
 #include "metrics.h"
 #include "queue.h"
@@ -34,20 +35,12 @@ static enum MHD_Result answer(struct MHD_Connection *c, unsigned status, const c
 	return ret;
 }
 
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Why the relay should not get traffic now, or NULL if it should. */
 static const char *not_ready(struct relay *r, const struct queue_stats *st, char *buf,
                              size_t size)
 {
 	uint64_t pct = r->cfg.queue_high_water_pct;
-	int64_t now = now_ms(), down_since = metrics_upstream_down_since_ms();
+	int64_t now = wall_ms(), down_since = metrics_upstream_down_since_ms();
 
 	if (atomic_load(&r->stopping))
 		return "shutting down";
@@ -107,7 +100,7 @@ enum MHD_Result route_health(struct relay *r, struct MHD_Connection *c,
 	queue_stats(r->queue, &st);
 	reason = not_ready(r, &st, buf, sizeof buf);
 	if (st.oldest_ms > 0)
-		age = now_ms() - st.oldest_ms;
+		age = wall_ms() - st.oldest_ms;
 	status = reason ? 503 : 200;
 	obj = json_pack("{s:s, s:I, s:I, s:I}", "status", reason ? "unavailable" : "ok",
 	                "queue_depth", (json_int_t)st.depth, "oldest_age_ms",

@@ -24,6 +24,7 @@
 #include <microhttpd.h>
 
 #include "access.h"
+#include "cause.h"
 #include "clientip.h"
 #include "deadline.h"
 #include "listener.h"
@@ -433,8 +434,7 @@ int http_server_start(struct http_server **out, struct relay *r, const struct tl
 		MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
 		MHD_OPTION_END);
 	if (!s->daemon) {
-		if (asprintf(cause, "cannot start the HTTP server: %s", strerror(errno)) < 0)
-			*cause = NULL;
+		cause_set(cause, -1, "cannot start the HTTP server: %s", strerror(errno));
 		http_server_stop(s);
 		return -1;
 	}

@@ -16,6 +16,8 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "clock.h"
+
 /* Hash buckets (a power of two): at most ~2.5 entries per chain when full. */
 #define KEYBAN_BUCKETS 4096
 /* Longer keys are truncated for comparison (no real API key is this long). */
@@ -38,14 +40,6 @@ struct keyban {
 	struct keyban_entry *oldest, *newest;
 	struct keyban_entry *buckets[KEYBAN_BUCKETS];
 };
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* FNV-1a, seeded. */
 static uint32_t key_hash(uint32_t seed, const char *key, size_t len)
@@ -71,7 +65,7 @@ struct keyban *keyban_create(unsigned ttl_s)
 	}
 	kb->ttl_ms = (int64_t)ttl_s * 1000;
 	if (getrandom(&kb->seed, sizeof kb->seed, GRND_NONBLOCK) != sizeof kb->seed)
-		kb->seed = (uint32_t)now_ms() ^ (uint32_t)(uintptr_t)kb;
+		kb->seed = (uint32_t)mono_ms() ^ (uint32_t)(uintptr_t)kb;
 	return kb;
 }
 
@@ -158,7 +152,7 @@ void keyban_add(struct keyban *kb, const char *key)
 	struct keyban_entry *e, **link;
 	size_t len;
 	uint32_t hash;
-	int64_t now = now_ms();
+	int64_t now = mono_ms();
 
 	if (!kb || !key || !*key)
 		return;
@@ -205,7 +199,7 @@ bool keyban_contains(struct keyban *kb, const char *key)
 	pthread_mutex_lock(&kb->lock);
 	if (kb->count == 0)
 		goto out;
-	purge_expired(kb, now_ms());
+	purge_expired(kb, mono_ms());
 	e = lookup(kb, key, len, hash, &link);
 	found = e != NULL;
 out:

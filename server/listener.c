@@ -39,6 +39,7 @@
 #include <gnutls/gnutls.h>
 #include <microhttpd.h>
 
+#include "cause.h"
 #include "clientip.h"
 #include "clock.h"
 #include "log.h"
@@ -706,13 +707,6 @@ void listener_upgraded(struct listener *l, int mhd_fd, struct MHD_UpgradeRespons
 
 /* --- start and stop --------------------------------------------------------------- */
 
-static int set_cause(char **cause, const char *what, const char *detail)
-{
-	if (asprintf(cause, "%s: %s", what, detail) < 0)
-		*cause = NULL;
-	return -1;
-}
-
 static int open_socket(struct listener *l, const struct listener_options *o, char **cause)
 {
 	struct sockaddr_storage ss;
@@ -722,13 +716,13 @@ static int open_socket(struct listener *l, const struct listener_options *o, cha
 
 	snprintf(what, sizeof what, "cannot listen on %s port %u", o->address, o->port);
 	if (clientip_sockaddr(o->address, o->port, &ss, &len) < 0)
-		return set_cause(cause, what, "not an IPv4 or IPv6 address");
+		return cause_set(cause, -1, "%s: not an IPv4 or IPv6 address", what);
 	l->lfd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (l->lfd < 0)
-		return set_cause(cause, what, strerror(errno));
+		return cause_set(cause, -1, "%s: %s", what, strerror(errno));
 	setsockopt(l->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
 	if (bind(l->lfd, (struct sockaddr *)&ss, len) < 0 || listen(l->lfd, LISTENER_BACKLOG) < 0)
-		return set_cause(cause, what, strerror(errno));
+		return cause_set(cause, -1, "%s: %s", what, strerror(errno));
 	return 0;
 }
 
@@ -743,10 +737,10 @@ static int loop_init(struct lloop *lp, struct listener *l, char **cause)
 	lp->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (lp->epfd < 0 || lp->evfd < 0 || epoll_ctl(lp->epfd, EPOLL_CTL_ADD, lp->evfd, &ev) < 0 ||
 	    epoll_ctl(lp->epfd, EPOLL_CTL_ADD, l->lfd, &lev) < 0)
-		return set_cause(cause, "TLS listener loop", strerror(errno));
+		return cause_set(cause, -1, "TLS listener loop: %s", strerror(errno));
 	lp->listening = true;
 	if (pthread_create(&lp->thread, NULL, loop_main, lp) != 0)
-		return set_cause(cause, "TLS listener loop", "cannot start a thread");
+		return cause_set(cause, -1, "TLS listener loop: cannot start a thread");
 	lp->started = true;
 	return 0;
 }
@@ -772,14 +766,14 @@ int listener_start(struct listener **out, const struct listener_options *o,
 	pthread_mutex_init(&l->table_lock, NULL);
 	if ((rc = gnutls_certificate_allocate_credentials(&l->cred)) < 0) {
 		l->cred = NULL;
-		set_cause(cause, "TLS credentials", gnutls_strerror(rc));
+		cause_set(cause, -1, "TLS credentials: %s", gnutls_strerror(rc));
 		goto fail;
 	}
 	/* The certificate is asked for at each handshake: SIGHUP swaps it. */
 	gnutls_certificate_set_retrieve_function2(l->cred, tls_creds_retrieve);
 	if ((rc = gnutls_priority_init(&l->prio, o->priorities, &err_pos)) < 0) {
 		l->prio = NULL;
-		set_cause(cause, "tls-priorities", err_pos ? err_pos : gnutls_strerror(rc));
+		cause_set(cause, -1, "tls-priorities: %s", err_pos ? err_pos : gnutls_strerror(rc));
 		goto fail;
 	}
 	if (open_socket(l, o, cause) < 0)

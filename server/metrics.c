@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "queue.h"
 
 #define METRICS_RENDER_MAX (256 * 1024)  /* ceiling of one scrape's text */
@@ -83,10 +84,7 @@ void metrics_gauge_set(enum metric_gauge g, int64_t value)
 		if (value) {
 			atomic_store(&upstream_down_since_ms, 0);
 		} else {
-			struct timespec ts;
-			clock_gettime(CLOCK_REALTIME, &ts);
-			atomic_compare_exchange_strong(&upstream_down_since_ms, &none,
-			                               (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+			atomic_compare_exchange_strong(&upstream_down_since_ms, &none, wall_ms());
 		}
 	}
 }
@@ -231,12 +229,10 @@ static void render_dead(struct out *o, const struct queue_dead_reason *dead, siz
 static void render_queue(struct out *o, const struct queue_stats *qs,
                          const struct queue_dead_reason *dead, size_t ndead)
 {
-	struct timespec ts;
 	double age = 0;
 
-	clock_gettime(CLOCK_REALTIME, &ts);
 	if (qs->oldest_ms > 0) {
-		age = ((double)ts.tv_sec * 1000 + ts.tv_nsec / 1e6 - (double)qs->oldest_ms) / 1000;
+		age = (double)(wall_ms() - qs->oldest_ms) / 1000;
 		if (age < 0)
 			age = 0;
 	}

@@ -20,6 +20,8 @@
 #include <gnutls/gnutls.h>
 #include <gnutls/x509.h>
 
+#include "cause.h"
+#include "clock.h"
 #include "tls.h"
 
 #define TLS_CHAIN_MAX 16          /* certificates in a chain */
@@ -42,10 +44,7 @@ static struct {
 
 static time_t mono_s(void)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec;
+	return (time_t)(mono_ms() / 1000);
 }
 
 static void creds_free(struct tls_creds *c)
@@ -107,9 +106,8 @@ static int creds_create(struct tls_creds **out, const struct tls_pair *p, char *
 	*out = c;
 	return 0;
 fail:
-	if (asprintf(cause, "cannot use %s: %s", what,
-	             err < 0 ? gnutls_strerror(err) : "it is not the certificate's key") < 0)
-		*cause = NULL;
+	cause_set(cause, -1, "cannot use %s: %s", what,
+	          err < 0 ? gnutls_strerror(err) : "it is not the certificate's key");
 	creds_free(c);
 	return -1;
 }
@@ -150,9 +148,9 @@ int tls_creds_install(const struct tls_pair *p, char **cause)
 		c = NULL;
 	}
 	pthread_mutex_unlock(&live.mu);
-	if (rc < 0 && asprintf(cause, "%d certificates were replaced in the last %d s: wait "
-	                       "before reloading again", TLS_RETIRED_MAX, TLS_RETIRE_GRACE_S) < 0)
-		*cause = NULL;
+	if (rc < 0)
+		cause_set(cause, rc, "%d certificates were replaced in the last %d s: wait before "
+		          "reloading again", TLS_RETIRED_MAX, TLS_RETIRE_GRACE_S);
 	creds_free(c);
 	return rc;
 }

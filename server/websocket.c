@@ -44,6 +44,7 @@
 #include <wslay/wslay.h>
 
 #include "access.h"
+#include "cause.h"
 #include "clock.h"
 #include "log.h"
 #include "metrics.h"
@@ -792,13 +793,11 @@ static int loop_init(struct ws_loop *l, struct ws_server *s, char **cause)
 	l->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	pthread_mutex_init(&l->lock, NULL);
 	if (l->epfd < 0 || l->evfd < 0 || epoll_ctl(l->epfd, EPOLL_CTL_ADD, l->evfd, &ev) < 0) {
-		if (asprintf(cause, "websocket loop: %s", strerror(errno)) < 0)
-			*cause = NULL;
+		cause_set(cause, -1, "websocket loop: %s", strerror(errno));
 		return -1;
 	}
 	if (pthread_create(&l->thread, NULL, loop_main, l) != 0) {
-		if (asprintf(cause, "websocket loop: cannot start a thread") < 0)
-			*cause = NULL;
+		cause_set(cause, -1, "websocket loop: cannot start a thread");
 		return -1;
 	}
 	l->started = true;
