@@ -83,6 +83,8 @@ static inline int64_t wall_ms(void)
 /* session .. conn_id, in the order of the schema's columns. */
 #define MSG_NSTR 9
 const char *qmsg_str(const struct queue_msg *m, size_t i);
+/* Bytes queue_msg_dup allocates for m, or 0 if that overflows size_t. */
+size_t qmsg_footprint(const struct queue_msg *m);
 void qmsg_set_str(struct queue_msg *m, size_t i, const char *s);
 
 

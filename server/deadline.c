@@ -104,7 +104,7 @@ static void *timer_main(void *arg)
 	return NULL;
 }
 
-int deadlines_create(struct deadlines **out, unsigned timeout_s, char **cause)
+int deadlines_start(struct deadlines **out, unsigned timeout_s, char **cause)
 {
 	struct deadlines *d = calloc(1, sizeof *d);
 	pthread_condattr_t ca;
@@ -122,7 +122,7 @@ int deadlines_create(struct deadlines **out, unsigned timeout_s, char **cause)
 	pthread_condattr_destroy(&ca);
 	if (pthread_create(&d->thread, NULL, timer_main, d) != 0) {
 		*cause = strdup("cannot start the request deadline thread");
-		deadlines_destroy(d);
+		deadlines_stop(d);
 		return -1;
 	}
 	d->started = true;
@@ -130,7 +130,7 @@ int deadlines_create(struct deadlines **out, unsigned timeout_s, char **cause)
 	return 0;
 }
 
-void deadlines_destroy(struct deadlines *d)
+void deadlines_stop(struct deadlines *d)
 {
 	if (!d)
 		return;

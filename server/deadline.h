@@ -17,11 +17,11 @@ struct deadline;
 
 /* Starts the timer thread.  On failure *cause (malloc'd, caller frees)
  * says why. */
-int deadlines_create(struct deadlines **out, unsigned timeout_s, char **cause)
+int deadlines_start(struct deadlines **out, unsigned timeout_s, char **cause)
 	__attribute__((warn_unused_result));
 /* Stops the thread and frees d; every connection must have been closed
  * (deadline_close) before.  Accepts NULL. */
-void deadlines_destroy(struct deadlines *d);
+void deadlines_stop(struct deadlines *d);
 
 /* A connection on socket fd from peer opened: armed now.  NULL if out of
  * memory (that connection then has no limit but MHD's idle timeout). */

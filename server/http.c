@@ -20,7 +20,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <jansson.h>
 #include <microhttpd.h>
 
 #include "access.h"
@@ -114,44 +113,6 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 	while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
 		msg[--n] = '\0';
 	log_debug("mhd", "msg=%s", log_quote(msg, quoted, sizeof quoted));
-}
-
-enum MHD_Result http_answer_error_retry(struct MHD_Connection *c, unsigned status,
-                                        const char *origin, const char *reason,
-                                        unsigned retry_after_s)
-{
-	struct MHD_Response *resp;
-	enum MHD_Result ret;
-	json_t *obj = json_pack("{s:s}", "error", reason);
-	char *text = obj ? json_dumps(obj, JSON_COMPACT) : NULL, retry[16];
-
-	json_decref(obj);
-	if (!text)
-		return MHD_NO;
-	resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
-	if (!resp) {
-		free(text);
-		return MHD_NO;
-	}
-	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-	if (retry_after_s) {
-		snprintf(retry, sizeof retry, "%u", retry_after_s);
-		MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, retry);
-	}
-	/* Without it the browser hides the answer from the page. */
-	if (origin) {
-		MHD_add_response_header(resp, "Access-Control-Allow-Origin", origin);
-		MHD_add_response_header(resp, "Vary", "Origin");
-	}
-	ret = MHD_queue_response(c, status, resp);
-	MHD_destroy_response(resp);
-	return ret;
-}
-
-enum MHD_Result http_answer_error(struct MHD_Connection *c, unsigned status, const char *origin,
-                                  const char *reason)
-{
-	return http_answer_error_retry(c, status, origin, reason, 0);
 }
 
 static bool ends_with(const char *s, const char *suffix)
@@ -410,13 +371,13 @@ int http_server_start(struct http_server **out, struct relay *r, const struct tl
 		return -1;
 	}
 	s->relay = r;
-	if (deadlines_create(&s->deadlines, r->cfg.request_timeout_s, cause) < 0) {
+	if (deadlines_start(&s->deadlines, r->cfg.request_timeout_s, cause) < 0) {
 		free(s);
 		return -1;
 	}
 	/* Each handshake asks tls_creds for the certificate: SIGHUP swaps it. */
 	if (tls_creds_install(tls, cause) < 0) {
-		deadlines_destroy(s->deadlines);
+		deadlines_stop(s->deadlines);
 		free(s);
 		return -1;
 	}
@@ -459,12 +420,12 @@ void http_server_stop(struct http_server *s)
 		return;
 	/* The loops first, then the daemon (its upgrade callbacks may still
 	 * name the listener), then the listener's memory. */
-	listener_stop(s->listener);
+	listener_halt(s->listener);
 	if (s->daemon)
 		MHD_stop_daemon(s->daemon);
-	listener_free(s->listener);
+	listener_stop(s->listener);
 	s->relay->listener = NULL;
-	deadlines_destroy(s->deadlines);   /* every connection is closed by now */
+	deadlines_stop(s->deadlines);   /* every connection is closed by now */
 	tls_creds_release();
 	free(s);
 }

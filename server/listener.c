@@ -791,7 +791,7 @@ int listener_start(struct listener **out, const struct listener_options *o,
 	*out = l;
 	return 0;
 fail:
-	listener_free(l);
+	listener_stop(l);
 	return -1;
 }
 
@@ -808,7 +808,7 @@ void listener_quiesce(struct listener *l)
 			loop_signal(&l->loops[i]);
 }
 
-void listener_stop(struct listener *l)
+void listener_halt(struct listener *l)
 {
 	if (!l || atomic_load(&l->exiting))
 		return;
@@ -829,11 +829,11 @@ void listener_stop(struct listener *l)
 	l->lfd = -1;
 }
 
-void listener_free(struct listener *l)
+void listener_stop(struct listener *l)
 {
 	if (!l)
 		return;
-	listener_stop(l);
+	listener_halt(l);
 	for (unsigned i = 0; l->loops && i < l->nloops; i++) {
 		struct lloop *lp = &l->loops[i];
 

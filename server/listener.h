@@ -53,10 +53,13 @@ void listener_upgraded(struct listener *l, int mhd_fd, struct MHD_UpgradeRespons
 
 /* Stops accepting: new connections are refused from now on. */
 void listener_quiesce(struct listener *l);
-/* Closes every connection still in the listener's hands and stops its
- * threads; listener_upgraded may still be called (it refuses).  Call
- * before stopping libmicrohttpd, and listener_free after.  Both accept NULL. */
+/* Closes every connection still in the listener's hands and joins its
+ * threads, but keeps l: libmicrohttpd's upgrade callbacks may still name it
+ * (listener_upgraded then refuses).  Call before stopping libmicrohttpd.
+ * Accepts NULL. */
+void listener_halt(struct listener *l);
+/* Halts l if that was not done yet, then frees it: call after libmicrohttpd
+ * has stopped.  Accepts NULL. */
 void listener_stop(struct listener *l);
-void listener_free(struct listener *l);
 
 #endif

@@ -246,7 +246,7 @@ int main(int argc, char **argv)
 		.console_log_level = r.cfg.console_log_level,
 		.project_id = r.cfg.project_id,
 	};
-	if (ws_server_create(&r.ws, &wo, r.queue, &cause) < 0)
+	if (ws_server_start(&r.ws, &wo, r.queue, &cause) < 0)
 		goto out;
 
 	fo = (struct forwarder_options){
@@ -291,7 +291,7 @@ out:
 	http_server_stop(http);
 	admin_server_stop(admin);
 	forwarder_stop(fwd, r.cfg.shutdown_deadline_ms);
-	ws_server_destroy(r.ws);
+	ws_server_stop(r.ws);
 	queue_close(r.queue);
 	keyban_destroy(r.keyban);
 	access_destroy(r.access);   /* after the websockets: they hold its slots */

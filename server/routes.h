@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <microhttpd.h>
 
+#include "answer.h"  /* every route answers its refusals with it */
+
 struct relay;
 
 /* What http.c learned about a request before dispatching it. */
@@ -25,15 +27,6 @@ struct request_info {
 	 * NULL if http.c offers no such slot. */
 	void **pending;
 };
-
-/* Queues a JSON error answer {"error": reason} with CORS headers for origin
- * and, when retry_after_s is not 0, a Retry-After header. */
-enum MHD_Result http_answer_error_retry(struct MHD_Connection *c, unsigned status,
-                                        const char *origin, const char *reason,
-                                        unsigned retry_after_s);
-/* The same without Retry-After. */
-enum MHD_Result http_answer_error(struct MHD_Connection *c, unsigned status,
-                                  const char *origin, const char *reason);
 
 /* GET with "Upgrade: websocket": checks the handshake and the query, then
  * answers 101 and hands the socket to the websocket server, or answers 4xx. */

@@ -804,8 +804,8 @@ static int loop_init(struct ws_loop *l, struct ws_server *s, char **cause)
 	return 0;
 }
 
-int ws_server_create(struct ws_server **out, const struct ws_options *o, struct queue *q,
-                     char **cause)
+int ws_server_start(struct ws_server **out, const struct ws_options *o, struct queue *q,
+                    char **cause)
 {
 	struct ws_server *s = calloc(1, sizeof *s);
 	pthread_condattr_t ca;
@@ -833,7 +833,7 @@ int ws_server_create(struct ws_server **out, const struct ws_options *o, struct 
 		s->loops[i].epfd = s->loops[i].evfd = -1;
 	for (unsigned i = 0; i < s->nloops; i++) {
 		if (loop_init(&s->loops[i], s, cause) < 0) {
-			ws_server_destroy(s);
+			ws_server_stop(s);
 			return -1;
 		}
 	}
@@ -842,7 +842,7 @@ int ws_server_create(struct ws_server **out, const struct ws_options *o, struct 
 nomem:
 	if (cause)
 		*cause = strdup("out of memory");
-	ws_server_destroy(s);
+	ws_server_stop(s);
 	return -1;
 }
 
@@ -966,7 +966,7 @@ void ws_server_shutdown(struct ws_server *s, unsigned deadline_ms)
 	         open_before > left ? open_before - left : 0, left);
 }
 
-void ws_server_destroy(struct ws_server *s)
+void ws_server_stop(struct ws_server *s)
 {
 	if (!s)
 		return;

@@ -48,8 +48,10 @@ struct ws_conn_meta {
 	struct access *access;
 };
 
-int ws_server_create(struct ws_server **out, const struct ws_options *o, struct queue *q,
-                     char **cause) __attribute__((warn_unused_result));
+/* Starts the websocket loops' threads.  On failure *cause (malloc'd, caller
+ * frees) says why. */
+int ws_server_start(struct ws_server **out, const struct ws_options *o, struct queue *q,
+                    char **cause) __attribute__((warn_unused_result));
 
 /* Takes over an upgraded TLS connection (from the listener, any thread):
  * its non-blocking socket fd, its session tls, and extra, the bytes the
@@ -64,7 +66,9 @@ size_t ws_server_open(struct ws_server *s);
  * deadline_ms for the close handshakes.  Messages already received are in
  * the queue when this returns. */
 void ws_server_shutdown(struct ws_server *s, unsigned deadline_ms);
-void ws_server_destroy(struct ws_server *s);  /* accepts NULL */
+/* Joins the loops' threads and frees s (after ws_server_shutdown).
+ * Accepts NULL. */
+void ws_server_stop(struct ws_server *s);
 
 /* Frees meta and its strings (accepts NULL). */
 void ws_conn_meta_free(struct ws_conn_meta *meta);
