@@ -161,6 +161,8 @@ static const struct setting settings[] = {
 	    "largest HTTPS fallback request body", "ingest"),
 	NUM("max-message-bytes", T_SIZE, max_message_bytes, "1M", 1, 256 * MiB,
 	    "largest websocket message", "ingest"),
+	NUM("max-session-id-bytes", T_UINT, max_session_id_bytes, "256", 1, 65536,
+	    "longest sessionId (larger: 413); visible ASCII only", "ingest"),
 	NUM("cors-max-age-s", T_UINT, cors_max_age_s, "600", 0, 86400,
 	    "Access-Control-Max-Age of CORS preflight answers", "ingest"),
 	NUM("retry-after-s", T_UINT, retry_after_s, "5", 0, 3600,

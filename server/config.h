@@ -39,6 +39,7 @@ struct config {
 	/* ingest */
 	uint64_t max_body_bytes;     /* HTTPS fallback body */
 	uint64_t max_message_bytes;  /* one websocket message */
+	unsigned max_session_id_bytes; /* a sessionId, query or body */
 	unsigned cors_max_age_s;
 	unsigned retry_after_s;      /* Retry-After on 503 */
 	/* websocket hello and liveness */

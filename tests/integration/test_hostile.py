@@ -1,0 +1,144 @@
+"""The hostile-input run of issue 14, replayed: each way in that it found is
+now refused with a clear status or close code and a log line, nothing from
+it is stored, and the key's and session's legitimate traffic keeps flowing.
+
+1. a POST authorised on its query's key but judged upstream by its body's
+   projectId (and a key banned for a message whose key it never saw);
+3. poison bytes in the query, headers and sessionId that could never be
+   sent upstream and would block the session and fake an outage;
+7. a parameter given twice, or apiKey and token together;
+and the minor points: control bytes in passed-on headers."""
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.environ.get("TESTS_SRCDIR", os.path.join(os.path.dirname(__file__), "..")))
+from relaytest import (RawWS, Relay, done, eq, ok, raw_request, request, start_upstream,  # noqa: E402
+                       wait_until)
+
+ORIGIN = "https://app.example"
+HEADERS = {"Content-Type": "application/json", "Origin": ORIGIN}
+
+
+def post(relay, body, path="/websocket/trace", headers=None):
+    h = dict(HEADERS)
+    h.update(headers or {})
+    return request(relay.port, "POST", path, json.dumps(body) if isinstance(body, dict) else body, h)[0]
+
+
+def rating(session, project):
+    return {"sessionId": session, "projectId": project, "data": ["userRating", None, {"rating": 5}, 1]}
+
+
+def stored(up, needle):
+    """Upstream requests whose path or body mention needle."""
+    return [r for r in up.requests() if needle in r["path"] or needle.encode() in r["body"]]
+
+
+def upgrade(relay, query, headers=()):
+    return RawWS(relay.port, "/websocket?" + query, origin=ORIGIN, headers=headers)
+
+
+def raw_post(relay, path, extra_headers, body):
+    head = ("POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: %s\r\nContent-Length: %d\r\n%s\r\n"
+            % (path, ORIGIN, len(body), "".join("%s\r\n" % h for h in extra_headers)))
+    return raw_request(relay.port, head.encode("latin-1"), body.encode())
+
+
+up = start_upstream()
+relay = Relay(up, args=["--allowed-keys", "goodkey,key3", "--ready-max-upstream-down-s", "2"]).start()
+
+# --- 1. a POST's key is the one the upstream judges ------------------------------------------
+eq(post(relay, rating("h1-evil", "evilkey"), "/websocket/trace?apiKey=goodkey"), 401,
+   "1: an allowed key in the query does not let another projectId in (401)")
+eq(post(relay, rating("h1-evil2", "evilkey"), "/websocket/trace?token=goodkey"), 401,
+   "1: nor as token=")
+ok("the query's key is not the body's projectId" in relay.log_text(), "1: and says why in the log")
+eq(post(relay, rating("h1-good", "goodkey"), "/websocket/trace?apiKey=goodkey"), 200,
+   "1: the same key in the query and the body passes")
+ok(wait_until(lambda: stored(up, "h1-good"), 10), "1: and is forwarded")
+# A POST without projectId: the upstream is not given the query's key, so
+# its refusal must not ban that key.
+up.behave(status=401, count=1)
+eq(post(relay, {"sessionId": "h1-nokey", "data": []}, "/websocket/trace?apiKey=goodkey"), 200,
+   "1: a POST with no projectId, allowed by its query's key, is stored")
+ok(wait_until(lambda: stored(up, "h1-nokey"), 10), "1: the upstream refuses it (401)")
+ok(wait_until(lambda: "reason=rejected status=401" in relay.log_text(), 10),
+   "1: it is dead-lettered as rejected")
+ws = upgrade(relay, "apiKey=goodkey&sessionId=h1-after")
+hello = ws.hello() or {}
+ok("connectionId" in hello and "error" not in hello,
+   "1: and goodkey is not banned: its SDKs still get a normal hello", hello)
+ws.send(1, b'["h1-after-msg"]')
+ok(wait_until(lambda: stored(up, "h1-after-msg"), 10), "1: and their messages are forwarded")
+ws.bye()
+time.sleep(0.3)
+eq(stored(up, "h1-evil"), [], "1: nothing of the refused POSTs reached the upstream")
+
+# --- 7. a parameter given twice, or two keys ---------------------------------------------------
+for q, what in (("apiKey=goodkey&apiKey=evilkey", "apiKey twice"),
+                ("apiKey=goodkey&api%4Bey=evilkey", "apiKey and api%4Bey"),
+                ("apiKey=goodkey&token=evilkey", "apiKey and token"),
+                ("apiKey=goodkey&sessionId=h7-a&sessionId=h7-b&sessionId=h7-c", "sessionId twice")):
+    ws = upgrade(relay, q + ("" if "sessionId" in q else "&sessionId=h7-dup"))
+    eq(ws.status, 400, "7: an upgrade with %s gets 400" % what)
+    ws.close()
+eq(post(relay, rating("h7-post", "goodkey"), "/websocket/trace?apiKey=goodkey&apiKey=evilkey"), 400,
+   "7: so does a POST")
+ok("a query parameter given twice" in relay.log_text(), "7: logged with the reason")
+time.sleep(0.3)
+eq(stored(up, "h7-"), [], "7: nothing of them is stored or forwarded")
+
+# (key3: a key of its own, so that what point 1 did to goodkey on an old relay
+# does not hide what this does.)
+# --- 3. what could never be sent is never stored ------------------------------------------------
+victim = upgrade(relay, "apiKey=key3&sessionId=h3-victim")
+ok("connectionId" in (victim.hello() or {}), "3: the victim's websocket is open")
+victim.send(1, b'["h3-first"]')
+ok(wait_until(lambda: stored(up, "h3-first"), 10), "3: its first message is forwarded")
+for junk, what in (("&x=a b", "a raw space"), ("&x=a\tb", "a tab"), ("&x=a\x01b", "a control byte"),
+                   ("&x=\xe9", "a raw byte over 0x7e"), ("&x=a#b", "'#'")):
+    attacker = RawWS(relay.port, "/websocket?apiKey=key3&sessionId=h3-victim" + junk, origin=ORIGIN)
+    eq(attacker.status, 400, "3: joining the victim's session with %s in the query gets 400" % what)
+    if attacker.status == 101:   # an old relay: the poison message goes in ahead of the victim's
+        attacker.hello()
+        attacker.send(1, b'["h3-poison"]')
+        time.sleep(0.2)
+    attacker.close()
+for name, value in (("User-Agent", "Mozilla\x01"), ("User-Agent", "a\x7fb")):
+    ws = upgrade(relay, "apiKey=key3&sessionId=h3-ua", headers=((name, value),))
+    eq(ws.status, 400, "3: an upgrade whose %s has a control byte gets 400" % name)
+    ws.close()
+ok("a byte in the query that a URL cannot carry" in relay.log_text()
+   and "a control byte in a header" in relay.log_text(), "3: each refusal is logged with why")
+victim.send(1, b'["h3-second"]')
+ok(wait_until(lambda: stored(up, "h3-second"), 10),
+   "3: the victim's later messages keep flowing")
+time.sleep(2.5)
+eq(relay.get("/healthcheck")[0], 200, "3: /healthcheck stays 200 (ready-max-upstream-down-s 2)")
+ok("upstream_down" not in relay.log_text(), "3: no upstream outage was seen")
+victim.bye()
+
+long_session = "s" * 100000
+eq(post(relay, rating(long_session, "goodkey"), "/websocket/trace"), 413,
+   "3: a 100 KB sessionId by POST gets 413")
+eq(post(relay, rating("s" * 257, "goodkey")), 413, "3: one of 257 bytes too (max-session-id-bytes 256)")
+eq(post(relay, rating("h3-" + "s" * 253, "goodkey")), 200,
+   "3: one of 256 bytes passes")
+eq(post(relay, rating("h3 space", "goodkey")), 400, "3: a sessionId with a space gets 400")
+ws = upgrade(relay, "apiKey=goodkey&sessionId=" + "s" * 300)
+eq(ws.status, 413, "3: a websocket sessionId over the limit gets 413")
+ws.close()
+body = json.dumps(rating("h3-ctype", "goodkey"))
+eq(raw_post(relay, "/websocket/trace", ["Content-Type: application/json\x01"], body), 400,
+   "3: a POST whose Content-Type has a control byte gets 400")
+eq(raw_post(relay, "/websocket/trace", ["Content-Type: application/json",
+                                        "User-Agent: x\x02"], body), 400,
+   "3: and one whose User-Agent has one")
+time.sleep(0.5)
+ok(not any(len(r["body"]) > 90000 for r in up.requests()), "3: the long sessionId was not forwarded")
+eq(stored(up, "h3-ctype") + stored(up, "h3 space"), [], "3: nor any of the refused POSTs")
+
+eq(relay.stop(), 0, "the relay stops cleanly")
+done()
