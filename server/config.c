@@ -184,6 +184,9 @@ static const struct setting settings[] = {
 	    "projectId sent in the hello; empty: none", "websocket"),
 	NUM("ws-ping-interval-s", T_UINT, ws_ping_interval_s, "30", 0, 3600,
 	    "seconds between websocket pings; 0: none", "websocket"),
+	NUM("ws-max-queued-frames", T_UINT, ws_max_queued_frames, "64", 4, 65536,
+	    "frames (pongs included) queued to a websocket peer before it is dropped as not reading",
+	    "websocket"),
 
 	STR("upstream", upstream, "https://watchrtc-server.cyara.com",
 	    "base URL messages are forwarded to", "upstream"),

@@ -239,6 +239,7 @@ int main(int argc, char **argv)
 	wo = (struct ws_options){
 		.threads = r.cfg.ws_threads,
 		.max_message_bytes = r.cfg.max_message_bytes,
+		.max_queued_frames = r.cfg.ws_max_queued_frames,
 		.ping_interval_s = r.cfg.ws_ping_interval_s,
 		.interval_ms = r.cfg.hello_interval_ms,
 		.send_interval = r.cfg.hello_send_interval,

@@ -19,8 +19,10 @@
  *
  * The relay only ever sends one hello text frame, pongs, pings and a close,
  * all small; a peer that stops reading cannot make it buffer more than
- * WS_MAX_OUT_BYTES, and a close handshake that does not finish within
- * WS_CLOSE_TIMEOUT_MS drops the connection.
+ * WS_MAX_OUT_BYTES of payload nor more than max_queued_frames frames (an
+ * empty pong is 0 bytes of payload but an allocation all the same), and a
+ * close handshake that does not finish within WS_CLOSE_TIMEOUT_MS drops the
+ * connection.
  */
 #include "websocket.h"
 
@@ -254,8 +256,11 @@ static ssize_t on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
 	struct ws_conn *c = user;
 	ssize_t n;
 
-	/* One busy connection must not keep the loop from the others. */
-	if (c->rx_budget == 0) {
+	/* One busy connection must not keep the loop from the others, and
+	 * one whose pongs pile up must not be read until they are sent: each
+	 * ping read queues one. */
+	if (c->rx_budget == 0 ||
+	    wslay_event_get_queued_msg_count(ctx) >= c->loop->srv->o.max_queued_frames) {
 		c->rx_more = true;
 		wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
 		return -1;
@@ -501,12 +506,28 @@ static void conn_service(struct ws_conn *c, uint32_t events)
 		conn_finish(c, "peer not reading");
 		return;
 	}
+	/* Past its frame header, a frame over max-message-bytes is refused
+	 * now: wslay would wait for payload that may never come. */
+	if (!c->refuse_data && ws_textmark_longest(&c->mark) > c->loop->srv->o.max_message_bytes) {
+		log_info("ws_protocol_error", "conn=%s code=%u reason=\"frame header over "
+		         "max-message-bytes\"", c->id, WSLAY_CODE_MESSAGE_TOO_BIG);
+		c->refuse_data = true;
+		conn_close(c, WSLAY_CODE_MESSAGE_TOO_BIG, "message too big");
+		wslay_event_shutdown_read(ctx);
+	}
 	if (wslay_event_want_write(ctx)) {
 		c->send_blocked = false;
 		if (wslay_event_send(ctx) != 0) {
 			conn_finish(c, "connection lost");
 			return;
 		}
+	}
+	/* Frames still queued after a send are frames the peer does not read
+	 * (on_recv stops reading at this count, so a reading peer never gets
+	 * here). */
+	if (wslay_event_get_queued_msg_count(ctx) >= c->loop->srv->o.max_queued_frames) {
+		conn_finish(c, "peer not reading");
+		return;
 	}
 	/* wslay sends control frames ahead of data: queue this close only
 	 * once the {error} hello has left, or the SDK would never see it. */

@@ -37,6 +37,11 @@ static bool push(struct ws_textmark *t, bool text)
 	return true;
 }
 
+uint64_t ws_textmark_longest(const struct ws_textmark *t)
+{
+	return t->longest;
+}
+
 bool ws_textmark_pop(struct ws_textmark *t)
 {
 	bool text;
@@ -52,6 +57,8 @@ bool ws_textmark_pop(struct ws_textmark *t)
 /* The length is known: the masking key or the payload comes next. */
 static void length_done(struct ws_textmark *t, uint64_t len)
 {
+	if (len > t->longest)
+		t->longest = len;
 	if (t->masked) {
 		t->state = ST_MASK;
 		t->left = 4;

@@ -22,6 +22,7 @@
 struct ws_textmark {
 	uint64_t left;                  /* bytes left of the current length, mask or payload */
 	uint64_t len;                   /* the extended length being read */
+	uint64_t longest;               /* the longest payload a frame header announced */
 	uint8_t state;
 	bool masked;
 	uint16_t head, count;           /* the ring of pending message kinds */
@@ -36,6 +37,11 @@ void ws_textmark_init(struct ws_textmark *t);
  * than WS_TEXTMARK_MAX messages would be pending, which wslay's 4096-byte
  * read buffer rules out; the caller then gives the connection up. */
 bool ws_textmark_feed(struct ws_textmark *t, uint8_t *buf, size_t len);
+
+/* The longest payload length any frame header so far announced: a header
+ * alone can claim 2^63 - 1 bytes, and wslay says nothing until payload
+ * bytes arrive. */
+uint64_t ws_textmark_longest(const struct ws_textmark *t);
 
 /* For each binary message wslay delivers, in order: true if its first frame
  * was text.  False when nothing is pending. */

@@ -347,6 +347,15 @@ class RawWS:
             pass
 
 
+def rss_kb(relay):
+    """The relay process's resident memory, in KB."""
+    with open("/proc/%d/status" % relay.proc.pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
 class Upstream(MockUpstream):
     """The mock upstream, with records made handy for assertions: body as
     bytes and headers as a dict with lower-case names."""

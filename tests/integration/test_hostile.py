@@ -7,15 +7,19 @@ it is stored, and the key's and session's legitimate traffic keeps flowing.
 3. poison bytes in the query, headers and sessionId that could never be
    sent upstream and would block the session and fake an outage;
 7. a parameter given twice, or apiKey and token together;
-and the minor points: control bytes in passed-on headers."""
+2. empty pings whose pongs are never read (0 bytes of payload each, so the
+   byte cap never saw them);
+and the minor points: control bytes in passed-on headers, a frame header
+that claims 2^63 - 1 bytes and sends nothing after it."""
 import json
 import os
+import struct
 import sys
 import time
 
 sys.path.insert(0, os.environ.get("TESTS_SRCDIR", os.path.join(os.path.dirname(__file__), "..")))
-from relaytest import (RawWS, Relay, done, eq, ok, raw_request, request, start_upstream,  # noqa: E402
-                       wait_until)
+from relaytest import (RELAY_BIN, RawWS, Relay, done, eq, ok, raw_request, request, rss_kb,  # noqa: E402
+                       start_upstream, wait_until)
 
 ORIGIN = "https://app.example"
 HEADERS = {"Content-Type": "application/json", "Origin": ORIGIN}
@@ -46,8 +50,14 @@ def raw_post(relay, path, extra_headers, body):
     return raw_request(relay.port, head.encode("latin-1"), body.encode())
 
 
+# ASan keeps freed memory in quarantine (256 MB by default) and doubles what
+# the relay touches; a small quarantine and a looser bound keep the memory
+# check meaningful under it (as in test_security.py).
+os.environ["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "") + ":quarantine_size_mb=8"
+with open(RELAY_BIN, "rb") as f:
+    RSS_BOUND_KB = (64 if b"__asan_init" in f.read() else 32) * 1024
 up = start_upstream()
-relay = Relay(up, args=["--allowed-keys", "goodkey,key3", "--ready-max-upstream-down-s", "2"]).start()
+relay = Relay(up, args=["--allowed-keys", "goodkey,key2,key3", "--ready-max-upstream-down-s", "2"]).start()
 
 # --- 1. a POST's key is the one the upstream judges ------------------------------------------
 eq(post(relay, rating("h1-evil", "evilkey"), "/websocket/trace?apiKey=goodkey"), 401,
@@ -139,6 +149,52 @@ eq(raw_post(relay, "/websocket/trace", ["Content-Type: application/json",
 time.sleep(0.5)
 ok(not any(len(r["body"]) > 90000 for r in up.requests()), "3: the long sessionId was not forwarded")
 eq(stored(up, "h3-ctype") + stored(up, "h3 space"), [], "3: nor any of the refused POSTs")
+
+# (key2: a key of its own, as key3 above.)
+# --- 2. empty pings, never read: bounded in count, not only in bytes -----------------------
+rss_before = rss_kb(relay)
+ws = RawWS(relay.port, "/websocket?apiKey=key2&sessionId=h2-pings", origin=ORIGIN, rcvbuf=4096)
+ws.hello()
+empty_ping = bytes([0x89, 0x80]) + b"\0\0\0\0"
+cut = False
+try:
+    for _ in range(300):
+        ws.send_raw(empty_ping * 10000)   # 60 KB, 10,000 pings a write: 18 MB in all
+except OSError:
+    cut = True
+ok(cut or wait_until(lambda: 'session=h2-pings' in relay.log_text()
+                     and 'reason="peer not reading"' in relay.log_text(), 10),
+   "2: a client that sends empty pings and never reads the pongs is cut off")
+ws.close()
+rss_after = rss_kb(relay)
+ok(rss_after - rss_before < RSS_BOUND_KB,
+   "2: the relay's memory stays bounded (RSS %d -> %d KB)" % (rss_before, rss_after))
+ws = upgrade(relay, "apiKey=key2&sessionId=h2-reader")
+ws.hello()
+for _ in range(20):
+    ws.send_raw(empty_ping * 50)      # a burst of 50 pings, then read every pong
+pongs = 0
+try:
+    while pongs < 1000:
+        op, _ = ws.recv()
+        pongs += op == 0xa
+except (EOFError, OSError):
+    pass
+eq(pongs, 1000, "2: a client that reads its pongs gets every one, in bursts over ws-max-queued-frames")
+ws.send(1, b'["h2-reader-msg"]')
+ok(wait_until(lambda: stored(up, "h2-reader-msg"), 10), "2: and stays connected")
+ws.bye()
+
+# --- a frame header claiming 2^63 - 1 bytes, and nothing after it --------------------------
+ws = upgrade(relay, "apiKey=key2&sessionId=h-huge")
+ws.hello()
+t0 = time.time()
+ws.send_raw(bytes([0x81, 0xff]) + struct.pack("!Q", (1 << 63) - 1) + os.urandom(4))
+code = (ws.close_code() or (None,))[0]
+elapsed = time.time() - t0
+eq(code, 1009, "a frame header alone claiming 2^63-1 bytes: close 1009")
+ok(code == 1009 and elapsed < 3, "at once, not at the ping timeout (%.1f s)" % elapsed)
+ws.close()
 
 eq(relay.stop(), 0, "the relay stops cleanly")
 done()

@@ -18,7 +18,7 @@ import time
 
 sys.path.insert(0, os.environ.get("TESTS_SRCDIR", os.path.join(os.path.dirname(__file__), "..")))
 from relaytest import (CERTS, RELAY_BIN, RawWS as WS, Relay, client_context, diag, done, eq, ok,  # noqa: E402
-                       raw_request, request, start_upstream, tempdir, wait_until)
+                       raw_request, request, rss_kb, start_upstream, tempdir, wait_until)
 
 ORIGIN = "https://app.example"
 EVIL = "https://evil.example"
@@ -38,14 +38,6 @@ def rating(session, project="goodkey"):
 def stored(up, needle):
     """Upstream requests whose path or body mention needle."""
     return [r for r in up.requests() if needle in r["path"] or needle.encode() in r["body"]]
-
-
-def rss_kb(relay):
-    with open("/proc/%d/status" % relay.proc.pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def alive(relay):
