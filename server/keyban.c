@@ -13,8 +13,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
+
+#include "siphash.h"
 
 /* At most this many keys are remembered; adding one more forgets the oldest.
  * Keys only get here after the upstream refused them, so a client sending
@@ -37,7 +38,7 @@ struct keyban_entry {
 struct keyban {
 	pthread_mutex_t lock;
 	int64_t ttl_ms;
-	uint32_t seed;      /* random per set, so chains cannot be planned */
+	struct siphash_key seed;  /* random per set, so chains cannot be planned */
 	size_t count;
 	struct keyban_entry *oldest, *newest;
 	struct keyban_entry *buckets[KEYBAN_BUCKETS];
@@ -51,16 +52,9 @@ static int64_t now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* FNV-1a, seeded. */
-static uint32_t key_hash(uint32_t seed, const char *key, size_t len)
+static uint32_t key_hash(const struct siphash_key *seed, const char *key, size_t len)
 {
-	uint32_t h = 2166136261u ^ seed;
-
-	for (size_t i = 0; i < len; i++) {
-		h ^= (unsigned char)key[i];
-		h *= 16777619u;
-	}
-	return h;
+	return (uint32_t)siphash13(seed, key, len);
 }
 
 struct keyban *keyban_create(unsigned ttl_s)
@@ -74,8 +68,11 @@ struct keyban *keyban_create(unsigned ttl_s)
 		return NULL;
 	}
 	kb->ttl_ms = (int64_t)ttl_s * 1000;
-	if (getrandom(&kb->seed, sizeof kb->seed, GRND_NONBLOCK) != sizeof kb->seed)
-		kb->seed = (uint32_t)now_ms() ^ (uint32_t)(uintptr_t)kb;
+	if (siphash_key_init(&kb->seed) < 0) {
+		pthread_mutex_destroy(&kb->lock);
+		free(kb);
+		return NULL;
+	}
 	return kb;
 }
 
@@ -167,7 +164,7 @@ void keyban_add(struct keyban *kb, const char *key)
 	if (!kb || !key || !*key)
 		return;
 	len = key_len(key);
-	hash = key_hash(kb->seed, key, len);
+	hash = key_hash(&kb->seed, key, len);
 	pthread_mutex_lock(&kb->lock);
 	purge_expired(kb, now);
 	e = lookup(kb, key, len, hash, &link);
@@ -205,7 +202,7 @@ bool keyban_contains(struct keyban *kb, const char *key)
 	if (!kb || !key || !*key)
 		return false;
 	len = key_len(key);
-	hash = key_hash(kb->seed, key, len);
+	hash = key_hash(&kb->seed, key, len);
 	pthread_mutex_lock(&kb->lock);
 	if (kb->count == 0)
 		goto out;
