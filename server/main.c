@@ -79,12 +79,14 @@ static void reload_tls(const struct config *cfg)
 }
 
 /* Each connection is a file descriptor: take what the hard limit allows. */
-static void raise_nofile(void)
+/* Raises the soft open-file limit to the hard one; returns the soft limit
+ * (0 if unknown). */
+static unsigned long long raise_nofile(void)
 {
 	struct rlimit rl;
 
 	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
-		return;
+		return 0;
 	if (rl.rlim_cur < rl.rlim_max) {
 		rl.rlim_cur = rl.rlim_max;
 		setrlimit(RLIMIT_NOFILE, &rl);
@@ -92,6 +94,52 @@ static void raise_nofile(void)
 	}
 	log_info("nofile_limit", "soft=%llu hard=%llu", (unsigned long long)rl.rlim_cur,
 	         (unsigned long long)rl.rlim_max);
+	return rl.rlim_cur == RLIM_INFINITY ? ULLONG_MAX : (unsigned long long)rl.rlim_cur;
+}
+
+/* A client connection holds 3 descriptors until its upgrade: its socket and
+ * the socketpair to libmicrohttpd.  Kept aside for everything else: stdio,
+ * the queue's database files, the listening and admin sockets, each
+ * thread's epoll and eventfd, and one per upstream connection. */
+#define FDS_PER_CONNECTION 3
+#define FDS_RESERVED_BASE 64
+
+/*
+ * Lowers max-connections to what the open-file limit can hold, so that the
+ * relay refuses the connections over it (logged once a second) instead of
+ * running out of descriptors, which nothing can then be done about.  -1 if
+ * the limit cannot hold a single connection.
+ */
+static int fit_max_connections(struct config *cfg, unsigned long long nofile, char **cause)
+{
+	unsigned long long reserved = FDS_RESERVED_BASE +
+	        (unsigned long long)cfg->forward_workers * cfg->forward_inflight +
+	        2ULL * (cfg->http_threads + cfg->ws_threads + cfg->forward_workers) +
+	        FDS_PER_CONNECTION * (unsigned long long)cfg->http_threads;
+	unsigned long long fit;
+
+	if (nofile == 0)
+		return 0;
+	fit = nofile > reserved ? (nofile - reserved) / FDS_PER_CONNECTION : 0;
+	if (fit < 1) {
+		if (asprintf(cause, "the open-file limit (%llu) leaves no room for connections: "
+		             "%llu are kept for the queue, upstream and threads; raise LimitNOFILE",
+		             nofile, reserved) < 0)
+			*cause = NULL;
+		return -1;
+	}
+	if (cfg->max_connections > fit) {
+		log_warn("max_connections_lowered", "from=%u to=%llu nofile=%llu reserved=%llu "
+		         "fds_per_connection=%d detail=\"the open-file limit cannot hold more: "
+		         "raise LimitNOFILE for more\"", cfg->max_connections, fit, nofile, reserved,
+		         FDS_PER_CONNECTION);
+		cfg->max_connections = (unsigned)fit;
+	} else {
+		log_info("max_connections", "max_connections=%u nofile=%llu reserved=%llu "
+		         "fds_per_connection=%d", cfg->max_connections, nofile, reserved,
+		         FDS_PER_CONNECTION);
+	}
+	return 0;
 }
 
 /*
@@ -167,6 +215,7 @@ int main(int argc, char **argv)
 	struct http_server *http = NULL;
 	struct admin_server *admin = NULL;
 	char *cause = NULL, db_path[PATH_MAX];
+	unsigned long long nofile;
 	enum log_level level;
 	sigset_t set;
 	int rc = 1, sig;
@@ -196,12 +245,14 @@ int main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	raise_nofile();
+	nofile = raise_nofile();
 	tune_malloc();
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK || gnutls_global_init() < 0) {
 		cause = strdup("cannot initialise libcurl or GnuTLS");
 		goto out;
 	}
+	if (fit_max_connections(&r.cfg, nofile, &cause) < 0)
+		goto out;
 	if (make_state_dir(r.cfg.state_dir, &cause) < 0)
 		goto out;
 	if (tls_load(&tls, r.cfg.tls_cert, r.cfg.tls_key, r.cfg.state_dir, &cause) < 0)

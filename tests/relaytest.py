@@ -10,6 +10,7 @@ import base64
 import http.client
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -171,8 +172,9 @@ def load_fixture(*parts, mode="rb"):
 class Relay:
     """The relay binary under test, on a free loopback port."""
 
-    def __init__(self, upstream=None, args=(), state_dir=None):
+    def __init__(self, upstream=None, args=(), state_dir=None, nofile=None):
         self.port = free_port()
+        self.nofile = nofile    # an open-file limit for the relay alone
         self.state_dir = state_dir or tempdir("relay-state-")
         self.upstream = upstream
         self.args = list(args)
@@ -191,7 +193,12 @@ class Relay:
 
     def start(self, wait=True):
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.command(), stdout=self.log, stderr=subprocess.STDOUT)
+        limit = None
+        if self.nofile:
+            def limit():
+                resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
+        self.proc = subprocess.Popen(self.command(), stdout=self.log, stderr=subprocess.STDOUT,
+                                     preexec_fn=limit)
         if wait and not self.wait_live():
             raise RuntimeError("relay did not come up:\n" + self.log_text()[-3000:])
         return self

@@ -7,12 +7,16 @@ it is stored, and the key's and session's legitimate traffic keeps flowing.
 3. poison bytes in the query, headers and sessionId that could never be
    sent upstream and would block the session and fake an outage;
 7. a parameter given twice, or apiKey and token together;
+5. connections that exhaust the open-file limit (the listener spun on
+   EMFILE, logging each attempt);
 2. empty pings whose pongs are never read (0 bytes of payload each, so the
    byte cap never saw them);
 and the minor points: control bytes in passed-on headers, a frame header
 that claims 2^63 - 1 bytes and sends nothing after it."""
 import json
 import os
+import resource
+import socket
 import struct
 import sys
 import time
@@ -38,6 +42,24 @@ def rating(session, project):
 def stored(up, needle):
     """Upstream requests whose path or body mention needle."""
     return [r for r in up.requests() if needle in r["path"] or needle.encode() in r["body"]]
+
+
+def cpu_s(relay):
+    """User + system CPU seconds the relay has used."""
+    with open("/proc/%d/stat" % relay.proc.pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def flood_idle(relay, n):
+    """n idle TCP connections (no TLS handshake): 3 descriptors each in the relay."""
+    socks = []
+    for _ in range(n):
+        try:
+            socks.append(socket.create_connection(("127.0.0.1", relay.port), timeout=5))
+        except OSError:
+            break
+    return socks
 
 
 def upgrade(relay, query, headers=()):
@@ -197,4 +219,40 @@ ok(code == 1009 and elapsed < 3, "at once, not at the ping timeout (%.1f s)" % e
 ws.close()
 
 eq(relay.stop(), 0, "the relay stops cleanly")
+
+# --- 5. file descriptors ----------------------------------------------------------------------
+# At 257 open files an old relay's accept() failed with EMFILE in a loop:
+# 0.9 CPU-seconds and 500,000 log lines in 3 s.
+small = Relay(up, nofile=257).start()
+ok("event=max_connections_lowered from=10000" in small.log_text(),
+   "5: max-connections is sized from the open-file limit at start, and the log says so")
+socks = flood_idle(small, 300)
+c0 = cpu_s(small)
+time.sleep(3)
+used = cpu_s(small) - c0
+ok(used < 0.5, "5: 300 idle connections at nofile 257 leave the relay idle (%.2f CPU-s in 3 s)" % used)
+lines = small.log_text().count("out of file descriptors")
+ok(lines <= 5, "5: and the log quiet (%d lines about descriptors)" % lines)
+for s in socks:
+    s.close()
+ok(wait_until(lambda: small.get("/healthcheck/live")[0] == 200, 10), "5: /healthcheck answers once they leave")
+# The limit lowered under a running relay: accept() itself fails, and the
+# listener pauses instead of spinning.
+# Room for exactly ten connections (3 descriptors each): the eleventh
+# accept() is the one that fails.
+limit = len(os.listdir("/proc/%d/fd" % small.proc.pid)) + 30
+resource.prlimit(small.proc.pid, resource.RLIMIT_NOFILE, (limit, 257))
+socks = flood_idle(small, 100)
+c0 = cpu_s(small)
+time.sleep(3)
+used = cpu_s(small) - c0
+ok(used < 0.5, "5: out of descriptors, the listener backs off (%.2f CPU-s in 3 s)" % used)
+text = small.log_text()
+ok(0 < text.count("event=accept_paused") <= 5 and "also_paused_since_last_line=" in text,
+   "5: and logs it once a second with a count (%d lines)" % text.count("event=accept_paused"))
+for s in socks:
+    s.close()
+resource.prlimit(small.proc.pid, resource.RLIMIT_NOFILE, (257, 257))
+ok(wait_until(lambda: small.get("/healthcheck/live")[0] == 200, 10), "5: and accepts again once they leave")
+eq(small.stop(), 0, "5: that relay stops cleanly too")
 done()
