@@ -10,6 +10,7 @@
  */
 #include <curl/curl.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <gnutls/gnutls.h>
 #include <limits.h>
 #include <malloc.h>
@@ -21,6 +22,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "access.h"
 #include "admin.h"
@@ -159,26 +161,46 @@ static void tune_malloc(void)
 #endif
 }
 
+/*
+ * The state directory holds the queue and the TLS key, and the relay may
+ * run as root: it must be a real directory (not a symlink someone placed)
+ * owned by this user or by root.  It is opened without following a
+ * symlink and checked and chmod'ed through that descriptor, so a path
+ * swapped in between is not what gets changed.
+ */
 static int make_state_dir(const char *dir, char **cause)
 {
+	const char *why = NULL;
 	struct stat st;
+	int fd = -1, rc = -1;
 
 	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
-		goto fail;
-	if (stat(dir, &st) < 0)
-		goto fail;
-	if (!S_ISDIR(st.st_mode)) {
-		errno = ENOTDIR;
-		goto fail;
+		goto out;
+	fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0) {
+		/* O_DIRECTORY makes a symlink ENOTDIR, not ELOOP: say which. */
+		if ((errno == ENOTDIR || errno == ELOOP) && lstat(dir, &st) == 0 &&
+		    S_ISLNK(st.st_mode))
+			why = "is a symlink (refused: give the real directory)";
+		goto out;
+	}
+	if (fstat(fd, &st) < 0)
+		goto out;
+	if (st.st_uid != geteuid() && st.st_uid != 0) {
+		why = "is owned by another user (refused: it must be this user's or root's)";
+		goto out;
 	}
 	/* The queue holds API keys: keep the directory private. */
-	if ((st.st_mode & 077) && chmod(dir, 0700) < 0)
-		goto fail;
-	return 0;
-fail:
-	if (asprintf(cause, "state directory %s: %s", dir, strerror(errno)) < 0)
+	if ((st.st_mode & 077) && fchmod(fd, 0700) < 0)
+		goto out;
+	rc = 0;
+out:
+	if (rc < 0 && asprintf(cause, "state directory %s: %s", dir,
+	                       why ? why : strerror(errno)) < 0)
 		*cause = NULL;
-	return -1;
+	if (fd >= 0)
+		close(fd);
+	return rc;
 }
 
 static int wait_for_signal(struct relay *r)

@@ -7,6 +7,8 @@ it is stored, and the key's and session's legitimate traffic keeps flowing.
 3. poison bytes in the query, headers and sessionId that could never be
    sent upstream and would block the session and fake an outage;
 7. a parameter given twice, or apiKey and token together;
+6. a state directory prepared by someone else: a symlink, another user's
+   directory, symlinks planted for the key's temp file and the database;
 5. connections that exhaust the open-file limit (the listener spun on
    EMFILE, logging each attempt);
 2. empty pings whose pongs are never read (0 bytes of payload each, so the
@@ -23,7 +25,7 @@ import time
 
 sys.path.insert(0, os.environ.get("TESTS_SRCDIR", os.path.join(os.path.dirname(__file__), "..")))
 from relaytest import (RELAY_BIN, RawWS, Relay, done, eq, ok, raw_request, request, rss_kb,  # noqa: E402
-                       start_upstream, wait_until)
+                       start_upstream, tempdir, wait_until)
 
 ORIGIN = "https://app.example"
 HEADERS = {"Content-Type": "application/json", "Origin": ORIGIN}
@@ -60,6 +62,13 @@ def flood_idle(relay, n):
         except OSError:
             break
     return socks
+
+
+def start_in(state_dir):
+    """Starts a relay on state_dir; returns it and whether it came up."""
+    r = Relay(up, state_dir=state_dir).start(wait=False)
+    live = r.wait_live(15)
+    return r, live
 
 
 def upgrade(relay, query, headers=()):
@@ -255,4 +264,49 @@ for s in socks:
 resource.prlimit(small.proc.pid, resource.RLIMIT_NOFILE, (257, 257))
 ok(wait_until(lambda: small.get("/healthcheck/live")[0] == 200, 10), "5: and accepts again once they leave")
 eq(small.stop(), 0, "5: that relay stops cleanly too")
+
+# --- 6. the state directory ---------------------------------------------------------------------
+real = tempdir("relay-real-")
+link = os.path.join(tempdir("relay-link-"), "state")
+os.symlink(real, link)
+r, live = start_in(link)
+ok(not live and "is a symlink" in r.log_text(), "6: a state directory that is a symlink is refused")
+r.kill()
+eq(os.listdir(real), [], "6: and nothing is written through it")
+
+if os.geteuid() == 0:
+    foreign = tempdir("relay-foreign-")
+    os.chmod(foreign, 0o755)
+    os.chown(foreign, 54321, 54321)
+    r, live = start_in(foreign)
+    ok(not live and "owned by another user" in r.log_text(),
+       "6: a state directory owned by another user is refused (the relay runs as root)")
+    r.kill()
+    eq((os.listdir(foreign), os.stat(foreign).st_mode & 0o777), ([], 0o755),
+       "6: and it is neither chmod'ed nor written into")
+else:
+    ok(True, "6: (not root: the foreign-owner check needs chown) # SKIP")
+    ok(True, "6: # SKIP")
+
+state = tempdir("relay-planted-")
+victim = os.path.join(tempdir("relay-victim-"), "victim")
+with open(victim, "w") as f:
+    f.write("root's file\n")
+os.symlink(victim, os.path.join(state, "tls-key.pem.tmp"))
+r, live = start_in(state)
+ok(live, "6: a symlink planted as the key's temp file does not stop the relay")
+with open(victim) as f:
+    eq(f.read(), "root's file\n", "6: and the file it points to does not get the private key")
+ok(os.path.isfile(os.path.join(state, "tls-key.pem")) and not os.path.islink(os.path.join(state, "tls-key.pem")),
+   "6: the key is a file of its own")
+r.stop()
+
+state = tempdir("relay-planted-db-")
+target = os.path.join(tempdir("relay-victim-"), "elsewhere.db")
+os.symlink(target, os.path.join(state, "queue.db"))
+r, live = start_in(state)
+ok(not live and "queue.db" in r.log_text() and "symlink" in r.log_text(),
+   "6: a queue.db that is a symlink is refused")
+r.kill()
+ok(not os.path.exists(target), "6: and nothing is created where it points")
 done()
