@@ -14,7 +14,8 @@ it is stored, and the key's and session's legitimate traffic keeps flowing.
 2. empty pings whose pongs are never read (0 bytes of payload each, so the
    byte cap never saw them);
 and the minor points: control bytes in passed-on headers, a frame header
-that claims 2^63 - 1 bytes and sends nothing after it."""
+that claims 2^63 - 1 bytes and sends nothing after it, two Content-Length
+headers that disagree."""
 import json
 import os
 import resource
@@ -24,8 +25,8 @@ import sys
 import time
 
 sys.path.insert(0, os.environ.get("TESTS_SRCDIR", os.path.join(os.path.dirname(__file__), "..")))
-from relaytest import (RELAY_BIN, RawWS, Relay, done, eq, ok, raw_request, request, rss_kb,  # noqa: E402
-                       start_upstream, tempdir, wait_until)
+from relaytest import (RELAY_BIN, RawWS, Relay, client_context, done, eq, ok, raw_request,  # noqa: E402
+                       request, rss_kb, start_upstream, tempdir, wait_until)
 
 ORIGIN = "https://app.example"
 HEADERS = {"Content-Type": "application/json", "Origin": ORIGIN}
@@ -62,6 +63,26 @@ def flood_idle(relay, n):
         except OSError:
             break
     return socks
+
+
+def statuses(relay, data, timeout=3.0):
+    """Sends data on one TLS connection and reads until the relay closes it
+    (or timeout): the status codes of every answer in what came back."""
+    raw = socket.create_connection(("127.0.0.1", relay.port), timeout=timeout)
+    s = client_context().wrap_socket(raw)
+    got = b""
+    try:
+        s.sendall(data)
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    except OSError:
+        pass
+    finally:
+        s.close()
+    return [int(got[i + 9:i + 12]) for i in range(len(got)) if got.startswith(b"HTTP/1.1 ", i)]
 
 
 def start_in(state_dir):
@@ -177,6 +198,17 @@ eq(raw_post(relay, "/websocket/trace", ["Content-Type: application/json\x01"], b
 eq(raw_post(relay, "/websocket/trace", ["Content-Type: application/json",
                                         "User-Agent: x\x02"], body), 400,
    "3: and one whose User-Agent has one")
+body = json.dumps(rating("h3-smuggle", "goodkey")).encode()
+smuggled = b"GET /healthcheck/live HTTP/1.1\r\nHost: x\r\n\r\n"
+eq(statuses(relay, b"POST /websocket/trace HTTP/1.1\r\nHost: x\r\nOrigin: " + ORIGIN.encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\nContent-Length: %d\r\n\r\n"
+            % (len(body), len(body) + len(smuggled)) + body + smuggled), [400],
+   "two different Content-Length headers: 400, and nothing after it is read as a request")
+ok("two different Content-Length headers" in relay.log_text(), "logged with why")
+eq(statuses(relay, b"POST /websocket/trace HTTP/1.1\r\nHost: x\r\nOrigin: " + ORIGIN.encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n" % (len(body), len(body)) + body), [200],
+   "two equal ones are one length (RFC 9112 allows it)")
 time.sleep(0.5)
 ok(not any(len(r["body"]) > 90000 for r in up.requests()), "3: the long sessionId was not forwarded")
 eq(stored(up, "h3-ctype") + stored(up, "h3 space"), [], "3: nor any of the refused POSTs")
