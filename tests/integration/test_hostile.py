@@ -19,6 +19,7 @@ headers that disagree."""
 import json
 import os
 import resource
+import sqlite3
 import socket
 import struct
 import sys
@@ -265,6 +266,30 @@ ok(code == 1009 and elapsed < 3, "at once, not at the ping timeout (%.1f s)" % e
 ws.close()
 
 eq(relay.stop(), 0, "the relay stops cleanly")
+
+# --- 3, in the forwarder: a row that can never be sent (a queue written
+# before these checks) is dead-lettered, not retried forever ---------------------------------
+state = tempdir("relay-poison-")
+seed = Relay(up, state_dir=state).start()
+eq(seed.stop(), 0, "3: a relay made its queue and stopped")
+db = sqlite3.connect(os.path.join(state, "queue.db"))
+for target, body in (("/?apiKey=k&sessionId=h3-old&x=a b", b"h3-old-poison"),
+                     ("/?apiKey=k&sessionId=h3-old&x=a\x01b", b"h3-old-poison2"),
+                     ("/?apiKey=k&sessionId=h3-old", b"h3-old-after")):
+    db.execute("INSERT INTO messages (received_ms, session, target, content_type, api_key, body) "
+               "VALUES (?, 'h3-old', ?, 'text/plain; charset=utf-8', 'k', ?)",
+               (int(time.time() * 1000), target, body))
+db.commit()
+db.close()
+old = Relay(up, state_dir=state, args=["--ready-max-upstream-down-s", "2"]).start()
+ok(wait_until(lambda: stored(up, "h3-old-after"), 10),
+   "3: the session's next message is forwarded past the unsendable ones")
+ok(old.log_text().count("reason=unsendable") == 2, "3: both are dead-lettered as unsendable")
+eq(stored(up, "h3-old-poison"), [], "3: and never reach the upstream")
+time.sleep(2.5)
+eq(old.get("/healthcheck")[0], 200, "3: /healthcheck stays 200: the upstream was never down")
+ok("upstream_down" not in old.log_text(), "3: no upstream outage is logged")
+eq(old.stop(), 0, "3: that relay stops cleanly")
 
 # --- 5. file descriptors ----------------------------------------------------------------------
 # At 257 open files an old relay's accept() failed with EMFILE in a loop:
