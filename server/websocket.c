@@ -410,7 +410,8 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
 			c->pong_owed = true;
 			c->pong_len = (uint8_t)(arg->msg_length <= sizeof c->pong_payload ?
 			                        arg->msg_length : sizeof c->pong_payload);
-			memcpy(c->pong_payload, arg->msg, c->pong_len);
+			if (c->pong_len)   /* an empty ping's msg may be NULL */
+				memcpy(c->pong_payload, arg->msg, c->pong_len);
 		}
 		break;
 	default:
