@@ -100,12 +100,14 @@ char *query_get(const char *query, const char *name)
 	return NULL;
 }
 
-/* RFC 3986's query characters, '%' aside: unreserved, sub-delims, ':', '@',
- * '/' and '?'. */
+/* A byte a query can carry as it is, '%' aside: visible ASCII but for '#'
+ * (a fragment: libcurl would cut the query there) and the bytes a browser
+ * always percent-encodes in a query ('"', '<', '>'; WHATWG URL's query set).
+ * Browsers send "{|}^[]`\" raw, so they pass, though RFC 3986 lists them
+ * not. */
 static bool query_char(unsigned char ch)
 {
-	return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-	       (ch && strchr("-._~!$&'()*+,;=:@/?", ch));
+	return ch > 0x20 && ch < 0x7f && !strchr("#\"<>", ch);
 }
 
 /* One decoded parameter name: [p, p + len) in the scratch buffer. */

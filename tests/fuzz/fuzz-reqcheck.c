@@ -47,7 +47,7 @@ static size_t decode(const char *p, const char *end, char *out)
 /* The rules, the slow way: bytes, escapes, then every pair of names. */
 static bool reference_query_ok(const char *q)
 {
-	static const char extra[] = "-._~!$&'()*+,;=:@/?";
+	static const char refused[] = "#\"<>";
 	size_t len = strlen(q), nnames = 0;
 	const char **start, **stop;
 	char *a, *b;
@@ -64,8 +64,7 @@ static bool reference_query_ok(const char *q)
 			if (q[i + 1] == '0' && q[i + 2] == '0')
 				return false;
 			i += 2;
-		} else if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-		             (c >= '0' && c <= '9') || strchr(extra, c))) {
+		} else if (c <= 0x20 || c >= 0x7f || strchr(refused, c)) {
 			return false;
 		}
 	}

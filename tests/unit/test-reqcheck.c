@@ -34,6 +34,7 @@ static void test_query(void)
 	query_ok(NULL, "no query");
 	query_ok("", "an empty query");
 	query_ok("a=%20b&c=d%2F&e=~!$'()*,;:@/?", "escapes and RFC 3986 punctuation");
+	query_ok("a={x}&b=[1]&c=|^`\\", "what browsers send raw though RFC 3986 does not list it");
 	query_ok("&&a=1&&", "empty pairs");
 	query_ok("token=abc&sessionId=s1", "token alone");
 
