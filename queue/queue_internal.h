@@ -30,6 +30,7 @@
 
 #include "cause.h"
 #include "queue.h"
+#include "siphash.h"
 
 #define BUSY_TIMEOUT_MS 5000    /* another connection (the queue CLI) holds the lock */
 /* Page size of a new queue database.  A queued row is ~2.1 KB (an SDK
@@ -215,6 +216,7 @@ struct queue {
 	sqlite3_stmt *st_read, *st_reasons;
 
 	/* Everything below is guarded by mu. */
+	struct siphash_key hash_key;    /* for sessions and keys: client-chosen names */
 	struct htab sessions, leases, keys;
 	struct session *ready_head, *ready_tail;
 	struct session **heap;          /* S_WAITING sessions, soonest due first */

@@ -158,7 +158,7 @@ int qstore_lock(const char *path)
 		errno = ENAMETOOLONG;
 		return -1;
 	}
-	fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	fd = open(lock, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return -1;
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
@@ -189,12 +189,15 @@ static int db_open_writer(struct queue *q, char **cause)
 	/* SQLite would create the file 0644 less the umask; it holds client
 	 * data and API keys.  SQLite gives -wal and -shm the mode of the
 	 * database file. */
-	fd = open(q->path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	fd = open(q->path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0)
-		return cause_set(cause, QUEUE_EIO, "queue database %s: %s", q->path, strerror(errno));
+		return cause_set(cause, QUEUE_EIO, "queue database %s: %s", q->path,
+		                 errno == ELOOP ? "a symlink (refused: the relay may run as root)" :
+		              strerror(errno));
 	close(fd);
 
-	rc = sqlite3_open_v2(q->path, &q->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+	rc = sqlite3_open_v2(q->path, &q->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX |
+	                     SQLITE_OPEN_NOFOLLOW, NULL);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_busy_timeout(q->db, BUSY_TIMEOUT_MS);
 	if (rc != SQLITE_OK)
@@ -356,7 +359,8 @@ static int db_open_reader(struct queue *q, char **cause)
 {
 	int rc;
 
-	rc = sqlite3_open_v2(q->path, &q->rdb, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL);
+	rc = sqlite3_open_v2(q->path, &q->rdb, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX |
+	                     SQLITE_OPEN_NOFOLLOW, NULL);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_busy_timeout(q->rdb, BUSY_TIMEOUT_MS);
 	/* The reader's page cache starts empty after each of the writer's

@@ -163,6 +163,8 @@ static const struct setting settings[] = {
 	    "largest HTTPS fallback request body", "ingest"),
 	NUM("max-message-bytes", T_SIZE, max_message_bytes, "1M", 1, 256 * MiB,
 	    "largest websocket message", "ingest"),
+	NUM("max-session-id-bytes", T_UINT, max_session_id_bytes, "256", 1, 65536,
+	    "longest sessionId (larger: 413); visible ASCII only", "ingest"),
 	NUM("cors-max-age-s", T_UINT, cors_max_age_s, "600", 0, 86400,
 	    "Access-Control-Max-Age of CORS preflight answers", "ingest"),
 	NUM("retry-after-s", T_UINT, retry_after_s, "5", 0, 3600,
@@ -184,6 +186,9 @@ static const struct setting settings[] = {
 	    "projectId sent in the hello; empty: none", "websocket"),
 	NUM("ws-ping-interval-s", T_UINT, ws_ping_interval_s, "30", 0, 3600,
 	    "seconds between websocket pings; 0: none", "websocket"),
+	NUM("ws-max-queued-frames", T_UINT, ws_max_queued_frames, "64", 4, 65536,
+	    "frames (pongs included) queued to a websocket peer before it is dropped as not reading",
+	    "websocket"),
 
 	STR("upstream", upstream, "https://watchrtc-server.cyara.com",
 	    "base URL messages are forwarded to", "upstream"),

@@ -39,6 +39,8 @@ struct config {
 	/* ingest */
 	uint64_t max_body_bytes;     /* HTTPS fallback body */
 	uint64_t max_message_bytes;  /* one websocket message */
+	unsigned max_session_id_bytes; /* a sessionId, query or body */
+	unsigned ws_max_queued_frames; /* frames queued to one websocket peer */
 	unsigned cors_max_age_s;
 	unsigned retry_after_s;      /* Retry-After on 503 */
 	/* websocket hello and liveness */

@@ -10,6 +10,7 @@
  */
 #include <curl/curl.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <gnutls/gnutls.h>
 #include <limits.h>
 #include <malloc.h>
@@ -21,6 +22,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "access.h"
 #include "admin.h"
@@ -79,12 +81,14 @@ static void reload_tls(const struct config *cfg)
 }
 
 /* Each connection is a file descriptor: take what the hard limit allows. */
-static void raise_nofile(void)
+/* Raises the soft open-file limit to the hard one; returns the soft limit
+ * (0 if unknown). */
+static unsigned long long raise_nofile(void)
 {
 	struct rlimit rl;
 
 	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
-		return;
+		return 0;
 	if (rl.rlim_cur < rl.rlim_max) {
 		rl.rlim_cur = rl.rlim_max;
 		setrlimit(RLIMIT_NOFILE, &rl);
@@ -92,6 +96,52 @@ static void raise_nofile(void)
 	}
 	log_info("nofile_limit", "soft=%llu hard=%llu", (unsigned long long)rl.rlim_cur,
 	         (unsigned long long)rl.rlim_max);
+	return rl.rlim_cur == RLIM_INFINITY ? ULLONG_MAX : (unsigned long long)rl.rlim_cur;
+}
+
+/* A client connection holds 3 descriptors until its upgrade: its socket and
+ * the socketpair to libmicrohttpd.  Kept aside for everything else: stdio,
+ * the queue's database files, the listening and admin sockets, each
+ * thread's epoll and eventfd, and one per upstream connection. */
+#define FDS_PER_CONNECTION 3
+#define FDS_RESERVED_BASE 64
+
+/*
+ * Lowers max-connections to what the open-file limit can hold, so that the
+ * relay refuses the connections over it (logged once a second) instead of
+ * running out of descriptors, which nothing can then be done about.  -1 if
+ * the limit cannot hold a single connection.
+ */
+static int fit_max_connections(struct config *cfg, unsigned long long nofile, char **cause)
+{
+	unsigned long long reserved = FDS_RESERVED_BASE +
+	        (unsigned long long)cfg->forward_workers * cfg->forward_inflight +
+	        2ULL * (cfg->http_threads + cfg->ws_threads + cfg->forward_workers) +
+	        FDS_PER_CONNECTION * (unsigned long long)cfg->http_threads;
+	unsigned long long fit;
+
+	if (nofile == 0)
+		return 0;
+	fit = nofile > reserved ? (nofile - reserved) / FDS_PER_CONNECTION : 0;
+	if (fit < 1) {
+		if (asprintf(cause, "the open-file limit (%llu) leaves no room for connections: "
+		             "%llu are kept for the queue, upstream and threads; raise LimitNOFILE",
+		             nofile, reserved) < 0)
+			*cause = NULL;
+		return -1;
+	}
+	if (cfg->max_connections > fit) {
+		log_warn("max_connections_lowered", "from=%u to=%llu nofile=%llu reserved=%llu "
+		         "fds_per_connection=%d detail=\"the open-file limit cannot hold more: "
+		         "raise LimitNOFILE for more\"", cfg->max_connections, fit, nofile, reserved,
+		         FDS_PER_CONNECTION);
+		cfg->max_connections = (unsigned)fit;
+	} else {
+		log_info("max_connections", "max_connections=%u nofile=%llu reserved=%llu "
+		         "fds_per_connection=%d", cfg->max_connections, nofile, reserved,
+		         FDS_PER_CONNECTION);
+	}
+	return 0;
 }
 
 /*
@@ -111,26 +161,46 @@ static void tune_malloc(void)
 #endif
 }
 
+/*
+ * The state directory holds the queue and the TLS key, and the relay may
+ * run as root: it must be a real directory (not a symlink someone placed)
+ * owned by this user or by root.  It is opened without following a
+ * symlink and checked and chmod'ed through that descriptor, so a path
+ * swapped in between is not what gets changed.
+ */
 static int make_state_dir(const char *dir, char **cause)
 {
+	const char *why = NULL;
 	struct stat st;
+	int fd = -1, rc = -1;
 
 	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
-		goto fail;
-	if (stat(dir, &st) < 0)
-		goto fail;
-	if (!S_ISDIR(st.st_mode)) {
-		errno = ENOTDIR;
-		goto fail;
+		goto out;
+	fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0) {
+		/* O_DIRECTORY makes a symlink ENOTDIR, not ELOOP: say which. */
+		if ((errno == ENOTDIR || errno == ELOOP) && lstat(dir, &st) == 0 &&
+		    S_ISLNK(st.st_mode))
+			why = "is a symlink (refused: give the real directory)";
+		goto out;
+	}
+	if (fstat(fd, &st) < 0)
+		goto out;
+	if (st.st_uid != geteuid() && st.st_uid != 0) {
+		why = "is owned by another user (refused: it must be this user's or root's)";
+		goto out;
 	}
 	/* The queue holds API keys: keep the directory private. */
-	if ((st.st_mode & 077) && chmod(dir, 0700) < 0)
-		goto fail;
-	return 0;
-fail:
-	if (asprintf(cause, "state directory %s: %s", dir, strerror(errno)) < 0)
+	if ((st.st_mode & 077) && fchmod(fd, 0700) < 0)
+		goto out;
+	rc = 0;
+out:
+	if (rc < 0 && asprintf(cause, "state directory %s: %s", dir,
+	                       why ? why : strerror(errno)) < 0)
 		*cause = NULL;
-	return -1;
+	if (fd >= 0)
+		close(fd);
+	return rc;
 }
 
 static int wait_for_signal(struct relay *r)
@@ -167,6 +237,7 @@ int main(int argc, char **argv)
 	struct http_server *http = NULL;
 	struct admin_server *admin = NULL;
 	char *cause = NULL, db_path[PATH_MAX];
+	unsigned long long nofile;
 	enum log_level level;
 	sigset_t set;
 	int rc = 1, sig;
@@ -196,12 +267,14 @@ int main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	raise_nofile();
+	nofile = raise_nofile();
 	tune_malloc();
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK || gnutls_global_init() < 0) {
 		cause = strdup("cannot initialise libcurl or GnuTLS");
 		goto out;
 	}
+	if (fit_max_connections(&r.cfg, nofile, &cause) < 0)
+		goto out;
 	if (make_state_dir(r.cfg.state_dir, &cause) < 0)
 		goto out;
 	if (tls_load(&tls, r.cfg.tls_cert, r.cfg.tls_key, r.cfg.state_dir, &cause) < 0)
@@ -239,6 +312,7 @@ int main(int argc, char **argv)
 	wo = (struct ws_options){
 		.threads = r.cfg.ws_threads,
 		.max_message_bytes = r.cfg.max_message_bytes,
+		.max_queued_frames = r.cfg.ws_max_queued_frames,
 		.ping_interval_s = r.cfg.ws_ping_interval_s,
 		.interval_ms = r.cfg.hello_interval_ms,
 		.send_interval = r.cfg.hello_send_interval,

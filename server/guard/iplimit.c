@@ -18,12 +18,12 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
 
 #include "clientip.h"
 #include "clock.h"
+#include "siphash.h"
 
 #define IPLIMIT_BURST_S 5          /* a full bucket holds this many seconds of the rate */
 #define IPLIMIT_IPV6_PREFIX_BYTES 8  /* IPv6 clients are counted per /64 */
@@ -49,47 +49,8 @@ struct iplimit {
 	size_t tracked;
 	struct ip_entry *free;
 	struct ip_entry *idle_oldest, *idle_newest;
-	uint64_t k0, k1;                   /* SipHash key */
+	struct siphash_key hkey;
 };
-
-/* --- SipHash-1-3 ---------------------------------------------------------- */
-
-#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
-
-static void sipround(uint64_t v[4])
-{
-	v[0] += v[1]; v[1] = ROTL(v[1], 13); v[1] ^= v[0]; v[0] = ROTL(v[0], 32);
-	v[2] += v[3]; v[3] = ROTL(v[3], 16); v[3] ^= v[2];
-	v[0] += v[3]; v[3] = ROTL(v[3], 21); v[3] ^= v[0];
-	v[2] += v[1]; v[1] = ROTL(v[1], 17); v[1] ^= v[2]; v[2] = ROTL(v[2], 32);
-}
-
-static uint64_t siphash(uint64_t k0, uint64_t k1, const unsigned char *m, size_t len)
-{
-	uint64_t v[4] = { k0 ^ 0x736f6d6570736575ULL, k1 ^ 0x646f72616e646f6dULL,
-	                  k0 ^ 0x6c7967656e657261ULL, k1 ^ 0x7465646279746573ULL };
-	uint64_t w, last = (uint64_t)len << 56;
-	size_t i;
-
-	for (i = 0; i + 8 <= len; i += 8) {
-		w = 0;
-		for (size_t j = 0; j < 8; j++)
-			w |= (uint64_t)m[i + j] << (8 * j);
-		v[3] ^= w;
-		sipround(v);
-		v[0] ^= w;
-	}
-	for (size_t j = 0; i + j < len; j++)
-		last |= (uint64_t)m[i + j] << (8 * j);
-	v[3] ^= last;
-	sipround(v);
-	v[0] ^= last;
-	v[2] ^= 0xff;
-	sipround(v);
-	sipround(v);
-	sipround(v);
-	return v[0] ^ v[1] ^ v[2] ^ v[3];
-}
 
 /* --- the table ------------------------------------------------------------ */
 
@@ -111,7 +72,7 @@ static void make_key(const char *ip, unsigned char key[IPLIMIT_KEY_BYTES])
 
 static struct ip_entry **bucket_of(struct iplimit *t, const unsigned char *key)
 {
-	return &t->buckets[siphash(t->k0, t->k1, key, IPLIMIT_KEY_BYTES) & (t->nbuckets - 1)];
+	return &t->buckets[siphash13(&t->hkey, key, IPLIMIT_KEY_BYTES) & (t->nbuckets - 1)];
 }
 
 static struct ip_entry *lookup(struct iplimit *t, const unsigned char *key)
@@ -195,7 +156,6 @@ static struct ip_entry *get(struct iplimit *t, const unsigned char *key, int64_t
 struct iplimit *iplimit_create(unsigned max_conns, unsigned max_per_s, unsigned table_size)
 {
 	struct iplimit *t = calloc(1, sizeof *t);
-	uint64_t seed[2];
 
 	if (!t)
 		return NULL;
@@ -208,13 +168,10 @@ struct iplimit *iplimit_create(unsigned max_conns, unsigned max_per_s, unsigned 
 		;
 	t->entries = calloc(table_size, sizeof *t->entries);
 	t->buckets = calloc(t->nbuckets, sizeof *t->buckets);
-	if (!t->entries || !t->buckets ||
-	    getrandom(seed, sizeof seed, 0) != (ssize_t)sizeof seed) {
+	if (!t->entries || !t->buckets || siphash_key_init(&t->hkey) < 0) {
 		iplimit_destroy(t);
 		return NULL;
 	}
-	t->k0 = seed[0];
-	t->k1 = seed[1];
 	for (size_t i = table_size; i-- > 0;) {
 		t->entries[i].hnext = t->free;
 		t->free = &t->entries[i];

@@ -13,10 +13,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
 
 #include "clock.h"
+#include "siphash.h"
 
 /* Hash buckets (a power of two): at most ~2.5 entries per chain when full. */
 #define KEYBAN_BUCKETS 4096
@@ -35,22 +35,15 @@ struct keyban_entry {
 struct keyban {
 	pthread_mutex_t lock;
 	int64_t ttl_ms;
-	uint32_t seed;      /* random per set, so chains cannot be planned */
+	struct siphash_key seed;  /* random per set, so chains cannot be planned */
 	size_t count;
 	struct keyban_entry *oldest, *newest;
 	struct keyban_entry *buckets[KEYBAN_BUCKETS];
 };
 
-/* FNV-1a, seeded. */
-static uint32_t key_hash(uint32_t seed, const char *key, size_t len)
+static uint32_t key_hash(const struct siphash_key *seed, const char *key, size_t len)
 {
-	uint32_t h = 2166136261u ^ seed;
-
-	for (size_t i = 0; i < len; i++) {
-		h ^= (unsigned char)key[i];
-		h *= 16777619u;
-	}
-	return h;
+	return (uint32_t)siphash13(seed, key, len);
 }
 
 struct keyban *keyban_create(unsigned ttl_s)
@@ -64,8 +57,11 @@ struct keyban *keyban_create(unsigned ttl_s)
 		return NULL;
 	}
 	kb->ttl_ms = (int64_t)ttl_s * 1000;
-	if (getrandom(&kb->seed, sizeof kb->seed, GRND_NONBLOCK) != sizeof kb->seed)
-		kb->seed = (uint32_t)mono_ms() ^ (uint32_t)(uintptr_t)kb;
+	if (siphash_key_init(&kb->seed) < 0) {
+		pthread_mutex_destroy(&kb->lock);
+		free(kb);
+		return NULL;
+	}
 	return kb;
 }
 
@@ -157,7 +153,7 @@ void keyban_add(struct keyban *kb, const char *key)
 	if (!kb || !key || !*key)
 		return;
 	len = key_len(key);
-	hash = key_hash(kb->seed, key, len);
+	hash = key_hash(&kb->seed, key, len);
 	pthread_mutex_lock(&kb->lock);
 	purge_expired(kb, now);
 	e = lookup(kb, key, len, hash, &link);
@@ -195,7 +191,7 @@ bool keyban_contains(struct keyban *kb, const char *key)
 	if (!kb || !key || !*key)
 		return false;
 	len = key_len(key);
-	hash = key_hash(kb->seed, key, len);
+	hash = key_hash(&kb->seed, key, len);
 	pthread_mutex_lock(&kb->lock);
 	if (kb->count == 0)
 		goto out;

@@ -20,6 +20,7 @@
 #include "query.h"
 #include "queue.h"
 #include "relay.h"
+#include "reqcheck.h"
 #include "routes.h"
 #include "xff.h"
 
@@ -110,7 +111,8 @@ enum MHD_Result route_fallback(struct relay *r, struct MHD_Connection *c,
 	const char *route = route_name(ri->path);
 	struct body_fields f = { 0 };
 	char *xff = NULL, *key = NULL, *qsession = NULL, reason[200], kbuf[16];
-	const char *session, *content_type;
+	const char *session, *content_type, *why;
+	unsigned status;
 	struct MHD_Response *resp;
 	enum MHD_Result ret;
 	bool key_from_body = false;
@@ -145,12 +147,48 @@ enum MHD_Result route_fallback(struct relay *r, struct MHD_Connection *c,
 		goto out;
 	}
 
-	/* The SDK's POSTs carry no apiKey; its body's projectId is the key's
-	 * project part, which is what a rejected key is remembered by too. */
+	content_type = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+	/* What is stored must be sendable: the headers passed on, the session. */
+	why = reqcheck_query(ri->query);
+	if (!why)
+		why = reqcheck_header(ri->user_agent);
+	if (!why)
+		why = reqcheck_header(ri->origin);
+	if (!why)
+		why = reqcheck_header(content_type);
+	if (why) {
+		ret = refuse(c, ri, route, MHD_HTTP_BAD_REQUEST, why);
+		goto out;
+	}
+	session = f.session;
+	if (!session)
+		session = qsession = query_get(ri->query, "sessionId");
+	status = reqcheck_session(session, r->cfg.max_session_id_bytes, &why);
+	if (status) {
+		ret = refuse(c, ri, route, status, why);
+		goto out;
+	}
+
+	/* The upstream gets the body, not the query: it judges the POST by the
+	 * body's projectId (the SDK's key, or the relay's project-id), so that
+	 * is the key checked, stored and, if the upstream refuses it, banned.
+	 * A key in the query must be the same one.  With no projectId the
+	 * query's key is all there is to check, and nothing is stored as the
+	 * key: the upstream cannot have refused a key it was not given. */
 	key = query_get(ri->query, "apiKey");
 	if (!key)
 		key = query_get(ri->query, "token");
-	if (!key && f.project_id) {
+	if (f.project_id) {
+		if (key && strcmp(key, f.project_id)) {
+			log_info("request_refused", "route=%s status=401 peer=%s client=%s key=%s "
+			         "reason=\"the query's key is not the body's projectId\"", route,
+			         ri->peer_ip, ri->client_ip, log_key(key, kbuf, sizeof kbuf));
+			metrics_http(route, MHD_HTTP_UNAUTHORIZED);
+			ret = http_answer_error(c, MHD_HTTP_UNAUTHORIZED, ri->origin,
+			                        "apiKey does not match projectId");
+			goto out;
+		}
+		free(key);
 		key = f.project_id;
 		f.project_id = NULL;
 		key_from_body = true;
@@ -171,10 +209,6 @@ enum MHD_Result route_fallback(struct relay *r, struct MHD_Connection *c,
 		goto out;
 	}
 
-	session = f.session;
-	if (!session)
-		session = qsession = query_get(ri->query, "sessionId");
-	content_type = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
 	xff = xff_forward_chain(ri->xff, ri->peer_ip);
 	if (!xff) {
 		ret = MHD_NO;
@@ -190,7 +224,7 @@ enum MHD_Result route_fallback(struct relay *r, struct MHD_Connection *c,
 		.peer_ip = ri->peer_ip,
 		.user_agent = ri->user_agent,
 		.origin = ri->origin,
-		.api_key = key,
+		.api_key = key_from_body ? key : NULL,
 		.body = body,
 		.body_len = body_len,
 	};

@@ -182,6 +182,37 @@ static enum MHD_Result join_xff(void *cls, enum MHD_ValueKind kind, const char *
 	return MHD_YES;
 }
 
+struct length_check {
+	const char *first;   /* the first Content-Length value */
+	bool conflict;       /* another one differs from it */
+};
+
+/* Notes a Content-Length value that differs from the first one. */
+static enum MHD_Result check_length(void *cls, enum MHD_ValueKind kind, const char *key,
+                                    const char *value)
+{
+	struct length_check *lc = cls;
+
+	if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH))
+		return MHD_YES;
+	if (!lc->first)
+		lc->first = value ? value : "";
+	else if (strcmp(lc->first, value ? value : ""))
+		lc->conflict = true;
+	return MHD_YES;
+}
+
+/* Whether the request has two Content-Length headers that disagree: the
+ * relay and a proxy in front of it could then split the stream into
+ * different requests (RFC 9112 6.3 says to refuse it). */
+static bool conflicting_lengths(struct MHD_Connection *c)
+{
+	struct length_check lc = { NULL, false };
+
+	MHD_get_connection_values(c, MHD_HEADER_KIND, check_length, &lc);
+	return lc.conflict;
+}
+
 /*
  * Who sent the request: every X-Forwarded-For header joined (a proxy may
  * add its own header rather than extend the client's, and reading only the
@@ -291,8 +322,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 			ret = route_preflight(r, c, &ri);
 		} else if (fallback_path && !strcmp(method, MHD_HTTP_METHOD_POST)) {
 			const char *cl = header(c, MHD_HTTP_HEADER_CONTENT_LENGTH);
+			const char *route = ends_with(path, "/trace") ? "trace" : "error";
+
+			if (conflicting_lengths(c)) {
+				log_info("request_refused", "route=%s status=400 peer=%s reason=\"two "
+				         "different Content-Length headers\"", route, peer);
+				metrics_http(route, MHD_HTTP_BAD_REQUEST);
+				ret = http_answer_error(c, MHD_HTTP_BAD_REQUEST, ri.origin,
+				                        "conflicting Content-Length");
 			/* Refuse a declared oversize body before reading any of it. */
-			if (cl && strtoull(cl, NULL, 10) > r->cfg.max_body_bytes) {
+			} else if (cl && strtoull(cl, NULL, 10) > r->cfg.max_body_bytes) {
 				log_info("request_refused", "route=%s status=413 peer=%s reason=\"body of %s bytes over max-body-bytes\"",
 				         ends_with(path, "/trace") ? "trace" : "error", peer, cl);
 				metrics_http(ends_with(path, "/trace") ? "trace" : "error", 413);

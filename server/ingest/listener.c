@@ -51,6 +51,7 @@
 #define LISTENER_ACCEPT_BATCH 64        /* accepts per wake-up, so one loop cannot starve */
 #define LISTENER_BACKLOG 1024
 #define LISTENER_LIMIT_LOG_INTERVAL_MS 1000  /* one "max-connections reached" line per interval */
+#define LISTENER_EMFILE_BACKOFF_MS 100  /* no accepts for this long after running out of fds */
 
 /* An upgrade libmicrohttpd handed over, on its way to the connection's loop. */
 struct upgrade {
@@ -90,10 +91,17 @@ struct lloop {
 	bool started;
 	int epfd, evfd;
 	bool listening;                   /* the listening socket is in epfd */
+	int64_t paused_until_ms;          /* out of fds: not listening until then (0: not paused) */
 	pthread_mutex_t lock;
 	struct upgrade *inbox;            /* under lock */
 	struct lconn *conns;              /* loop thread only */
 	struct lconn *dead;               /* closed in this batch, freed after it */
+};
+
+/* Lets one line a second through, counting the rest (log_gate_pass). */
+struct log_gate {
+	atomic_llong logged_ms;           /* when the last line went out */
+	atomic_ullong unlogged;           /* events since, not logged one by one */
 };
 
 struct listener {
@@ -107,8 +115,8 @@ struct listener {
 	unsigned nloops;
 	atomic_uint open;                 /* connections in the listener's hands */
 	atomic_bool quiescing, exiting;
-	atomic_llong limit_logged_ms;     /* when "max-connections reached" was last logged */
-	atomic_ullong limit_unlogged;     /* refusals since, not logged one by one */
+	struct log_gate limit_log;        /* "max-connections reached" */
+	struct log_gate fd_log;           /* "out of file descriptors" */
 	pthread_mutex_t table_lock;
 	struct lconn **by_mhd_fd;         /* index: libmicrohttpd's end of the socketpair */
 	size_t table_size;
@@ -452,20 +460,66 @@ static void conn_pump(struct lconn *c)
 	             (c->c2m.off < c->c2m.len ? EPOLLOUT : 0));
 }
 
+/* Whether an event of a kind that may repeat thousands of times a second
+ * is to be logged now: at most once per LISTENER_LIMIT_LOG_INTERVAL_MS, and
+ * then *others says how many went unlogged since the last line. */
+static bool log_gate_pass(struct log_gate *g, unsigned long long *others)
+{
+	long long now = (long long)mono_ms(), last = atomic_load(&g->logged_ms);
+
+	if (now - last < LISTENER_LIMIT_LOG_INTERVAL_MS ||
+	    !atomic_compare_exchange_strong(&g->logged_ms, &last, now)) {
+		atomic_fetch_add(&g->unlogged, 1);
+		return false;
+	}
+	*others = atomic_exchange(&g->unlogged, 0);
+	return true;
+}
+
 /* Logs a connection refused for max-connections: clearly, but at most once
  * per interval, with a count of the others. */
 static void note_refusal(struct listener *l)
 {
-	long long now = (long long)mono_ms(), last = atomic_load(&l->limit_logged_ms);
+	unsigned long long others;
 
-	if (now - last < LISTENER_LIMIT_LOG_INTERVAL_MS ||
-	    !atomic_compare_exchange_strong(&l->limit_logged_ms, &last, now)) {
-		atomic_fetch_add(&l->limit_unlogged, 1);
-		return;
-	}
-	log_warn("connection_refused", "reason=\"max-connections (%u) reached\" "
-	         "also_refused_since_last_line=%llu", l->max_connections,
-	         (unsigned long long)atomic_exchange(&l->limit_unlogged, 0));
+	if (log_gate_pass(&l->limit_log, &others))
+		log_warn("connection_refused", "reason=\"max-connections (%u) reached\" "
+		         "also_refused_since_last_line=%llu", l->max_connections, others);
+}
+
+/* Out of file descriptors: the pending connections stay in the backlog,
+ * and this loop stops accepting for LISTENER_EMFILE_BACKOFF_MS rather than
+ * spin on a listening socket that stays readable. */
+static void pause_accepting(struct lloop *lp)
+{
+	struct listener *l = lp->lsn;
+	unsigned long long others;
+
+	epoll_ctl(lp->epfd, EPOLL_CTL_DEL, l->lfd, NULL);
+	lp->paused_until_ms = mono_ms() + LISTENER_EMFILE_BACKOFF_MS;
+	if (log_gate_pass(&l->fd_log, &others))
+		log_warn("accept_paused", "reason=\"out of file descriptors: raise LimitNOFILE or "
+		         "lower max-connections\" pause_ms=%d also_paused_since_last_line=%llu",
+		         LISTENER_EMFILE_BACKOFF_MS, others);
+}
+
+/* The milliseconds epoll may sleep: until a pause ends, if one is on (then
+ * listening again once it has). */
+static int resume_accepting(struct lloop *lp)
+{
+	struct epoll_event lev = { .events = EPOLLIN | EPOLLEXCLUSIVE, .data.ptr = &listen_tag };
+	int64_t left;
+
+	if (!lp->paused_until_ms)
+		return -1;
+	left = lp->paused_until_ms - mono_ms();
+	if (left > 0)
+		return (int)left;
+	lp->paused_until_ms = 0;
+	if (lp->listening && !atomic_load(&lp->lsn->quiescing) &&
+	    epoll_ctl(lp->epfd, EPOLL_CTL_ADD, lp->lsn->lfd, &lev) < 0)
+		lp->listening = false;
+	return -1;
 }
 
 /* Sets up a newly accepted socket: TLS session, socketpair, libmicrohttpd. */
@@ -553,8 +607,7 @@ static void loop_accept(struct lloop *lp)
 			if (errno == EAGAIN || errno == EWOULDBLOCK)
 				return;
 			if (errno == EMFILE || errno == ENFILE) {
-				log_warn("connection_refused", "reason=\"out of file descriptors: raise "
-				         "LimitNOFILE or lower max-connections\"");
+				pause_accepting(lp);
 				return;
 			}
 			/* Quiesced (shut down) or broken: stop listening here. */
@@ -628,7 +681,7 @@ static void *loop_main(void *arg)
 
 	while (!atomic_load(&l->exiting)) {
 		bool woken = false, accept_ready = false;
-		int n = epoll_wait(lp->epfd, evs, LISTENER_MAX_EVENTS, -1);
+		int n = epoll_wait(lp->epfd, evs, LISTENER_MAX_EVENTS, resume_accepting(lp));
 
 		if (n < 0 && errno != EINTR) {
 			log_error("tls_error", "reason=\"epoll_wait: %s\"", strerror(errno));
@@ -647,7 +700,7 @@ static void *loop_main(void *arg)
 		/* After the batch: these may close connections the batch names. */
 		if (woken)
 			loop_wake(lp);
-		if (accept_ready && lp->listening)
+		if (accept_ready && lp->listening && !lp->paused_until_ms)
 			loop_accept(lp);
 		loop_free_dead(lp);
 	}

@@ -7,6 +7,7 @@
  */
 #include "query.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -97,4 +98,86 @@ char *query_get(const char *query, const char *name)
 		p = *end ? end + 1 : end;
 	}
 	return NULL;
+}
+
+/* A byte a query can carry as it is, '%' aside: visible ASCII but for '#'
+ * (a fragment: libcurl would cut the query there) and the bytes a browser
+ * always percent-encodes in a query ('"', '<', '>'; WHATWG URL's query set).
+ * Browsers send "{|}^[]`\" raw, so they pass, though RFC 3986 lists them
+ * not. */
+static bool query_char(unsigned char ch)
+{
+	return ch > 0x20 && ch < 0x7f && !strchr("#\"<>", ch);
+}
+
+/* One decoded parameter name: [p, p + len) in the scratch buffer. */
+struct name_span {
+	const char *p;
+	size_t len;
+};
+
+static int span_cmp(const void *a, const void *b)
+{
+	const struct name_span *x = a, *y = b;
+	size_t n = x->len < y->len ? x->len : y->len;
+	int c = memcmp(x->p, y->p, n);
+
+	return c ? c : (x->len > y->len) - (x->len < y->len);
+}
+
+const char *query_check(const char *query)
+{
+	struct name_span *names = NULL;
+	char *scratch = NULL, *o;
+	size_t count = 1, n = 0;
+	const char *p, *why = NULL;
+
+	if (!query)
+		return NULL;
+	for (p = query; *p; p++) {
+		if (*p == '%') {
+			if (hex_value(p[1]) < 0 || hex_value(p[2]) < 0)
+				return "bad percent escape in the query";
+			if (p[1] == '0' && p[2] == '0')
+				return "an encoded NUL in the query";
+			p += 2;
+		} else if (!query_char((unsigned char)*p)) {
+			return "a byte in the query that a URL cannot carry";
+		} else if (*p == '&') {
+			count++;
+		}
+	}
+	/* Every name decoded into one buffer, then sorted: two that decode
+	 * alike sit side by side.  n log n, whatever the query holds. */
+	names = malloc(count * sizeof *names);
+	scratch = o = malloc(strlen(query) + 1);
+	if (!names || !scratch) {
+		why = "out of memory";
+		goto out;
+	}
+	for (p = query; *p;) {
+		const char *end = strchr(p, '&'), *eq;
+
+		if (!end)
+			end = p + strlen(p);
+		eq = memchr(p, '=', (size_t)(end - p));
+		if (!eq)
+			eq = end;
+		if (end > p) {
+			names[n].p = o;
+			while (p < eq)
+				*o++ = (char)decode_next(&p, eq);   /* escapes checked above */
+			names[n].len = (size_t)(o - names[n].p);
+			n++;
+		}
+		p = *end ? end + 1 : end;
+	}
+	qsort(names, n, sizeof *names, span_cmp);
+	for (size_t i = 1; i < n && !why; i++)
+		if (!span_cmp(&names[i - 1], &names[i]))
+			why = "a query parameter given twice";
+out:
+	free(names);
+	free(scratch);
+	return why;
 }

@@ -76,7 +76,9 @@ out:
 	return buf;
 }
 
-/* Writes data to path atomically (temp file, fsync, rename) with mode. */
+/* Writes data to path atomically (temp file, fsync, rename) with mode.  The
+ * temp file is made afresh, never opened through a symlink or reused: one
+ * planted there would otherwise receive the private key. */
 static int write_file(const char *path, const void *data, size_t len, mode_t mode)
 {
 	char tmp[4096];
@@ -84,7 +86,9 @@ static int write_file(const char *path, const void *data, size_t len, mode_t mod
 
 	if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
 		return -1;
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+	if (unlink(tmp) < 0 && errno != ENOENT)   /* a leftover, or a symlink: itself */
+		return -1;
+	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
 	if (fd < 0)
 		return -1;
 	if (write(fd, data, len) != (ssize_t)len || fsync(fd) < 0)

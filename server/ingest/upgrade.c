@@ -26,6 +26,7 @@
 #include "metrics.h"
 #include "query.h"
 #include "relay.h"
+#include "reqcheck.h"
 #include "routes.h"
 #include "websocket.h"
 #include "ws_handshake.h"
@@ -166,6 +167,7 @@ enum MHD_Result route_upgrade(struct relay *r, struct MHD_Connection *c,
 	char accept[29], *api_key, *session;
 	enum MHD_Result ret = MHD_NO;
 	const char *why;
+	unsigned status;
 	bool proto20;
 	enum access_verdict v;
 
@@ -178,6 +180,15 @@ enum MHD_Result route_upgrade(struct relay *r, struct MHD_Connection *c,
 	why = ws_handshake_check(&req, accept, &proto20);
 	if (why)
 		return refuse(r, c, ri, MHD_HTTP_BAD_REQUEST, why);
+	/* The query becomes the upstream's target and these headers its
+	 * headers: what could not be sent there is not taken here. */
+	why = reqcheck_query(ri->query);
+	if (!why)
+		why = reqcheck_header(ri->user_agent);
+	if (!why)
+		why = reqcheck_header(ri->origin);
+	if (why)
+		return refuse(r, c, ri, MHD_HTTP_BAD_REQUEST, why);
 	api_key = required_param(ri->query, "apiKey");
 	if (!api_key)
 		api_key = required_param(ri->query, "token");
@@ -187,6 +198,12 @@ enum MHD_Result route_upgrade(struct relay *r, struct MHD_Connection *c,
 	if (!session) {
 		free(api_key);
 		return refuse(r, c, ri, MHD_HTTP_BAD_REQUEST, "missing sessionId");
+	}
+	status = reqcheck_session(session, r->cfg.max_session_id_bytes, &why);
+	if (status) {
+		free(api_key);
+		free(session);
+		return refuse(r, c, ri, status, why);
 	}
 	/* An HTTP refusal, not a close after the upgrade: the SDK then backs
 	 * off exponentially, where a dropped open socket is retried in 1-4 s. */

@@ -8,19 +8,23 @@
  * loop owns its connections outright: nothing else touches them, so the
  * per-connection state needs no locks.
  *
- * Framing is wslay's event API over the non-blocking socket.  wslay answers
- * pings, reassembles fragments, refuses unmasked client frames (1002) and
+ * Framing is wslay's event API over the non-blocking socket.  wslay
+ * reassembles fragments, refuses unmasked client frames (1002) and
  * messages over max_message_bytes (1009).  It would also check text for
  * UTF-8 a byte at a time as it arrives, which was over a third of this
  * thread's time: ws_textmark.c shows it each text frame as binary instead,
  * and the relay checks the text messages whole (utf8.c, eight ASCII bytes
  * at a time) and closes with 1007 itself.  tests/fuzz/fuzz-ws-frames.c
  * checks that the relay takes exactly the messages plain wslay would.
+ * Pings reach wslay as pongs too (ws_textmark.c), and the relay answers the
+ * newest ping of each turn itself: wslay would queue a pong for every one.
  *
  * The relay only ever sends one hello text frame, pongs, pings and a close,
  * all small; a peer that stops reading cannot make it buffer more than
- * WS_MAX_OUT_BYTES, and a close handshake that does not finish within
- * WS_CLOSE_TIMEOUT_MS drops the connection.
+ * WS_MAX_OUT_BYTES of payload nor more than max_queued_frames frames (an
+ * empty pong is 0 bytes of payload but an allocation all the same), and a
+ * close handshake that does not finish within WS_CLOSE_TIMEOUT_MS drops the
+ * connection.
  */
 #include "websocket.h"
 
@@ -89,6 +93,9 @@ struct ws_conn {
 	bool send_blocked;                /* a frame may be partly written */
 	bool lingering;                   /* wslay is done; draining until EOF */
 	struct ws_textmark mark;          /* which messages wslay delivers as binary were text */
+	bool pong_owed;                   /* a ping came: answer the newest, once */
+	uint8_t pong_len;
+	uint8_t pong_payload[125];        /* a control frame's payload is at most 125 bytes */
 	size_t rx_budget;                 /* bytes it may still read this turn */
 	bool rx_more;                     /* the budget ran out with bytes left */
 	bool in_again;                    /* on the loop's again list */
@@ -255,8 +262,11 @@ static ssize_t on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
 	struct ws_conn *c = user;
 	ssize_t n;
 
-	/* One busy connection must not keep the loop from the others. */
-	if (c->rx_budget == 0) {
+	/* One busy connection must not keep the loop from the others, and
+	 * one whose pongs pile up must not be read until they are sent: each
+	 * ping read queues one. */
+	if (c->rx_budget == 0 ||
+	    wslay_event_get_queued_msg_count(ctx) >= c->loop->srv->o.max_queued_frames) {
 		c->rx_more = true;
 		wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
 		return -1;
@@ -394,8 +404,19 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
 		conn_note_close(c, arg->status_code ? arg->status_code : WSLAY_CODE_NO_STATUS_RCVD,
 		                false);
 		break;
+	case WSLAY_PONG:
+		/* A ping, shown to wslay as a pong (ws_textmark): remember only
+		 * the newest; conn_service answers it. */
+		if (ws_textmark_pop_ping(&c->mark)) {
+			c->pong_owed = true;
+			c->pong_len = (uint8_t)(arg->msg_length <= sizeof c->pong_payload ?
+			                        arg->msg_length : sizeof c->pong_payload);
+			if (c->pong_len)   /* an empty ping's msg may be NULL */
+				memcpy(c->pong_payload, arg->msg, c->pong_len);
+		}
+		break;
 	default:
-		break;  /* pings are answered by wslay; any bytes count as liveness */
+		break;  /* any bytes count as liveness */
 	}
 }
 
@@ -498,9 +519,24 @@ static void conn_service(struct ws_conn *c, uint32_t events)
 			return;
 		}
 	}
+	if (c->pong_owed) {
+		struct wslay_event_msg pong = { WSLAY_PONG, c->pong_payload, c->pong_len };
+
+		c->pong_owed = false;
+		(void)wslay_event_queue_msg(ctx, &pong);   /* refused only once closing */
+	}
 	if (wslay_event_get_queued_msg_length(ctx) > WS_MAX_OUT_BYTES) {
 		conn_finish(c, "peer not reading");
 		return;
+	}
+	/* Past its frame header, a frame over max-message-bytes is refused
+	 * now: wslay would wait for payload that may never come. */
+	if (!c->refuse_data && ws_textmark_longest(&c->mark) > c->loop->srv->o.max_message_bytes) {
+		log_info("ws_protocol_error", "conn=%s code=%u reason=\"frame header over "
+		         "max-message-bytes\"", c->id, WSLAY_CODE_MESSAGE_TOO_BIG);
+		c->refuse_data = true;
+		conn_close(c, WSLAY_CODE_MESSAGE_TOO_BIG, "message too big");
+		wslay_event_shutdown_read(ctx);
 	}
 	if (wslay_event_want_write(ctx)) {
 		c->send_blocked = false;
@@ -508,6 +544,13 @@ static void conn_service(struct ws_conn *c, uint32_t events)
 			conn_finish(c, "connection lost");
 			return;
 		}
+	}
+	/* Frames still queued after a send are frames the peer does not read
+	 * (on_recv stops reading at this count, so a reading peer never gets
+	 * here). */
+	if (wslay_event_get_queued_msg_count(ctx) >= c->loop->srv->o.max_queued_frames) {
+		conn_finish(c, "peer not reading");
+		return;
 	}
 	/* wslay sends control frames ahead of data: queue this close only
 	 * once the {error} hello has left, or the SDK would never see it. */

@@ -22,6 +22,7 @@ struct gnutls_session_int;
 struct ws_options {
 	unsigned threads;
 	uint64_t max_message_bytes;   /* larger messages: close 1009 */
+	unsigned max_queued_frames;   /* frames queued to a peer (pongs too) before it is dropped */
 	unsigned ping_interval_s;     /* ping when idle this long; close after twice it */
 	/* hello fields */
 	unsigned interval_ms, send_interval;

@@ -17,6 +17,8 @@
 
 #define OP_TEXT 0x1
 #define OP_BINARY 0x2
+#define OP_PING 0x9
+#define OP_PONG 0xa
 
 enum { ST_BYTE0, ST_BYTE1, ST_LENGTH, ST_MASK, ST_PAYLOAD };
 
@@ -25,33 +27,56 @@ void ws_textmark_init(struct ws_textmark *t)
 	memset(t, 0, sizeof *t);
 }
 
-static bool push(struct ws_textmark *t, bool text)
+/* A ring of bits: the kinds of what wslay has yet to deliver, in order. */
+static bool ring_push(uint64_t *bits, uint16_t head, uint16_t *count, bool one)
 {
 	unsigned at, bit;
 
-	if (t->count == WS_TEXTMARK_MAX)
+	if (*count == WS_TEXTMARK_MAX)
 		return false;
-	at = (t->head + t->count++) % WS_TEXTMARK_MAX;
+	at = (head + (*count)++) % WS_TEXTMARK_MAX;
 	bit = at % 64;
-	t->kinds[at / 64] = (t->kinds[at / 64] & ~(UINT64_C(1) << bit)) | (uint64_t)text << bit;
+	bits[at / 64] = (bits[at / 64] & ~(UINT64_C(1) << bit)) | (uint64_t)one << bit;
 	return true;
+}
+
+static bool ring_pop(const uint64_t *bits, uint16_t *head, uint16_t *count)
+{
+	bool one;
+
+	if (*count == 0)
+		return false;
+	one = (bits[*head / 64] >> (*head % 64)) & 1;
+	*head = (uint16_t)((*head + 1) % WS_TEXTMARK_MAX);
+	(*count)--;
+	return one;
+}
+
+static bool push(struct ws_textmark *t, bool text)
+{
+	return ring_push(t->kinds, t->head, &t->count, text);
+}
+
+uint64_t ws_textmark_longest(const struct ws_textmark *t)
+{
+	return t->longest;
 }
 
 bool ws_textmark_pop(struct ws_textmark *t)
 {
-	bool text;
+	return ring_pop(t->kinds, &t->head, &t->count);
+}
 
-	if (t->count == 0)
-		return false;
-	text = (t->kinds[t->head / 64] >> (t->head % 64)) & 1;
-	t->head = (uint16_t)((t->head + 1) % WS_TEXTMARK_MAX);
-	t->count--;
-	return text;
+bool ws_textmark_pop_ping(struct ws_textmark *t)
+{
+	return ring_pop(t->ckinds, &t->chead, &t->ccount);
 }
 
 /* The length is known: the masking key or the payload comes next. */
 static void length_done(struct ws_textmark *t, uint64_t len)
 {
+	if (len > t->longest)
+		t->longest = len;
 	if (t->masked) {
 		t->state = ST_MASK;
 		t->left = 4;
@@ -75,6 +100,11 @@ bool ws_textmark_feed(struct ws_textmark *t, uint8_t *buf, size_t len)
 				buf[i] = (uint8_t)((b & 0xf0) | OP_BINARY);
 			if (((b & 0x0f) == OP_TEXT || (b & 0x0f) == OP_BINARY) &&
 			    !push(t, (b & 0x0f) == OP_TEXT))
+				return false;
+			if ((b & 0x0f) == OP_PING)
+				buf[i] = (uint8_t)((b & 0xf0) | OP_PONG);
+			if (((b & 0x0f) == OP_PING || (b & 0x0f) == OP_PONG) &&
+			    !ring_push(t->ckinds, t->chead, &t->ccount, (b & 0x0f) == OP_PING))
 				return false;
 			t->state = ST_BYTE1;
 			i++;

@@ -5,6 +5,11 @@
  * changes) and remembers, message by message, which ones were text, so
  * that the relay checks those whole with utf8_valid when wslay delivers
  * them.
+ *
+ * It does the same to pings: each becomes a pong, which wslay does not
+ * answer, and the relay answers the newest ping itself once per turn
+ * (RFC 6455 5.5.3 allows answering only the most recent), so a peer that
+ * pings faster than it reads is not owed a pong per ping.
  */
 #ifndef WATCHRTC_WS_TEXTMARK_H
 #define WATCHRTC_WS_TEXTMARK_H
@@ -22,20 +27,32 @@
 struct ws_textmark {
 	uint64_t left;                  /* bytes left of the current length, mask or payload */
 	uint64_t len;                   /* the extended length being read */
+	uint64_t longest;               /* the longest payload a frame header announced */
 	uint8_t state;
 	bool masked;
 	uint16_t head, count;           /* the ring of pending message kinds */
 	uint64_t kinds[WS_TEXTMARK_MAX / 64];   /* a bit a message: 1 = text */
+	uint16_t chead, ccount;         /* the same for pongs wslay will deliver */
+	uint64_t ckinds[WS_TEXTMARK_MAX / 64];  /* a bit a pong: 1 = was a ping */
 };
 
 /* A mark at the start of a stream. */
 void ws_textmark_init(struct ws_textmark *t);
 
 /* Follows the next len bytes of the client's stream and rewrites, in buf,
- * the first byte of every text frame to say binary.  Returns false if more
- * than WS_TEXTMARK_MAX messages would be pending, which wslay's 4096-byte
- * read buffer rules out; the caller then gives the connection up. */
+ * the first byte of every text frame to say binary and of every ping to say
+ * pong.  Returns false if more than WS_TEXTMARK_MAX messages or pongs would
+ * be pending, which wslay's 4096-byte read buffer rules out; the caller
+ * then gives the connection up. */
 bool ws_textmark_feed(struct ws_textmark *t, uint8_t *buf, size_t len);
+
+/* The longest payload length any frame header so far announced: a header
+ * alone can claim 2^63 - 1 bytes, and wslay says nothing until payload
+ * bytes arrive. */
+uint64_t ws_textmark_longest(const struct ws_textmark *t);
+
+/* For each pong wslay delivers, in order: true if it was a ping. */
+bool ws_textmark_pop_ping(struct ws_textmark *t);
 
 /* For each binary message wslay delivers, in order: true if its first frame
  * was text.  False when nothing is pending. */

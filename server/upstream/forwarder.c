@@ -112,8 +112,13 @@ static int64_t now_ms(void)
 
 enum forward_verdict forward_classify(long http_status, int curl_code)
 {
-	if (curl_code != CURLE_OK)
-		return FWD_RETRY;       /* connect, TLS, timeout, reset: try again */
+	if (curl_code == CURLE_URL_MALFORMAT || curl_code == CURLE_BAD_FUNCTION_ARGUMENT)
+		return FWD_UNSENDABLE;
+	/* Connect, TLS, timeout, reset: try again.  But an answer that came
+	 * before the failure (a 431, then the connection closed) is an answer;
+	 * a 2xx cut short is not proof that the message was taken. */
+	if (curl_code != CURLE_OK && http_status < 300)
+		return FWD_RETRY;
 	if (http_status >= 200 && http_status < 300)
 		return FWD_ACK;
 	if (http_status == 408 || http_status == 425 || http_status == 429 ||
@@ -366,7 +371,7 @@ release:
  * retry. */
 static void upstream_seen(struct forwarder *f, CURLcode rc, long status, const char *error)
 {
-	int now = (rc != CURLE_OK || status >= 500) ? UPSTREAM_DOWN : UPSTREAM_UP;
+	int now = ((rc != CURLE_OK && status < 300) || status >= 500) ? UPSTREAM_DOWN : UPSTREAM_UP;
 	int was = atomic_exchange(&f->upstream_state, now);
 	char q[192];
 
@@ -427,15 +432,19 @@ static void transfer_done(struct worker *w, struct transfer *t, CURLcode rc)
 	long status = 0;
 	curl_off_t total_us = 0;
 	unsigned delay;
+	enum forward_verdict verdict;
 	char kbuf[32], ebuf[192];
 
 	curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
 	curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME_T, &total_us);
 	curl_multi_remove_handle(w->multi, t->easy);
 	metrics_observe(H_FORWARD_SECONDS, (double)total_us / 1e6);
-	upstream_seen(f, rc, status, error);
+	verdict = forward_classify(status, rc);
+	/* A message libcurl would not send says nothing about the upstream. */
+	if (verdict != FWD_UNSENDABLE)
+		upstream_seen(f, rc, status, error);
 
-	switch (forward_classify(status, rc)) {
+	switch (verdict) {
 	case FWD_ACK:
 		queue_ack(f->q, m->id);
 		metrics_add(M_FORWARDED, 1);
@@ -450,13 +459,25 @@ static void transfer_done(struct worker *w, struct transfer *t, CURLcode rc)
 		metrics_add(M_ATTEMPT_RETRY, 1);
 		break;
 	case FWD_REJECT_KEY:
-		reject_key(f, t, status);
-		break;
+		/* Only a key the upstream was given and the relay checked is
+		 * banned (a POST without projectId is stored without one). */
+		if (m->api_key && *m->api_key) {
+			reject_key(f, t, status);
+			break;
+		}
+		/* refused, but no key to blame: a dead letter */
+		__attribute__((fallthrough));
 	case FWD_DEAD:
 		log_warn("forward_dead", "id=%" PRId64 " reason=rejected status=%ld key=%s answer=%s",
 		         m->id, status, log_key(m->api_key ? m->api_key : "", kbuf, sizeof kbuf),
 		         log_quote(t->answer, ebuf, sizeof ebuf));
 		queue_dead(f->q, m->id, "rejected", (int)status, t->answer);
+		metrics_add(M_ATTEMPT_DEAD, 1);
+		break;
+	case FWD_UNSENDABLE:
+		log_warn("forward_dead", "id=%" PRId64 " reason=unsendable error=%s", m->id,
+		         log_quote(error, ebuf, sizeof ebuf));
+		queue_dead(f->q, m->id, "unsendable", 0, error);
 		metrics_add(M_ATTEMPT_DEAD, 1);
 		break;
 	}

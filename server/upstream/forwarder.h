@@ -52,8 +52,10 @@ int forwarder_start(struct forwarder **out, struct queue *q, struct keyban *kb,
  * workers and frees f.  Accepts NULL. */
 void forwarder_stop(struct forwarder *f, unsigned deadline_ms);
 
-/* How the upstream answered, as a forwarder decides on it (exposed for tests). */
-enum forward_verdict { FWD_ACK, FWD_RETRY, FWD_REJECT_KEY, FWD_DEAD };
+/* How the upstream answered, as a forwarder decides on it (exposed for tests).
+ * FWD_UNSENDABLE: libcurl refused the request itself (a malformed URL): no
+ * attempt can ever succeed, and the upstream was not asked. */
+enum forward_verdict { FWD_ACK, FWD_RETRY, FWD_REJECT_KEY, FWD_DEAD, FWD_UNSENDABLE };
 enum forward_verdict forward_classify(long http_status, int curl_code);
 /* Backoff before attempt n+1 (n >= 1), jitter drawn from [0, 1). */
 unsigned forward_backoff_ms(unsigned attempts, unsigned base_ms, unsigned max_ms,

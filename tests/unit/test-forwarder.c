@@ -79,7 +79,14 @@ static void test_classify(void)
 		{ 0, CURLE_GOT_NOTHING, FWD_RETRY },
 		{ 0, CURLE_COULDNT_RESOLVE_HOST, FWD_RETRY },
 		{ 200, CURLE_PARTIAL_FILE, FWD_RETRY },
-		{ 404, CURLE_RECV_ERROR, FWD_RETRY },
+		/* ...but an answer that came before the failure is an answer. */
+		{ 404, CURLE_RECV_ERROR, FWD_DEAD },
+		{ 431, CURLE_SEND_ERROR, FWD_DEAD },
+		{ 401, CURLE_RECV_ERROR, FWD_REJECT_KEY },
+		{ 503, CURLE_RECV_ERROR, FWD_RETRY },
+		{ 100, CURLE_RECV_ERROR, FWD_RETRY },
+		/* A request libcurl will not make can never be sent. */
+		{ 0, CURLE_URL_MALFORMAT, FWD_UNSENDABLE },
 	};
 
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
