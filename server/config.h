@@ -67,12 +67,12 @@ struct config {
 	char *log_level;
 	unsigned shutdown_deadline_ms;
 	char *config_file;
-	bool check_config;           /* validate, print nothing more, exit */
+	bool check_config;           /* main.c checks the files too, says so, exits */
 };
 
 enum config_result {
 	CONFIG_RUN = 0,    /* settings loaded: start the relay */
-	CONFIG_EXIT = 1,   /* --help, --version or --check-config done: exit 0 */
+	CONFIG_EXIT = 1,   /* --help or --version done: exit 0 */
 	CONFIG_ERROR = -1, /* *cause says why (names the file and line) */
 };
 

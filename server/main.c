@@ -21,6 +21,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "access.h"
 #include "admin.h"
@@ -124,13 +125,54 @@ static int make_state_dir(const char *dir, char **cause)
 		goto fail;
 	}
 	/* The queue holds API keys: keep the directory private. */
-	if ((st.st_mode & 077) && chmod(dir, 0700) < 0)
-		goto fail;
+	if ((st.st_mode & 077) && chmod(dir, 0700) < 0) {
+		/* Kubernetes' fsGroup makes a volume root:GROUP 2775, which only
+		 * root may chmod: use it if it is ours to write, since every file
+		 * the relay makes in it is 0600. */
+		if (errno != EPERM || access(dir, W_OK | X_OK) < 0)
+			goto fail;
+		log_warn("state_dir_mode", "dir=%s mode=%04o msg=\"cannot make it 0700 (not its "
+		         "owner); using it since it is writable: the files in it are 0600\"", dir,
+		         (unsigned)(st.st_mode & 07777));
+	}
 	return 0;
 fail:
 	if (asprintf(cause, "state directory %s: %s", dir, strerror(errno)) < 0)
 		*cause = NULL;
 	return -1;
+}
+
+/*
+ * What a start would refuse in the configuration itself, checked before
+ * anything opens, by --check-config as by a start (both exit 2 on it): the
+ * TLS pair loads and is one pair, its key's mode, tls-priorities,
+ * trusted-proxy and admin-listen.  Creates no file and opens no socket.
+ */
+static int check_settings(const struct config *cfg, char **cause)
+{
+	struct trusted_proxies *tp = NULL;
+	gnutls_priority_t prio;
+	struct tls_pair p;
+	const char *err_pos = NULL;
+	int rc;
+
+	if (tls_load_existing(&p, cfg->tls_cert, cfg->tls_key, cfg->state_dir, cause) < 0)
+		return -1;
+	rc = p.cert_pem ? tls_creds_check(&p, cause) : 0;
+	tls_pair_release(&p);
+	if (rc < 0)
+		return -1;
+	if ((rc = gnutls_priority_init(&prio, cfg->tls_priorities, &err_pos)) < 0) {
+		if (asprintf(cause, "tls-priorities: %s at \"%s\"", gnutls_strerror(rc),
+		             err_pos ? err_pos : "") < 0)
+			*cause = NULL;
+		return -1;
+	}
+	gnutls_priority_deinit(prio);
+	if (trusted_proxies_create(&tp, cfg->trusted_proxies, cause) < 0)
+		return -1;
+	trusted_proxies_destroy(tp);
+	return admin_check_listen(cfg->admin_listen, cfg->admin_allow_remote, cause);
 }
 
 static int wait_for_signal(struct relay *r)
@@ -184,6 +226,21 @@ int main(int argc, char **argv)
 		return 2;
 	case CONFIG_RUN:
 		break;
+	}
+	if (check_settings(&r.cfg, &cause) < 0) {
+		if (r.cfg.check_config)
+			fprintf(stderr, "watchrtc-relay: %s\n", cause ? cause : "out of memory");
+		else
+			log_error("startup_failed", "reason=\"%s\" status=2 msg=\"bad configuration\"",
+			          cause ? cause : "out of memory");
+		free(cause);
+		config_release(&r.cfg);
+		return 2;
+	}
+	if (r.cfg.check_config) {
+		printf("configuration ok\n");
+		config_release(&r.cfg);
+		return 0;
 	}
 	if (log_parse_level(r.cfg.log_level, &level) == 0)
 		log_set_level(level);

@@ -61,6 +61,17 @@ def skip_all(reason):
     sys.exit(0)
 
 
+def require(missing, what):
+    """Skips the whole test when missing (a reason) is set, except in CI
+    (CI=true), where what it needs must be there: then it fails."""
+    if not missing:
+        return
+    if os.environ.get("CI") != "true":
+        skip_all("%s: %s" % (what, missing))
+    print("1..1\nnot ok 1 - %s cannot run in CI: %s" % (what, missing))
+    sys.exit(1)
+
+
 def done():
     print("1..%d" % _n)
     sys.stdout.flush()

@@ -57,6 +57,39 @@ p = run(["--config", bad, "--check-config"])
 ok(p.returncode != 0 and "bad.conf:1" in p.stderr, "a bad value is an error that names the line", p.stderr)
 ok(run(["--version"]).stdout.startswith("watchrtc-relay "), "--version prints the version")
 
+# --- --check-config is as strict as a start, and both exit 2 on a bad configuration ---------
+kd = tempdir("relay-check-")
+for name in ("server.pem", "server-key.pem", "ca-key.pem"):
+    shutil.copy(os.path.join(TESTS_SRCDIR, "certs", name), os.path.join(kd, name))
+with open(os.path.join(kd, "junk.pem"), "w") as f:
+    f.write("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+for name in ("server-key.pem", "ca-key.pem"):
+    os.chmod(os.path.join(kd, name), 0o600)
+cert, key = os.path.join(kd, "server.pem"), os.path.join(kd, "server-key.pem")
+check_state = os.path.join(kd, "state")
+good = ["--state-dir", check_state, "--tls-cert", cert, "--tls-key", key]
+p = run(good + ["--check-config"])
+eq((p.returncode, p.stdout.strip()), (0, "configuration ok"), "a good pair passes --check-config")
+ok(not os.path.exists(check_state), "and --check-config creates nothing (no state directory)")
+cases = [
+    ("a key that is not the certificate's", ["--tls-key", os.path.join(kd, "ca-key.pem")],
+     "not the certificate's key", None),
+    ("a junk certificate", ["--tls-cert", os.path.join(kd, "junk.pem")], "junk.pem", None),
+    ("a key with mode 0644", [], "accessible by others", 0o644),
+    ("admin-listen 0.0.0.0:9100 without admin-allow-remote", ["--admin-listen", "0.0.0.0:9100"],
+     "not a loopback address", None),
+    ("a bad tls-priorities", ["--tls-priorities", "NORMAL:+NO-SUCH"], "tls-priorities", None),
+]
+for what, extra, says, key_mode in cases:
+    os.chmod(key, key_mode or 0o600)
+    p = run(good + extra + ["--check-config"])
+    ok(p.returncode == 2 and says in p.stderr and "configuration ok" not in p.stdout,
+       "--check-config refuses %s (exit 2)" % what, "%d %s %s" % (p.returncode, p.stdout, p.stderr))
+    p = run(good + extra + ["--listen-address", "127.0.0.1", "--port", str(free_port())])
+    ok(p.returncode == 2 and says in p.stderr, "and a start refuses it with exit 2 too",
+       "%d %s" % (p.returncode, p.stderr[-600:]))
+os.chmod(key, 0o600)
+
 # --- the admin listener: plain HTTP, loopback only unless allowed -----------------------
 up = start_upstream()
 admin_port = free_port()
