@@ -137,6 +137,9 @@ static const struct setting settings[] = {
 	     "proxy whose X-Forwarded-For names the client: CIDR block or address, repeatable",
 	     check_cidr_list, "a comma list of addresses or CIDR blocks without host bits "
 	     "(10.0.0.0/8, 2001:db8::/32)", "access"),
+	FLAG("proxy-protocol", proxy_protocol, "false",
+	     "take the client's address from a PROXY v1/v2 header sent by a trusted-proxy "
+	     "(refused from any other address)", "access"),
 	NUM("max-connections-per-ip", T_UINT, max_connections_per_ip, "0", 0, 1000000,
 	    "concurrent websockets and requests per client address (0: no limit)", "access"),
 	NUM("max-messages-per-ip-per-s", T_UINT, max_messages_per_ip_per_s, "0", 0, 1000000,
@@ -439,6 +442,11 @@ static int validate(const struct config *c, char **cause)
 	}
 	if (strncmp(c->upstream, "https://", 8) && strncmp(c->upstream, "http://", 7)) {
 		set_cause(cause, "upstream: \"%s\" is not an http:// or https:// URL", c->upstream);
+		return -1;
+	}
+	if (c->proxy_protocol && !*c->trusted_proxies) {
+		set_cause(cause, "proxy-protocol needs trusted-proxy: the addresses of the load "
+		          "balancers whose PROXY headers are believed");
 		return -1;
 	}
 	if (c->retry_base_ms > c->retry_max_ms) {

@@ -27,6 +27,7 @@ struct config {
 	char *allowed_keys_file;     /* one key per line; "" = none; reloaded on SIGHUP */
 	char *allowed_origins;       /* comma list; "" = any origin */
 	char *trusted_proxies;       /* comma list of CIDR blocks; "" = none */
+	bool proxy_protocol;         /* PROXY headers from trusted proxies name the client */
 	unsigned max_connections_per_ip;     /* 0 = no limit */
 	unsigned max_messages_per_ip_per_s;  /* 0 = no limit */
 	unsigned ip_table_size;      /* clients tracked for those limits */

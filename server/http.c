@@ -412,6 +412,9 @@ int http_server_start(struct http_server **out, struct relay *r, const struct tl
 		.threads = r->cfg.http_threads,
 		.max_connections = r->cfg.max_connections,
 		.priorities = r->cfg.tls_priorities,
+		.proxy_protocol = r->cfg.proxy_protocol,
+		.proxies = r->proxies,
+		.header_timeout_ms = r->cfg.request_timeout_s * 1000,
 	};
 	/* No socket of its own: the listener adds each connection. */
 	unsigned flags = MHD_USE_NO_LISTEN_SOCKET | MHD_USE_INTERNAL_POLLING_THREAD |
