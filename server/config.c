@@ -190,6 +190,12 @@ static const struct setting settings[] = {
 	    "base URL messages are forwarded to", "upstream"),
 	STR("upstream-ca", upstream_ca, "",
 	    "PEM CA bundle for upstream; empty: the system's", "upstream"),
+	STR("upstream-ca-extra", upstream_ca_extra, "",
+	    "PEM CA file trusted in addition to upstream-ca or the system bundle (a TLS-inspecting "
+	    "proxy's CA)", "upstream"),
+	STR("upstream-proxy", upstream_proxy, "",
+	    "proxy for the upstream connections, e.g. http://proxy.example:3128 (empty: libcurl's "
+	    "https_proxy/no_proxy environment)", "upstream"),
 	FLAG("upstream-insecure", upstream_insecure, "false",
 	     "do not verify the upstream certificate (testing only)", "upstream"),
 	{ "upstream-http-version", T_STRING, F(upstream_http_version), "1.1", 0, 0,
@@ -413,6 +419,7 @@ static int validate(const struct config *c, char **cause)
 	const char *files[][2] = {
 		{ "tls-cert", c->tls_cert }, { "tls-key", c->tls_key },
 		{ "upstream-ca", c->upstream_ca }, { "allowed-keys-file", c->allowed_keys_file },
+		{ "upstream-ca-extra", c->upstream_ca_extra },
 	};
 
 	if (inet_pton(AF_INET, c->listen_address, addr) != 1 &&
@@ -442,6 +449,10 @@ static int validate(const struct config *c, char **cause)
 	}
 	if (strncmp(c->upstream, "https://", 8) && strncmp(c->upstream, "http://", 7)) {
 		set_cause(cause, "upstream: \"%s\" is not an http:// or https:// URL", c->upstream);
+		return -1;
+	}
+	if (strpbrk(c->upstream_proxy, " \t\r\n")) {
+		set_cause(cause, "upstream-proxy: \"%s\" is not a proxy URL", c->upstream_proxy);
 		return -1;
 	}
 	if (c->proxy_protocol && !*c->trusted_proxies) {
@@ -724,6 +735,11 @@ enum config_result config_load(struct config *c, int argc, char **argv, char **c
 		return r;
 	if (validate(c, cause) < 0)
 		return CONFIG_ERROR;
+	/* Unset is NULL: libcurl then reads https_proxy/no_proxy itself. */
+	if (!*c->upstream_proxy) {
+		free(c->upstream_proxy);
+		c->upstream_proxy = NULL;
+	}
 	/* --check-config goes on to main.c's checks of the files it names. */
 	return CONFIG_RUN;
 }

@@ -53,6 +53,8 @@ struct config {
 	/* upstream */
 	char *upstream;
 	char *upstream_ca;           /* "" = the system CA bundle */
+	char *upstream_ca_extra;     /* "" = none; else CAs added to upstream_ca's bundle */
+	char *upstream_proxy;        /* NULL = libcurl's https_proxy/no_proxy handling */
 	bool upstream_insecure;
 	char *upstream_http_version; /* "1.1" or "2" */
 	unsigned forward_workers, forward_inflight;

@@ -27,9 +27,13 @@ enum forward_http {
 	                         * else HTTP/1.1; one multiplexed connection per worker */
 };
 
+/* The CA bundle upstream connections trust when upstream-ca is not set. */
+#define FWD_SYSTEM_CA "/etc/ssl/certs/ca-certificates.crt"
+
 struct forwarder_options {
 	const char *upstream;     /* base URL, e.g. "https://host:port" (no trailing '/') */
-	const char *ca_file;      /* NULL or "": the system CA bundle */
+	const char *ca_file;      /* NULL or "": the system CA bundle (FWD_SYSTEM_CA) */
+	const char *proxy;        /* NULL: libcurl's https_proxy/no_proxy; else CURLOPT_PROXY */
 	bool insecure;            /* skip upstream TLS verification (logged loudly) */
 	unsigned workers;
 	unsigned inflight;        /* concurrent requests per worker */

@@ -28,6 +28,7 @@
 #include "cli.h"
 #include "clientip.h"
 #include "config.h"
+#include "egress.h"
 #include "forwarder.h"
 #include "http.h"
 #include "keyban.h"
@@ -175,6 +176,26 @@ static int check_settings(const struct config *cfg, char **cause)
 	return admin_check_listen(cfg->admin_listen, cfg->admin_allow_remote, cause);
 }
 
+/*
+ * The CA file upstream connections trust: upstream-ca or the system
+ * bundle, plus upstream-ca-extra's certificates when that is set (written
+ * together into the state directory at each start).
+ */
+static int upstream_ca_file(const struct config *cfg, char *path, size_t size, char **cause)
+{
+	const char *base = *cfg->upstream_ca ? cfg->upstream_ca : FWD_SYSTEM_CA;
+
+	if (!*cfg->upstream_ca_extra) {
+		snprintf(path, size, "%s", base);
+		return 0;
+	}
+	snprintf(path, size, "%s/upstream-ca-bundle.pem", cfg->state_dir);
+	if (egress_ca_bundle(base, cfg->upstream_ca_extra, path, cause) < 0)
+		return -1;
+	log_info("upstream_ca", "bundle=%s base=%s extra=%s", path, base, cfg->upstream_ca_extra);
+	return 0;
+}
+
 static int wait_for_signal(struct relay *r)
 {
 	sigset_t set;
@@ -208,7 +229,7 @@ int main(int argc, char **argv)
 	struct forwarder *fwd = NULL;
 	struct http_server *http = NULL;
 	struct admin_server *admin = NULL;
-	char *cause = NULL, db_path[PATH_MAX];
+	char *cause = NULL, db_path[PATH_MAX], ca_path[PATH_MAX];
 	enum log_level level;
 	sigset_t set;
 	int rc = 1, sig;
@@ -306,9 +327,12 @@ int main(int argc, char **argv)
 	if (ws_server_create(&r.ws, &wo, r.queue, &cause) < 0)
 		goto out;
 
+	if (upstream_ca_file(&r.cfg, ca_path, sizeof ca_path, &cause) < 0)
+		goto out;
 	fo = (struct forwarder_options){
 		.upstream = r.cfg.upstream,
-		.ca_file = r.cfg.upstream_ca,
+		.ca_file = ca_path,
+		.proxy = r.cfg.upstream_proxy,
 		.insecure = r.cfg.upstream_insecure,
 		.workers = r.cfg.forward_workers,
 		.inflight = r.cfg.forward_inflight,
@@ -321,6 +345,7 @@ int main(int argc, char **argv)
 	};
 	if (forwarder_start(&fwd, r.queue, r.keyban, &fo, &cause) < 0)
 		goto out;
+	egress_log_proxy(r.cfg.upstream_proxy, r.cfg.upstream);
 
 	if (http_server_start(&http, &r, &tls, &cause) < 0)
 		goto out;
