@@ -158,15 +158,32 @@ r2.stop()
 # --- make install: the binary, the man page, the config, the unit ------------------------------
 if shutil.which("make") and os.path.exists(os.path.join(BUILDDIR, "Makefile")):
     dest = tempdir("destdir-")
-    p = subprocess.run(["make", "-C", BUILDDIR, "install", "DESTDIR=" + dest],
+    # prefix at install time (as a packager does): the unit must follow it.
+    p = subprocess.run(["make", "-C", BUILDDIR, "install", "prefix=/usr", "DESTDIR=" + dest],
                        capture_output=True, text=True, timeout=300)
-    eq(p.returncode, 0, "make install DESTDIR=... succeeds")
+    eq(p.returncode, 0, "make install prefix=/usr DESTDIR=... succeeds", )
     found = sorted(os.path.relpath(os.path.join(dp, f), dest) for dp, _, fs in os.walk(dest) for f in fs)
     for want in (r"bin/watchrtc-relay$", r"share/man/man8/watchrtc-relay\.8$",
                  r"etc/watchrtc-relay/watchrtc-relay\.conf\.example$", r"etc/watchrtc-relay/watchrtc-relay\.conf$",
                  r"lib/systemd/system/watchrtc-relay\.service$"):
         ok(any(re.search(want, f) for f in found), "installs " + want.replace("\\", "").rstrip("$"), found)
     unit = [os.path.join(dest, f) for f in found if f.endswith(".service")]
+    conf = [f for f in found if f.endswith("watchrtc-relay/watchrtc-relay.conf")]
+    if unit and conf:
+        text = open(unit[0]).read()
+        eq(re.findall(r"^ExecStart=(.*)$", text, re.M),
+           ["/usr/bin/watchrtc-relay --config /" + conf[0]],
+           "the unit runs the binary and the config where prefix=/usr put them")
+        conf_text = open(os.path.join(dest, conf[0])).read()
+        ok("StateDirectory=watchrtc-relay" in text and "--state-dir" not in text and
+           re.search(r"^state-dir = /var/lib/watchrtc-relay$", conf_text, re.M),
+           "state-dir is in the installed config (the unit's StateDirectory), not on the unit's command line")
+        eq([l for l in conf_text.splitlines() if l.strip() and not l.startswith("#")],
+           ["state-dir = /var/lib/watchrtc-relay"], "and is its only setting: the rest are the defaults")
+        p = subprocess.run([RELAY_BIN, "queue", "--config", os.path.join(dest, conf[0]), "stats"],
+                           capture_output=True, text=True, timeout=30)
+        ok("/var/lib/watchrtc-relay/queue.db" in p.stdout + p.stderr,
+           "so `queue --config` looks for the service's queue", p.stdout + p.stderr)
     if unit and shutil.which("systemd-analyze"):
         text = open(unit[0]).read()
         ok("@bindir@" not in text and "/bin/watchrtc-relay --config" in text, "the unit names the installed binary")
@@ -182,4 +199,36 @@ if shutil.which("make") and os.path.exists(os.path.join(BUILDDIR, "Makefile")):
             eq(problems, [], "systemd-analyze verify finds nothing wrong with the unit")
 else:
     ok(True, "# SKIP make install: no build tree at " + BUILDDIR)
+
+# --- the Docker build context: a tree built in place must not leak into it ------------------------
+
+
+def dockerignored(path, patterns):
+    """Docker's rule: the last pattern matching path or a directory above it wins."""
+    parts = path.split("/")
+    hit = False
+    for neg, rx in patterns:
+        if any(rx.fullmatch("/".join(parts[:i])) for i in range(1, len(parts) + 1)):
+            hit = not neg
+    return hit
+
+
+if os.path.exists(os.path.join(TOP, ".dockerignore")):
+    pats = []
+    for line in read(".dockerignore").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            neg = line.startswith("!")
+            g = line.lstrip("!")
+            rx = re.escape(g).replace(r"\*\*/", "(?:.*/)?").replace(r"\*\*", ".*").replace(r"\*", "[^/]*")
+            pats.append((neg, re.compile(rx)))
+    context = [os.path.relpath(os.path.join(dp, f), TOP) for dp, _, fs in os.walk(TOP) for f in fs]
+    sent = [f for f in context if not dockerignored(f, pats)]
+    elf = [f for f in sent if open(os.path.join(TOP, f), "rb").read(4) == b"\x7fELF"]
+    eq(elf, [], "no binary of a local build is in the Docker build context")
+    eq([f for f in sent if re.search(r"(^|/)(Makefile|config\.status|configure|build-config\.h)$", f)], [],
+       "nor a configured tree's Makefile, configure or config.status (the image configures its own)")
+    for need in ("configure.ac", "Makefile.am", "autogen.sh", "build-aux/tap-driver.sh", "server/main.c",
+                 "queue/queue.h", "deploy/watchrtc-relay.conf.example", "tests/unit/test-config.c"):
+        ok(need in sent, "the context has " + need)
 done()
