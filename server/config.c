@@ -223,6 +223,9 @@ static const struct setting settings[] = {
 	    "monitoring"),
 	FLAG("admin-allow-remote", admin_allow_remote, "false",
 	     "allow admin-listen on a non-loopback address (it has no TLS)", "monitoring"),
+	FLAG("tls-metrics", tls_metrics, "true",
+	     "serve /metrics on the TLS port too (false: on admin-listen only, which it needs)",
+	     "monitoring"),
 	NUM("ready-max-oldest-age-s", T_UINT, ready_max_oldest_age_s, "0", 0, 30U * 86400,
 	    "not ready while the oldest queued message is older (0: never)", "monitoring"),
 	NUM("ready-max-upstream-down-s", T_UINT, ready_max_upstream_down_s, "0", 0, 30U * 86400,
@@ -453,6 +456,11 @@ static int validate(const struct config *c, char **cause)
 	}
 	if (strpbrk(c->upstream_proxy, " \t\r\n")) {
 		set_cause(cause, "upstream-proxy: \"%s\" is not a proxy URL", c->upstream_proxy);
+		return -1;
+	}
+	if (!c->tls_metrics && !*c->admin_listen) {
+		set_cause(cause, "tls-metrics = false needs admin-listen: /metrics would be served "
+		          "nowhere");
 		return -1;
 	}
 	if (c->proxy_protocol && !*c->trusted_proxies) {
@@ -742,6 +750,37 @@ enum config_result config_load(struct config *c, int argc, char **argv, char **c
 	}
 	/* --check-config goes on to main.c's checks of the files it names. */
 	return CONFIG_RUN;
+}
+
+/* True if setting s has the same value in a and b. */
+static bool same_value(const struct config *a, const struct config *b, const struct setting *s)
+{
+	const char *pa = (const char *)a + s->offset, *pb = (const char *)b + s->offset;
+
+	switch (s->type) {
+	case T_STRING:
+	case T_LIST: {
+		const char *x = *(char *const *)pa, *y = *(char *const *)pb;
+
+		return (!x && !y) || (x && y && !strcmp(x, y));
+	}
+	case T_UINT:
+		return *(const unsigned *)pa == *(const unsigned *)pb;
+	case T_U64:
+	case T_SIZE:
+		return *(const uint64_t *)pa == *(const uint64_t *)pb;
+	case T_BOOL:
+		return *(const bool *)pa == *(const bool *)pb;
+	}
+	return false;
+}
+
+void config_diff(const struct config *a, const struct config *b,
+                 void (*changed)(const char *name, void *arg), void *arg)
+{
+	for (size_t i = 0; i < NSETTINGS; i++)
+		if (!settings[i].cli_only && !same_value(a, b, &settings[i]))
+			changed(settings[i].name, arg);
 }
 
 void config_release(struct config *c)

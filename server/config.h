@@ -64,6 +64,7 @@ struct config {
 	/* monitoring */
 	char *admin_listen;          /* "" = no admin listener; else "ADDR:PORT" */
 	bool admin_allow_remote;     /* allow a non-loopback admin-listen (plain HTTP) */
+	bool tls_metrics;            /* /metrics on the TLS port too (false needs admin_listen) */
 	unsigned ready_max_oldest_age_s;     /* 0 = not a readiness reason */
 	unsigned ready_max_upstream_down_s;  /* 0 = not a readiness reason */
 	/* process */
@@ -83,6 +84,10 @@ enum config_result {
  * arguments.  On CONFIG_ERROR *cause is malloc'd and the caller frees it.
  * Strings in c are owned by c; free them with config_release. */
 enum config_result config_load(struct config *c, int argc, char **argv, char **cause);
+/* Calls changed with the name of each setting whose value differs between
+ * a and b (the command-line-only ones aside), in --help's order. */
+void config_diff(const struct config *a, const struct config *b,
+                 void (*changed)(const char *name, void *arg), void *arg);
 /* Applies the text of a config file (name used in messages). */
 int config_apply_file_text(struct config *c, const char *name, const char *text,
                            char **cause);

@@ -335,6 +335,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 
 		if (!strcmp(path, "/healthcheck") || !strncmp(path, "/healthcheck/", 13)) {
 			ret = route_health(r, c, &ri);
+		} else if (!strcmp(path, "/metrics") && !r->cfg.tls_metrics) {
+			metrics_http("other", 404);
+			ret = http_answer_error(c, MHD_HTTP_NOT_FOUND, ri.origin,
+			                        "not found: /metrics is served on the admin listener only");
 		} else if (!strcmp(path, "/metrics")) {
 			ret = route_metrics(r, c, &ri);
 		} else if (upgrade && has_token(upgrade, "websocket")) {

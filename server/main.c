@@ -5,8 +5,8 @@
  *
  * Signals are blocked in every thread and taken here with sigwait(), so no
  * handler ever runs inside library code: SIGTERM/SIGINT shut down cleanly,
- * SIGHUP reloads the API key allowlist (allowed-keys-file) and the TLS
- * certificate and key.  `watchrtc-relay queue ...` is the queue CLI (cli.c).
+ * SIGHUP reads the configuration again and applies what can change live
+ * (API keys, origins, log level, the TLS certificate and key).  `watchrtc-relay queue ...` is the queue CLI (cli.c).
  */
 #include <curl/curl.h>
 #include <errno.h>
@@ -196,7 +196,87 @@ static int upstream_ca_file(const struct config *cfg, char *path, size_t size, c
 	return 0;
 }
 
-static int wait_for_signal(struct relay *r)
+/* Settings SIGHUP applies; any other that changed takes a restart. */
+static const char *const live_settings[] = {
+	"allowed-keys", "allowed-keys-file", "allowed-origins", "log-level", "tls-cert", "tls-key",
+};
+
+struct reload {
+	bool access, tls, level;
+	unsigned restart;                 /* changed settings that wait for a restart */
+};
+
+static void on_changed(const char *name, void *arg)
+{
+	struct reload *rl = arg;
+
+	for (size_t i = 0; i < sizeof live_settings / sizeof live_settings[0]; i++) {
+		if (strcmp(name, live_settings[i]))
+			continue;
+		log_info("setting_changed", "setting=%s msg=\"applied now\"", name);
+		if (!strncmp(name, "allowed-", 8))
+			rl->access = true;
+		else if (!strncmp(name, "tls-", 4))
+			rl->tls = true;
+		else
+			rl->level = true;
+		return;
+	}
+	rl->restart++;
+	log_warn("setting_needs_restart", "setting=%s msg=\"changed in the configuration; the "
+	         "value in force stays until the relay restarts\"", name);
+}
+
+#define SWAP_STR(x, y) do { char *t_ = (x); (x) = (y); (y) = t_; } while (0)
+
+/*
+ * SIGHUP: reads the configuration again (the same command line, so it
+ * still wins over the file) and applies what can change live; a
+ * configuration that would not start is refused as a whole.  The strings
+ * swapped into r->cfg are read by this thread only.
+ */
+static void reload_config(struct relay *r, int argc, char **argv)
+{
+	struct config fresh;
+	struct reload rl = { 0 };
+	enum log_level level;
+	char *cause = NULL, quoted[512];
+
+	if (config_load(&fresh, argc, argv, &cause) != CONFIG_RUN ||
+	    check_settings(&fresh, &cause) < 0) {
+		log_error("config_reload_failed", "reason=%s msg=\"the configuration in force stays\"",
+		          log_quote(cause ? cause : "bad configuration", quoted, sizeof quoted));
+		free(cause);
+		config_release(&fresh);
+		access_reload(r->access);   /* the keys file still, as before */
+		reload_tls(&r->cfg);
+		return;
+	}
+	config_diff(&r->cfg, &fresh, on_changed, &rl);
+	if (rl.access) {
+		SWAP_STR(r->cfg.allowed_keys, fresh.allowed_keys);
+		SWAP_STR(r->cfg.allowed_keys_file, fresh.allowed_keys_file);
+		SWAP_STR(r->cfg.allowed_origins, fresh.allowed_origins);
+		access_update(r->access, r->cfg.allowed_keys, r->cfg.allowed_keys_file,
+		              r->cfg.allowed_origins);
+	} else {
+		access_reload(r->access);
+	}
+	if (rl.level && log_parse_level(fresh.log_level, &level) == 0) {
+		SWAP_STR(r->cfg.log_level, fresh.log_level);
+		log_set_level(level);
+	}
+	if (rl.tls) {
+		SWAP_STR(r->cfg.tls_cert, fresh.tls_cert);
+		SWAP_STR(r->cfg.tls_key, fresh.tls_key);
+	}
+	reload_tls(&r->cfg);
+	log_info("config_reloaded", "file=%s settings_waiting_for_restart=%u",
+	         r->cfg.config_file && *r->cfg.config_file ? r->cfg.config_file : "-", rl.restart);
+	config_release(&fresh);
+}
+
+static int wait_for_signal(struct relay *r, int argc, char **argv)
 {
 	sigset_t set;
 	int sig;
@@ -210,8 +290,7 @@ static int wait_for_signal(struct relay *r)
 			continue;
 		if (sig == SIGHUP) {
 			log_info("sighup", "msg=\"reloading\"");
-			access_reload(r->access);
-			reload_tls(&r->cfg);
+			reload_config(r, argc, argv);
 			continue;
 		}
 		return sig;
@@ -355,7 +434,7 @@ int main(int argc, char **argv)
 	         r.cfg.listen_address, r.cfg.port, r.cfg.state_dir, r.cfg.upstream,
 	         queue_instance_id(r.queue));
 
-	sig = wait_for_signal(&r);
+	sig = wait_for_signal(&r, argc, argv);
 	log_info("shutdown", "signal=%s deadline_ms=%u", sig == SIGINT ? "SIGINT" : "SIGTERM",
 	         r.cfg.shutdown_deadline_ms);
 	atomic_store(&r.stopping, true);
