@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.environ.get("TESTS_SRCDIR", os.path.join(os.path.dirname(__file__), "..")))
 from relaytest import (RELAY_BIN, TESTS_SRCDIR, Relay, done, eq, free_port, ok, request,  # noqa: E402
@@ -113,7 +114,27 @@ conn.close()
 # --- metric names follow the Prometheus conventions and are documented -------------------
 _, _, text = request(relay.port, "GET", "/metrics")
 names = sorted(set(re.findall(r"^# TYPE (\S+) (\S+)", text.decode(), re.M)))
-ok(all(n.startswith("watchrtc_relay_") for n, _ in names), "every metric is named watchrtc_relay_*")
+ok(all(n.startswith("watchrtc_relay_") or n.startswith("process_") for n, _ in names),
+   "every metric is named watchrtc_relay_*, or is one of the standard process_* ones")
+families = {n for n, _ in names}
+collide = sorted(n for n in families for sfx in ("_total", "_created", "_count", "_sum", "_bucket", "_info")
+                 if n.endswith(sfx) and n[:-len(sfx)] in families)
+eq(collide, [], "no two families collide under OpenMetrics (X and X_total, ...)")
+values = {m.group(1): float(m.group(2)) for m in re.finditer(r"^([a-z_]+) (\S+)$", text.decode(), re.M)}
+ok(values.get("process_open_fds", 0) > 3 and values.get("process_max_fds", 0) >= values.get("process_open_fds", 0)
+   and values.get("process_resident_memory_bytes", 0) > 1e6 and values.get("process_cpu_seconds_total", -1) >= 0
+   and abs(values.get("process_start_time_seconds", 0) - time.time()) < 3600,
+   "process_* give the relay's descriptors, memory, CPU and start time", values)
+version = run(["--version"]).stdout.split()[-1]
+ok('watchrtc_relay_build_info{version="%s"} 1' % version in text.decode(), "build_info carries the version")
+promtool = shutil.which("promtool")
+if promtool:
+    p = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=60)
+    eq((p.returncode, (p.stdout + p.stderr).decode()), (0, ""), "promtool check metrics finds nothing")
+elif os.environ.get("CI") == "true":
+    ok(False, "promtool check metrics: no promtool in CI (apt-get install prometheus)")
+else:
+    ok(True, "# SKIP promtool check metrics: no promtool (apt-get install prometheus)")
 ok(all(n.endswith("_total") for n, t in names if t == "counter"), "every counter ends in _total")
 undocumented = [n for n, _ in names if "`%s`" % n not in readme and "`%s{" % n not in readme]
 eq(undocumented, [], "every metric is documented in the README")
