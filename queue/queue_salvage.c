@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -187,15 +188,32 @@ static int64_t old_sequence(sqlite3 *src)
 	return v;
 }
 
-/* Creates the new database file (mode 0600, must not exist) with the schema. */
-static int create_output(const char *out, sqlite3 **dst, char **cause)
+/*
+ * Creates the new database file (must not exist) with the schema, owned
+ * and moded as the old one (path), so that a salvage run as root leaves a
+ * file the relay's own user can still open.
+ */
+static int create_output(const char *path, const char *out, sqlite3 **dst, char **cause)
 {
 	char instance[17] = "";
+	struct stat st;
 	int fd, rc;
 
 	fd = open(out, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return cause_set(cause, QUEUE_EIO, "cannot create %s: %s", out, strerror(errno));
+	if (stat(path, &st) == 0) {
+		/* Only root can give it away; anyone else already owns both. */
+		if (geteuid() == 0 && fchown(fd, st.st_uid, st.st_gid) < 0)
+			rc = errno;
+		else
+			rc = fchmod(fd, st.st_mode & 0777) < 0 ? errno : 0;
+		if (rc) {
+			close(fd);
+			return cause_set(cause, QUEUE_EIO, "cannot give %s the owner and mode of %s: %s",
+			                 out, path, strerror(rc));
+		}
+	}
 	close(fd);
 	rc = sqlite3_open_v2(out, dst, SQLITE_OPEN_READWRITE, NULL);
 	if (rc == SQLITE_OK)
@@ -311,7 +329,7 @@ int queue_admin_salvage(const char *path, const char *output, struct queue_admin
 		err = cause_set(cause, QUEUE_EIO, "cannot open %s: %s", path, sqlite3_errmsg(c.src));
 		goto out;
 	}
-	err = create_output(res->output, &c.dst, cause);
+	err = create_output(path, res->output, &c.dst, cause);
 	if (err == QUEUE_OK)
 		err = copy_all(&c, res, res->output, cause);
 	(void)sqlite3_close(c.dst);

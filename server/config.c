@@ -139,6 +139,9 @@ static const struct setting settings[] = {
 	     "proxy whose X-Forwarded-For names the client: CIDR block or address, repeatable",
 	     check_cidr_list, "a comma list of addresses or CIDR blocks without host bits "
 	     "(10.0.0.0/8, 2001:db8::/32)", "access"),
+	FLAG("proxy-protocol", proxy_protocol, "false",
+	     "take the client's address from a PROXY v1/v2 header sent by a trusted-proxy "
+	     "(refused from any other address)", "access"),
 	NUM("max-connections-per-ip", T_UINT, max_connections_per_ip, "0", 0, 1000000,
 	    "concurrent websockets and requests per client address (0: no limit)", "access"),
 	NUM("max-messages-per-ip-per-s", T_UINT, max_messages_per_ip_per_s, "0", 0, 1000000,
@@ -194,6 +197,12 @@ static const struct setting settings[] = {
 	    "base URL messages are forwarded to", "upstream"),
 	STR("upstream-ca", upstream_ca, "",
 	    "PEM CA bundle for upstream; empty: the system's", "upstream"),
+	STR("upstream-ca-extra", upstream_ca_extra, "",
+	    "PEM CA file trusted in addition to upstream-ca or the system bundle (a TLS-inspecting "
+	    "proxy's CA)", "upstream"),
+	STR("upstream-proxy", upstream_proxy, "",
+	    "proxy for the upstream connections, e.g. http://proxy.example:3128 (empty: libcurl's "
+	    "https_proxy/no_proxy environment)", "upstream"),
 	FLAG("upstream-insecure", upstream_insecure, "false",
 	     "do not verify the upstream certificate (testing only)", "upstream"),
 	{ "upstream-http-version", T_STRING, F(upstream_http_version), "1.1", 0, 0,
@@ -220,6 +229,9 @@ static const struct setting settings[] = {
 	    "monitoring"),
 	FLAG("admin-allow-remote", admin_allow_remote, "false",
 	     "allow admin-listen on a non-loopback address (it has no TLS)", "monitoring"),
+	FLAG("tls-metrics", tls_metrics, "true",
+	     "serve /metrics on the TLS port too (false: on admin-listen only, which it needs)",
+	     "monitoring"),
 	NUM("ready-max-oldest-age-s", T_UINT, ready_max_oldest_age_s, "0", 0, 30U * 86400,
 	    "not ready while the oldest queued message is older (0: never)", "monitoring"),
 	NUM("ready-max-upstream-down-s", T_UINT, ready_max_upstream_down_s, "0", 0, 30U * 86400,
@@ -234,7 +246,7 @@ static const struct setting settings[] = {
 	  "read settings from FILE; the command line overrides it", NULL, NULL,
 	  "process", true },
 	{ "check-config", T_BOOL, F(check_config), "false", 0, 1,
-	  "validate the settings, print \"configuration ok\" and exit", NULL, NULL,
+	  "check the settings and the files they name, print \"configuration ok\" and exit", NULL, NULL,
 	  "process", true },
 };
 
@@ -402,6 +414,7 @@ static int validate(const struct config *c, char **cause)
 	const char *files[][2] = {
 		{ "tls-cert", c->tls_cert }, { "tls-key", c->tls_key },
 		{ "upstream-ca", c->upstream_ca }, { "allowed-keys-file", c->allowed_keys_file },
+		{ "upstream-ca-extra", c->upstream_ca_extra },
 	};
 
 	if (inet_pton(AF_INET, c->listen_address, addr) != 1 &&
@@ -431,6 +444,20 @@ static int validate(const struct config *c, char **cause)
 	}
 	if (strncmp(c->upstream, "https://", 8) && strncmp(c->upstream, "http://", 7)) {
 		cause_set(cause, -1, "upstream: \"%s\" is not an http:// or https:// URL", c->upstream);
+		return -1;
+	}
+	if (strpbrk(c->upstream_proxy, " \t\r\n")) {
+		cause_set(cause, -1, "upstream-proxy: \"%s\" is not a proxy URL", c->upstream_proxy);
+		return -1;
+	}
+	if (!c->tls_metrics && !*c->admin_listen) {
+		cause_set(cause, -1, "tls-metrics = false needs admin-listen: /metrics would be served "
+		          "nowhere");
+		return -1;
+	}
+	if (c->proxy_protocol && !*c->trusted_proxies) {
+		cause_set(cause, -1, "proxy-protocol needs trusted-proxy: the addresses of the load "
+		          "balancers whose PROXY headers are believed");
 		return -1;
 	}
 	if (c->retry_base_ms > c->retry_max_ms) {
@@ -708,12 +735,44 @@ enum config_result config_load(struct config *c, int argc, char **argv, char **c
 		return r;
 	if (validate(c, cause) < 0)
 		return CONFIG_ERROR;
-	if (c->check_config) {
-		printf("configuration ok\n");
-		fflush(stdout);
-		return CONFIG_EXIT;
+	/* Unset is NULL: libcurl then reads https_proxy/no_proxy itself. */
+	if (!*c->upstream_proxy) {
+		free(c->upstream_proxy);
+		c->upstream_proxy = NULL;
 	}
+	/* --check-config goes on to main.c's checks of the files it names. */
 	return CONFIG_RUN;
+}
+
+/* True if setting s has the same value in a and b. */
+static bool same_value(const struct config *a, const struct config *b, const struct setting *s)
+{
+	const char *pa = (const char *)a + s->offset, *pb = (const char *)b + s->offset;
+
+	switch (s->type) {
+	case T_STRING:
+	case T_LIST: {
+		const char *x = *(char *const *)pa, *y = *(char *const *)pb;
+
+		return (!x && !y) || (x && y && !strcmp(x, y));
+	}
+	case T_UINT:
+		return *(const unsigned *)pa == *(const unsigned *)pb;
+	case T_U64:
+	case T_SIZE:
+		return *(const uint64_t *)pa == *(const uint64_t *)pb;
+	case T_BOOL:
+		return *(const bool *)pa == *(const bool *)pb;
+	}
+	return false;
+}
+
+void config_diff(const struct config *a, const struct config *b,
+                 void (*changed)(const char *name, void *arg), void *arg)
+{
+	for (size_t i = 0; i < NSETTINGS; i++)
+		if (!settings[i].cli_only && !same_value(a, b, &settings[i]))
+			changed(settings[i].name, arg);
 }
 
 void config_release(struct config *c)

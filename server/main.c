@@ -5,8 +5,8 @@
  *
  * Signals are blocked in every thread and taken here with sigwait(), so no
  * handler ever runs inside library code: SIGTERM/SIGINT shut down cleanly,
- * SIGHUP reloads the API key allowlist (allowed-keys-file) and the TLS
- * certificate and key.  `watchrtc-relay queue ...` is the queue CLI (cli.c).
+ * SIGHUP reads the configuration again and applies what can change live
+ * (API keys, origins, log level, the TLS certificate and key).  `watchrtc-relay queue ...` is the queue CLI (cli.c).
  */
 #include <curl/curl.h>
 #include <errno.h>
@@ -26,9 +26,11 @@
 
 #include "access.h"
 #include "admin.h"
+#include "cause.h"
 #include "cli.h"
 #include "clientip.h"
 #include "config.h"
+#include "egress.h"
 #include "forwarder.h"
 #include "http.h"
 #include "keyban.h"
@@ -191,19 +193,159 @@ static int make_state_dir(const char *dir, char **cause)
 		goto out;
 	}
 	/* The queue holds API keys: keep the directory private. */
-	if ((st.st_mode & 077) && fchmod(fd, 0700) < 0)
-		goto out;
+	if ((st.st_mode & 077) && fchmod(fd, 0700) < 0) {
+		/* Kubernetes' fsGroup makes a volume root:GROUP 2775, which only
+		 * root may chmod: use it if it is ours to write, since every file
+		 * the relay makes in it is 0600. */
+		if (errno != EPERM || faccessat(fd, ".", W_OK | X_OK, AT_EACCESS) < 0)
+			goto out;
+		log_warn("state_dir_mode", "dir=%s mode=%04o msg=\"cannot make it 0700 (not its "
+		         "owner); using it since it is writable: the files in it are 0600\"", dir,
+		         (unsigned)(st.st_mode & 07777));
+	}
 	rc = 0;
 out:
-	if (rc < 0 && asprintf(cause, "state directory %s: %s", dir,
-	                       why ? why : strerror(errno)) < 0)
-		*cause = NULL;
+	if (rc < 0)
+		cause_set(cause, -1, "state directory %s: %s", dir, why ? why : strerror(errno));
 	if (fd >= 0)
 		close(fd);
 	return rc;
 }
 
-static int wait_for_signal(struct relay *r)
+/*
+ * What a start would refuse in the configuration itself, checked before
+ * anything opens, by --check-config as by a start (both exit 2 on it): the
+ * TLS pair loads and is one pair, its key's mode, tls-priorities,
+ * trusted-proxy and admin-listen.  Creates no file and opens no socket.
+ */
+static int check_settings(const struct config *cfg, char **cause)
+{
+	struct trusted_proxies *tp = NULL;
+	gnutls_priority_t prio;
+	struct tls_pair p;
+	const char *err_pos = NULL;
+	int rc;
+
+	if (tls_load_existing(&p, cfg->tls_cert, cfg->tls_key, cfg->state_dir, cause) < 0)
+		return -1;
+	rc = p.cert_pem ? tls_creds_check(&p, cause) : 0;
+	tls_pair_release(&p);
+	if (rc < 0)
+		return -1;
+	if ((rc = gnutls_priority_init(&prio, cfg->tls_priorities, &err_pos)) < 0) {
+		if (asprintf(cause, "tls-priorities: %s at \"%s\"", gnutls_strerror(rc),
+		             err_pos ? err_pos : "") < 0)
+			*cause = NULL;
+		return -1;
+	}
+	gnutls_priority_deinit(prio);
+	if (trusted_proxies_create(&tp, cfg->trusted_proxies, cause) < 0)
+		return -1;
+	trusted_proxies_destroy(tp);
+	return admin_check_listen(cfg->admin_listen, cfg->admin_allow_remote, cause);
+}
+
+/*
+ * The CA file upstream connections trust: upstream-ca or the system
+ * bundle, plus upstream-ca-extra's certificates when that is set (written
+ * together into the state directory at each start).
+ */
+static int upstream_ca_file(const struct config *cfg, char *path, size_t size, char **cause)
+{
+	const char *base = *cfg->upstream_ca ? cfg->upstream_ca : FWD_SYSTEM_CA;
+
+	if (!*cfg->upstream_ca_extra) {
+		snprintf(path, size, "%s", base);
+		return 0;
+	}
+	snprintf(path, size, "%s/upstream-ca-bundle.pem", cfg->state_dir);
+	if (egress_ca_bundle(base, cfg->upstream_ca_extra, path, cause) < 0)
+		return -1;
+	log_info("upstream_ca", "bundle=%s base=%s extra=%s", path, base, cfg->upstream_ca_extra);
+	return 0;
+}
+
+/* Settings SIGHUP applies; any other that changed takes a restart. */
+static const char *const live_settings[] = {
+	"allowed-keys", "allowed-keys-file", "allowed-origins", "log-level", "tls-cert", "tls-key",
+};
+
+struct reload {
+	bool access, tls, level;
+	unsigned restart;                 /* changed settings that wait for a restart */
+};
+
+static void on_changed(const char *name, void *arg)
+{
+	struct reload *rl = arg;
+
+	for (size_t i = 0; i < sizeof live_settings / sizeof live_settings[0]; i++) {
+		if (strcmp(name, live_settings[i]))
+			continue;
+		log_info("setting_changed", "setting=%s msg=\"applied now\"", name);
+		if (!strncmp(name, "allowed-", 8))
+			rl->access = true;
+		else if (!strncmp(name, "tls-", 4))
+			rl->tls = true;
+		else
+			rl->level = true;
+		return;
+	}
+	rl->restart++;
+	log_warn("setting_needs_restart", "setting=%s msg=\"changed in the configuration; the "
+	         "value in force stays until the relay restarts\"", name);
+}
+
+#define SWAP_STR(x, y) do { char *t_ = (x); (x) = (y); (y) = t_; } while (0)
+
+/*
+ * SIGHUP: reads the configuration again (the same command line, so it
+ * still wins over the file) and applies what can change live; a
+ * configuration that would not start is refused as a whole.  The strings
+ * swapped into r->cfg are read by this thread only.
+ */
+static void reload_config(struct relay *r, int argc, char **argv)
+{
+	struct config fresh;
+	struct reload rl = { 0 };
+	enum log_level level;
+	char *cause = NULL, quoted[512];
+
+	if (config_load(&fresh, argc, argv, &cause) != CONFIG_RUN ||
+	    check_settings(&fresh, &cause) < 0) {
+		log_error("config_reload_failed", "reason=%s msg=\"the configuration in force stays\"",
+		          log_quote(cause ? cause : "bad configuration", quoted, sizeof quoted));
+		free(cause);
+		config_release(&fresh);
+		access_reload(r->access);   /* the keys file still, as before */
+		reload_tls(&r->cfg);
+		return;
+	}
+	config_diff(&r->cfg, &fresh, on_changed, &rl);
+	if (rl.access) {
+		SWAP_STR(r->cfg.allowed_keys, fresh.allowed_keys);
+		SWAP_STR(r->cfg.allowed_keys_file, fresh.allowed_keys_file);
+		SWAP_STR(r->cfg.allowed_origins, fresh.allowed_origins);
+		access_update(r->access, r->cfg.allowed_keys, r->cfg.allowed_keys_file,
+		              r->cfg.allowed_origins);
+	} else {
+		access_reload(r->access);
+	}
+	if (rl.level && log_parse_level(fresh.log_level, &level) == 0) {
+		SWAP_STR(r->cfg.log_level, fresh.log_level);
+		log_set_level(level);
+	}
+	if (rl.tls) {
+		SWAP_STR(r->cfg.tls_cert, fresh.tls_cert);
+		SWAP_STR(r->cfg.tls_key, fresh.tls_key);
+	}
+	reload_tls(&r->cfg);
+	log_info("config_reloaded", "file=%s settings_waiting_for_restart=%u",
+	         r->cfg.config_file && *r->cfg.config_file ? r->cfg.config_file : "-", rl.restart);
+	config_release(&fresh);
+}
+
+static int wait_for_signal(struct relay *r, int argc, char **argv)
 {
 	sigset_t set;
 	int sig;
@@ -217,8 +359,7 @@ static int wait_for_signal(struct relay *r)
 			continue;
 		if (sig == SIGHUP) {
 			log_info("sighup", "msg=\"reloading\"");
-			access_reload(r->access);
-			reload_tls(&r->cfg);
+			reload_config(r, argc, argv);
 			continue;
 		}
 		return sig;
@@ -236,7 +377,7 @@ int main(int argc, char **argv)
 	struct forwarder *fwd = NULL;
 	struct http_server *http = NULL;
 	struct admin_server *admin = NULL;
-	char *cause = NULL, db_path[PATH_MAX];
+	char *cause = NULL, db_path[PATH_MAX], ca_path[PATH_MAX];
 	unsigned long long nofile;
 	enum log_level level;
 	sigset_t set;
@@ -255,6 +396,21 @@ int main(int argc, char **argv)
 		return 2;
 	case CONFIG_RUN:
 		break;
+	}
+	if (check_settings(&r.cfg, &cause) < 0) {
+		if (r.cfg.check_config)
+			fprintf(stderr, "watchrtc-relay: %s\n", cause ? cause : "out of memory");
+		else
+			log_error("startup_failed", "reason=\"%s\" status=2 msg=\"bad configuration\"",
+			          cause ? cause : "out of memory");
+		free(cause);
+		config_release(&r.cfg);
+		return 2;
+	}
+	if (r.cfg.check_config) {
+		printf("configuration ok\n");
+		config_release(&r.cfg);
+		return 0;
 	}
 	if (log_parse_level(r.cfg.log_level, &level) == 0)
 		log_set_level(level);
@@ -323,9 +479,12 @@ int main(int argc, char **argv)
 	if (ws_server_start(&r.ws, &wo, r.queue, &cause) < 0)
 		goto out;
 
+	if (upstream_ca_file(&r.cfg, ca_path, sizeof ca_path, &cause) < 0)
+		goto out;
 	fo = (struct forwarder_options){
 		.upstream = r.cfg.upstream,
-		.ca_file = r.cfg.upstream_ca,
+		.ca_file = ca_path,
+		.proxy = r.cfg.upstream_proxy,
 		.insecure = r.cfg.upstream_insecure,
 		.workers = r.cfg.forward_workers,
 		.inflight = r.cfg.forward_inflight,
@@ -338,6 +497,7 @@ int main(int argc, char **argv)
 	};
 	if (forwarder_start(&fwd, r.queue, r.keyban, &fo, &cause) < 0)
 		goto out;
+	egress_log_proxy(r.cfg.upstream_proxy, r.cfg.upstream);
 
 	if (http_server_start(&http, &r, &tls, &cause) < 0)
 		goto out;
@@ -347,7 +507,7 @@ int main(int argc, char **argv)
 	         r.cfg.listen_address, r.cfg.port, r.cfg.state_dir, r.cfg.upstream,
 	         queue_instance_id(r.queue));
 
-	sig = wait_for_signal(&r);
+	sig = wait_for_signal(&r, argc, argv);
 	log_info("shutdown", "signal=%s deadline_ms=%u", sig == SIGINT ? "SIGINT" : "SIGTERM",
 	         r.cfg.shutdown_deadline_ms);
 	atomic_store(&r.stopping, true);

@@ -63,6 +63,17 @@ def skip_all(reason):
     sys.exit(0)
 
 
+def require(missing, what):
+    """Skips the whole test when missing (a reason) is set, except in CI
+    (CI=true), where what it needs must be there: then it fails."""
+    if not missing:
+        return
+    if os.environ.get("CI") != "true":
+        skip_all("%s: %s" % (what, missing))
+    print("1..1\nnot ok 1 - %s cannot run in CI: %s" % (what, missing))
+    sys.exit(1)
+
+
 def done():
     print("1..%d" % _n)
     sys.stdout.flush()
@@ -134,6 +145,20 @@ def request(port, method, path, body=None, headers=None, timeout=10.0):
         conn.close()
 
 
+def read_status(s):
+    """The status of the answer arriving on socket s, or None if none came."""
+    data = b""
+    try:
+        while b"\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass
+    return int(data[9:12]) if data.startswith(b"HTTP/1.1 ") else None
+
+
 def raw_request(port, head, body=b"", timeout=10.0):
     """Sends a request head (and as much of body as the relay takes) over TLS
     and returns the answer's status code, or None if there was no answer.
@@ -147,20 +172,45 @@ def raw_request(port, head, body=b"", timeout=10.0):
                 s.sendall(body[i:i + 65536])
         except OSError:
             pass  # the relay answered and closed before the body was in
-        data = b""
-        try:
-            while b"\r\n" not in data:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-        except OSError:
-            pass
-        if data.startswith(b"HTTP/1.1 "):
-            return int(data[9:12])
+        return read_status(s)
+    finally:
+        s.close()
+
+
+def tls_connect(port, source=None, prefix=b"", timeout=10.0):
+    """A TLS connection to the relay (or a balancer) on 127.0.0.1:port, from
+    the loopback address source if given, with prefix (a PROXY header, say)
+    sent in clear before the handshake."""
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.settimeout(timeout)
+    if source:
+        raw.bind((source, 0))
+    raw.connect(("127.0.0.1", port))
+    if prefix:
+        raw.sendall(prefix)
+    return client_context().wrap_socket(raw)
+
+
+def http_over(s, method, path, body=b"", headers=None):
+    """One HTTP/1.1 request on the TLS socket s, which it closes: returns
+    the status, or None if the connection ended without an answer."""
+    if isinstance(body, str):
+        body = body.encode()
+    head = ["%s %s HTTP/1.1" % (method, path), "Host: relay", "Connection: close",
+            "Content-Length: %d" % len(body)] + ["%s: %s" % kv for kv in (headers or {}).items()]
+    try:
+        s.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        return read_status(s)
+    except OSError:
         return None
     finally:
         s.close()
+
+
+def run_relay_check(args):
+    """The relay with args and --check-config: the CompletedProcess."""
+    return subprocess.run([RELAY_BIN] + list(args) + ["--check-config"], capture_output=True,
+                          text=True, timeout=30)
 
 
 def load_fixture(*parts, mode="rb"):

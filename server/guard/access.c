@@ -5,7 +5,8 @@
  * The key allowlist is a sorted array searched with bsearch.  A reload
  * builds a whole new array from the inline keys and the file and swaps it
  * in under the lock, so a lookup sees either the old list or the new one,
- * and a file that fails to load leaves the old one in force.
+ * and a file that fails to load leaves the old one in force.  The origins
+ * are swapped under the same lock when the configuration changes.
  */
 #include "access.h"
 
@@ -24,6 +25,7 @@
 
 #define ACCESS_KEY_MAX 256                   /* longest API key accepted in the allowlist */
 #define ACCESS_KEYS_FILE_MAX (16 * 1024 * 1024)  /* larger key files are refused */
+#define SWAP_STR(x, y) do { char *t_ = (x); (x) = (y); (y) = t_; } while (0)
 
 struct keyset {
 	char **keys;       /* sorted, unique */
@@ -32,7 +34,7 @@ struct keyset {
 
 struct access {
 	pthread_mutex_t keys_lock;
-	struct keyset keys;          /* under keys_lock */
+	struct keyset keys;          /* under keys_lock, as the rest up to limits */
 	bool keys_on;                /* an allowlist is configured (even if empty) */
 	char *inline_keys, *keys_file;
 	char **origins;              /* NULL: any origin */
@@ -158,18 +160,19 @@ out:
 }
 
 /* Builds the allowlist from the inline keys and the file. */
-static int load_keys(struct access *a, struct keyset *out, char **cause)
+static int load_keys(const char *inline_keys, const char *keys_file, struct keyset *out,
+                     char **cause)
 {
 	char *text = NULL;
 	int rc = -1;
 
 	memset(out, 0, sizeof *out);
-	if (add_entries(out, a->inline_keys, ",", false, "allowed-keys", cause) < 0)
+	if (add_entries(out, inline_keys, ",", false, "allowed-keys", cause) < 0)
 		goto out;
-	if (*a->keys_file) {
-		if (!(text = read_keys_file(a->keys_file, cause)))
+	if (*keys_file) {
+		if (!(text = read_keys_file(keys_file, cause)))
 			goto out;
-		if (add_entries(out, text, "\n", true, a->keys_file, cause) < 0)
+		if (add_entries(out, text, "\n", true, keys_file, cause) < 0)
 			goto out;
 	}
 	keyset_finish(out);
@@ -181,17 +184,19 @@ out:
 	return rc;
 }
 
-static int parse_origins(struct access *a, const char *list, char **cause)
+static int parse_origins(struct keyset *k, const char *list, char **cause)
 {
-	struct keyset k = { 0 };
-
-	if (add_entries(&k, list, ",", false, "allowed-origins", cause) < 0) {
-		keyset_release(&k);
+	memset(k, 0, sizeof *k);
+	if (add_entries(k, list, ",", false, "allowed-origins", cause) < 0) {
+		keyset_release(k);
 		return -1;
 	}
-	a->origins = k.keys;
-	a->norigins = k.n;
 	return 0;
+}
+
+static bool keys_configured(const char *inline_keys, const char *keys_file)
+{
+	return *keys_file || strspn(inline_keys, " \t,") < strlen(inline_keys);
 }
 
 int access_create(struct access **out, const struct access_options *o, char **cause)
@@ -207,11 +212,17 @@ int access_create(struct access **out, const struct access_options *o, char **ca
 	a->keys_file = strdup(o->keys_file ? o->keys_file : "");
 	if (!a->inline_keys || !a->keys_file)
 		goto nomem;
-	a->keys_on = *a->keys_file || strspn(a->inline_keys, " \t,") < strlen(a->inline_keys);
-	if (load_keys(a, &a->keys, cause) < 0)
+	a->keys_on = keys_configured(a->inline_keys, a->keys_file);
+	if (load_keys(a->inline_keys, a->keys_file, &a->keys, cause) < 0)
 		goto fail;
-	if (o->origins && *o->origins && parse_origins(a, o->origins, cause) < 0)
-		goto fail;
+	if (o->origins && *o->origins) {
+		struct keyset k;
+
+		if (parse_origins(&k, o->origins, cause) < 0)
+			goto fail;
+		a->origins = k.keys;
+		a->norigins = k.n;
+	}
 	if (o->max_conns_per_ip || o->max_msgs_per_ip_per_s) {
 		a->limits = iplimit_create(o->max_conns_per_ip, o->max_msgs_per_ip_per_s,
 		                           o->ip_table_size);
@@ -258,7 +269,7 @@ int access_reload(struct access *a)
 
 	if (!a || !*a->keys_file)
 		return 0;
-	if (load_keys(a, &fresh, &cause) < 0) {
+	if (load_keys(a->inline_keys, a->keys_file, &fresh, &cause) < 0) {
 		pthread_mutex_lock(&a->keys_lock);
 		in_force = a->keys.n;
 		pthread_mutex_unlock(&a->keys_lock);
@@ -279,32 +290,81 @@ int access_reload(struct access *a)
 	return 0;
 }
 
+int access_update(struct access *a, const char *keys, const char *keys_file, const char *origins)
+{
+	struct keyset fresh, fresh_origins = { 0 }, old, old_origins;
+	char *cause = NULL, quoted[300], *new_inline, *new_file;
+
+	if (!a)
+		return 0;
+	/* Built aside from the new sources: a failure changes nothing. */
+	new_inline = strdup(keys ? keys : "");
+	new_file = strdup(keys_file ? keys_file : "");
+	if (!new_inline || !new_file) {
+		cause = strdup("out of memory");
+		goto fail;
+	}
+	if (load_keys(new_inline, new_file, &fresh, &cause) < 0)
+		goto fail;
+	if (origins && *origins && parse_origins(&fresh_origins, origins, &cause) < 0) {
+		keyset_release(&fresh);
+		goto fail;
+	}
+	pthread_mutex_lock(&a->keys_lock);
+	old = a->keys;
+	old_origins = (struct keyset){ a->origins, a->norigins, a->norigins };
+	a->keys = fresh;
+	a->keys_on = keys_configured(new_inline, new_file);
+	a->origins = fresh_origins.keys;
+	a->norigins = fresh_origins.n;
+	/* The sources too: access_reload reads the file named here. */
+	SWAP_STR(a->inline_keys, new_inline);
+	SWAP_STR(a->keys_file, new_file);
+	pthread_mutex_unlock(&a->keys_lock);
+	keyset_release(&old);
+	keyset_release(&old_origins);
+	free(new_inline);
+	free(new_file);
+	log_info("access_rules_reloaded", "keys=%s key_count=%zu origins=%zu",
+	         a->keys_on ? "allowlist" : "any", fresh.n, fresh_origins.n);
+	return 0;
+fail:
+	log_error("access_reload_failed", "reason=%s msg=\"the keys and origins in force stay\"",
+	          log_quote(cause ? cause : "out of memory", quoted, sizeof quoted));
+	free(cause);
+	free(new_inline);
+	free(new_file);
+	return -1;
+}
+
 bool access_key_allowed(struct access *a, const char *key)
 {
-	bool found;
+	bool found = true;
 
-	if (!a || !a->keys_on)
+	if (!a)
 		return true;
-	if (!key)
-		return false;
 	pthread_mutex_lock(&a->keys_lock);
-	found = a->keys.n &&
-	        bsearch(&key, a->keys.keys, a->keys.n, sizeof *a->keys.keys, cmp_key) != NULL;
+	if (a->keys_on)
+		found = key && a->keys.n &&
+		        bsearch(&key, a->keys.keys, a->keys.n, sizeof *a->keys.keys, cmp_key) != NULL;
 	pthread_mutex_unlock(&a->keys_lock);
 	return found;
 }
 
-bool access_origin_allowed(const struct access *a, const char *origin)
+bool access_origin_allowed(struct access *a, const char *origin)
 {
-	if (!a || !a->origins)
+	bool found = false;
+
+	if (!a)
 		return true;
-	if (!origin)
-		return false;
-	for (size_t i = 0; i < a->norigins; i++) {
-		if (!strcasecmp(a->origins[i], origin))
-			return true;
-	}
-	return false;
+	pthread_mutex_lock(&a->keys_lock);
+	if (!a->origins)
+		found = true;
+	else if (origin)
+		for (size_t i = 0; i < a->norigins && !found; i++)
+			found = !strcasecmp(a->origins[i], origin);
+	pthread_mutex_unlock(&a->keys_lock);
+	return found;
 }
 
 const char *access_verdict_reason(enum access_verdict v)

@@ -34,13 +34,18 @@ void access_destroy(struct access *a);  /* accepts NULL */
  * and -1 is returned; either way the outcome is logged. */
 int access_reload(struct access *a);
 
+/* The configuration changed (SIGHUP): new inline keys, key file and
+ * origins, all in force at once, or on any failure (logged) none of them. */
+int access_update(struct access *a, const char *keys, const char *keys_file,
+                  const char *origins);
+
 /* True when no key allowlist is configured, or key is on it.  A NULL key
  * is allowed only without an allowlist. */
 bool access_key_allowed(struct access *a, const char *key);
 /* True when no origin allowlist is configured, or origin is on it
  * (compared case-insensitively).  A NULL origin is allowed only without
  * an allowlist: browsers always send one. */
-bool access_origin_allowed(const struct access *a, const char *origin);
+bool access_origin_allowed(struct access *a, const char *origin);
 
 enum access_verdict {
 	ACCESS_OK = 0,

@@ -314,6 +314,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 
 		if (!strcmp(path, "/healthcheck") || !strncmp(path, "/healthcheck/", 13)) {
 			ret = route_health(r, c, &ri);
+		} else if (!strcmp(path, "/metrics") && !r->cfg.tls_metrics) {
+			metrics_http("other", 404);
+			ret = http_answer_error(c, MHD_HTTP_NOT_FOUND, ri.origin,
+			                        "not found: /metrics is served on the admin listener only");
 		} else if (!strcmp(path, "/metrics")) {
 			ret = route_metrics(r, c, &ri);
 		} else if (ws_handshake_is_upgrade(&wsreq)) {
@@ -399,6 +403,9 @@ int http_server_start(struct http_server **out, struct relay *r, const struct tl
 		.threads = r->cfg.http_threads,
 		.max_connections = r->cfg.max_connections,
 		.priorities = r->cfg.tls_priorities,
+		.proxy_protocol = r->cfg.proxy_protocol,
+		.proxies = r->proxies,
+		.header_timeout_ms = r->cfg.request_timeout_s * 1000,
 	};
 	/* No socket of its own: the listener adds each connection. */
 	unsigned flags = MHD_USE_NO_LISTEN_SOCKET | MHD_USE_INTERNAL_POLLING_THREAD |

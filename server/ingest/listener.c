@@ -5,7 +5,11 @@
  * the table that maps libmicrohttpd's end of a socketpair back to its
  * connection, for listener_upgraded, which runs on libmicrohttpd's thread.
  *
- * A connection goes through three phases:
+ * A connection goes through three phases (four with proxy-protocol):
+ *   proxy hdr  with proxy-protocol only: a PROXY header, if the connection
+ *              begins with one, is read and checked; only then is the
+ *              connection given to libmicrohttpd, with the header's source
+ *              as its client address;
  *   handshake  the TLS handshake, non-blocking;
  *   proxy      bytes copied between TLS and the socketpair in both
  *              directions, one buffer each way (a full buffer stops the
@@ -43,6 +47,7 @@
 #include "clientip.h"
 #include "clock.h"
 #include "log.h"
+#include "proxyproto.h"
 #include "tls_creds.h"
 #include "websocket.h"
 
@@ -52,6 +57,7 @@
 #define LISTENER_BACKLOG 1024
 #define LISTENER_LIMIT_LOG_INTERVAL_MS 1000  /* one "max-connections reached" line per interval */
 #define LISTENER_EMFILE_BACKOFF_MS 100  /* no accepts for this long after running out of fds */
+#define LISTENER_PROXY_SWEEP_MS 1000    /* how often late PROXY headers are looked for */
 
 /* An upgrade libmicrohttpd handed over, on its way to the connection's loop. */
 struct upgrade {
@@ -83,6 +89,11 @@ struct lconn {
 	bool mhd_eof;                     /* libmicrohttpd closed its end */
 	bool dead;                        /* closed: freed after the current epoll batch */
 	bool handed_over;                 /* now the websocket server's, and counted there */
+	bool awaiting_proxy;              /* proxy-protocol: the first bytes are not in yet */
+	bool http_attached;               /* libmicrohttpd has mhd_fd (and closes it) */
+	long long opened_ms;              /* mono_ms() at accept */
+	struct sockaddr_storage client;   /* the address libmicrohttpd is given */
+	socklen_t client_len;
 };
 
 struct lloop {
@@ -96,6 +107,7 @@ struct lloop {
 	struct upgrade *inbox;            /* under lock */
 	struct lconn *conns;              /* loop thread only */
 	struct lconn *dead;               /* closed in this batch, freed after it */
+	unsigned awaiting_proxy;          /* connections whose PROXY header is not in yet */
 };
 
 /* Lets one line a second through, counting the rest (log_gate_pass). */
@@ -111,6 +123,9 @@ struct listener {
 	gnutls_priority_t prio;
 	int lfd;
 	unsigned max_connections;
+	bool proxy_protocol;
+	const struct trusted_proxies *proxies;
+	unsigned header_timeout_ms;
 	struct lloop *loops;
 	unsigned nloops;
 	atomic_uint open;                 /* connections in the listener's hands */
@@ -219,6 +234,10 @@ static void conn_close(struct lconn *c, const char *why)
 		table_drop(lp->lsn, c->mhd_fd, c);
 		close(c->mfd);   /* libmicrohttpd sees EOF and closes its end */
 	}
+	if (!c->http_attached && c->mhd_fd >= 0)
+		close(c->mhd_fd);   /* never given to libmicrohttpd */
+	if (c->awaiting_proxy)
+		lp->awaiting_proxy--;
 	if (c->tls)
 		gnutls_deinit(c->tls);
 	upgrade_free(c->up);
@@ -345,6 +364,113 @@ static void conn_begin_upgrade(struct lconn *c, struct upgrade *u)
 		conn_close(c, "upgrade: out of memory");
 }
 
+static void conn_pump(struct lconn *c);
+
+/* Gives c to libmicrohttpd as a connection from c->client, and starts
+ * the TLS handshake. */
+static void conn_attach_http(struct lconn *c)
+{
+	struct listener *l = c->loop->lsn;
+
+	/* libmicrohttpd closes mhd_fd whatever happens. */
+	c->http_attached = true;
+	if (MHD_add_connection(l->mhd, c->mhd_fd, (const struct sockaddr *)&c->client,
+	                       c->client_len) != MHD_YES) {
+		log_warn("connection_refused", "peer=%s reason=\"the HTTP server cannot take it: %s\"",
+		         c->peer, strerror(errno));
+		conn_close(c, "refused by the HTTP server");
+		return;
+	}
+	conn_pump(c);
+}
+
+static void proxy_refuse(struct lconn *c, const char *why)
+{
+	log_warn("proxy_refused", "peer=%s reason=\"%s\"", c->peer, why);
+	conn_close(c, "PROXY header refused");
+}
+
+/*
+ * proxy-protocol: looks at the connection's first bytes without taking
+ * them.  A PROXY header from a trusted proxy is read (exactly its bytes:
+ * the TLS handshake reads the rest) and its source becomes the client; a
+ * connection that begins with TLS goes on as it is (a direct client, a
+ * probe); a PROXY header from anyone else, or a malformed one, closes it.
+ * The socket is edge-triggered meanwhile, so a header that arrives in
+ * pieces does not spin the loop.
+ */
+static void proxy_step(struct lconn *c)
+{
+	struct proxyproto_header h;
+	unsigned char buf[PROXYPROTO_MAX];
+	const char *why = NULL;
+	char from[CLIENTIP_SIZE];
+	ssize_t n = recv(c->fd, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT);
+
+	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+		set_interest(c, c->fd, &c->tls_events, EPOLLIN | EPOLLET);
+		return;
+	}
+	if (n <= 0) {
+		conn_close(c, "closed before its first bytes");
+		return;
+	}
+	switch (proxyproto_parse(buf, (size_t)n, &h, &why)) {
+	case PROXYPROTO_MORE:
+		if ((size_t)n < sizeof buf) {
+			set_interest(c, c->fd, &c->tls_events, EPOLLIN | EPOLLET);
+			return;
+		}
+		proxy_refuse(c, "PROXY header too long");
+		return;
+	case PROXYPROTO_BAD:
+		proxy_refuse(c, why);
+		return;
+	case PROXYPROTO_OK:
+		if (!trusted_proxies_contains(c->loop->lsn->proxies, c->peer)) {
+			proxy_refuse(c, "PROXY header from an address that is not a trusted-proxy");
+			return;
+		}
+		/* Takes the header's bytes, which are in the socket already. */
+		if (recv(c->fd, buf, h.len, MSG_DONTWAIT) != (ssize_t)h.len) {
+			conn_close(c, "PROXY header: read failed");
+			return;
+		}
+		if (h.has_source) {
+			memcpy(&c->client, &h.source, h.source_len);
+			c->client_len = h.source_len;
+			snprintf(from, sizeof from, "%s", c->peer);
+			clientip_from_sockaddr((const struct sockaddr *)&c->client, c->peer,
+			                       sizeof c->peer);
+			log_debug("proxy_header", "proxy=%s client=%s version=%d", from, c->peer,
+			          h.version);
+		}
+		break;
+	case PROXYPROTO_NOT:
+		break;   /* TLS straight away: the peer is the client */
+	}
+	c->awaiting_proxy = false;
+	c->loop->awaiting_proxy--;
+	set_interest(c, c->fd, &c->tls_events, 0);
+	conn_attach_http(c);
+}
+
+/* Closes the connections whose PROXY header is late (request-timeout-s). */
+static void proxy_sweep(struct lloop *lp)
+{
+	long long now = (long long)mono_ms();
+	struct lconn *c, *next;
+
+	for (c = lp->conns; c && lp->awaiting_proxy; c = next) {
+		next = c->next;
+		if (c->awaiting_proxy && now - c->opened_ms >= lp->lsn->header_timeout_ms) {
+			log_info("proxy_refused", "peer=%s reason=\"no PROXY header or TLS within "
+			         "request-timeout-s\"", c->peer);
+			conn_close(c, "PROXY header deadline");
+		}
+	}
+}
+
 /*
  * Moves bytes until nothing more can move without waiting, then sets what
  * to wait for.  May close c.
@@ -356,6 +482,10 @@ static void conn_pump(struct lconn *c)
 
 	if (c->dead)
 		return;
+	if (c->awaiting_proxy) {
+		proxy_step(c);
+		return;
+	}
 	if (!c->handshaken) {
 		int rc;
 
@@ -536,6 +666,9 @@ static void conn_open(struct lloop *lp, int fd, const struct sockaddr_storage *s
 	c->loop = lp;
 	c->fd = fd;
 	c->mfd = c->mhd_fd = -1;
+	c->opened_ms = (long long)mono_ms();
+	memcpy(&c->client, ss, sslen);
+	c->client_len = sslen;
 	clientip_from_sockaddr((const struct sockaddr *)ss, c->peer, sizeof c->peer);
 	c->c2m.data = malloc(LISTENER_BUF_BYTES);
 	c->m2c.data = malloc(LISTENER_BUF_BYTES);
@@ -566,14 +699,13 @@ static void conn_open(struct lloop *lp, int fd, const struct sockaddr_storage *s
 	if (lp->conns)
 		lp->conns->prev = c;
 	lp->conns = c;
-	/* libmicrohttpd closes sp[1] whatever happens, and sees the real peer. */
-	if (MHD_add_connection(l->mhd, sp[1], (const struct sockaddr *)ss, sslen) != MHD_YES) {
-		log_warn("connection_refused", "peer=%s reason=\"the HTTP server cannot take it: %s\"",
-		         c->peer, strerror(errno));
-		conn_close(c, "refused by the HTTP server");
+	if (l->proxy_protocol) {
+		c->awaiting_proxy = true;
+		lp->awaiting_proxy++;
+		conn_pump(c);
 		return;
 	}
-	conn_pump(c);
+	conn_attach_http(c);
 	return;
 fail:
 	log_warn("connection_refused", "peer=%s reason=\"%s: %s\"", c ? c->peer : "-", why,
@@ -681,7 +813,13 @@ static void *loop_main(void *arg)
 
 	while (!atomic_load(&l->exiting)) {
 		bool woken = false, accept_ready = false;
-		int n = epoll_wait(lp->epfd, evs, LISTENER_MAX_EVENTS, resume_accepting(lp));
+		/* A paused accept resumes on time, and PROXY headers on their way
+		 * have a deadline: look for late ones once a second. */
+		int timeout = resume_accepting(lp);
+
+		if (lp->awaiting_proxy && (timeout < 0 || timeout > LISTENER_PROXY_SWEEP_MS))
+			timeout = LISTENER_PROXY_SWEEP_MS;
+		int n = epoll_wait(lp->epfd, evs, LISTENER_MAX_EVENTS, timeout);
 
 		if (n < 0 && errno != EINTR) {
 			log_error("tls_error", "reason=\"epoll_wait: %s\"", strerror(errno));
@@ -702,6 +840,8 @@ static void *loop_main(void *arg)
 			loop_wake(lp);
 		if (accept_ready && lp->listening && !lp->paused_until_ms)
 			loop_accept(lp);
+		if (lp->awaiting_proxy)
+			proxy_sweep(lp);
 		loop_free_dead(lp);
 	}
 	loop_wake(lp);   /* upgrades still on their way are refused */
@@ -815,6 +955,9 @@ int listener_start(struct listener **out, const struct listener_options *o,
 	l->ws = ws;
 	l->lfd = -1;
 	l->max_connections = o->max_connections;
+	l->proxy_protocol = o->proxy_protocol;
+	l->proxies = o->proxies;
+	l->header_timeout_ms = o->header_timeout_ms;
 	l->nloops = o->threads ? o->threads : 1;
 	pthread_mutex_init(&l->table_lock, NULL);
 	if ((rc = gnutls_certificate_allocate_credentials(&l->cred)) < 0) {

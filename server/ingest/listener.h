@@ -15,6 +15,7 @@
 #ifndef WATCHRTC_LISTENER_H
 #define WATCHRTC_LISTENER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 struct listener;
@@ -22,6 +23,7 @@ struct MHD_Daemon;
 struct MHD_UpgradeResponseHandle;
 struct ws_server;
 struct ws_conn_meta;
+struct trusted_proxies;
 
 struct listener_options {
 	const char *address;          /* IPv4 or IPv6 literal */
@@ -29,6 +31,13 @@ struct listener_options {
 	unsigned threads;             /* event loops doing TLS */
 	unsigned max_connections;     /* open TLS connections, websockets included */
 	const char *priorities;       /* GnuTLS priority string */
+	/* A connection may begin with a PROXY v1/v2 header only from one of
+	 * proxies; its source is then the client libmicrohttpd sees.  It must
+	 * be in within header_timeout_ms.  A connection from elsewhere that
+	 * begins with one is refused. */
+	bool proxy_protocol;
+	const struct trusted_proxies *proxies;
+	unsigned header_timeout_ms;
 };
 
 /*

@@ -9,9 +9,9 @@
 #include "tls.h"
 
 #include <errno.h>
-#include <stdbool.h>
 #include <fcntl.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -182,7 +182,11 @@ out:
 	return rc;
 }
 
-/* A key readable by anyone but its owner is a leaked key: refuse it. */
+/*
+ * A key others can read is a leaked key: refuse it.  Its group may read it:
+ * that is how Kubernetes' fsGroup (a Secret's 0400 becomes 0440) and
+ * Debian's ssl-cert group (0640) share a key with a service.
+ */
 static int check_key_mode(const char *path, char **cause)
 {
 	struct stat st;
@@ -191,8 +195,9 @@ static int check_key_mode(const char *path, char **cause)
 		*cause = cause_printf("cannot stat %s: %s", path, strerror(errno));
 		return -1;
 	}
-	if (st.st_mode & 077) {
-		*cause = cause_printf("%s is readable by group or others: chmod 600 it", path);
+	if (st.st_mode & 007) {
+		*cause = cause_printf("%s is accessible by others (mode %04o): chmod 600 or 640 it",
+		                      path, (unsigned)(st.st_mode & 07777));
 		return -1;
 	}
 	return 0;
@@ -212,8 +217,8 @@ static int load_files(struct tls_pair *p, const char *cert_file, const char *key
 	return 0;
 }
 
-int tls_load(struct tls_pair *p, const char *cert_file, const char *key_file,
-             const char *state_dir, char **cause)
+static int load_pair(struct tls_pair *p, const char *cert_file, const char *key_file,
+                     const char *state_dir, bool may_generate, char **cause)
 {
 	char cert_path[4096], key_path[4096];
 	bool have_cert = cert_file && *cert_file, have_key = key_file && *key_file;
@@ -233,6 +238,8 @@ int tls_load(struct tls_pair *p, const char *cert_file, const char *key_file,
 		if (access(cert_path, F_OK) == 0 && access(key_path, F_OK) == 0) {
 			if (load_files(p, cert_path, key_path, cause) < 0)
 				goto fail;
+		} else if (!may_generate) {
+			return 0;
 		} else {
 			if (generate_pair(&p->cert_pem, &p->key_pem, cause) < 0)
 				goto fail;
@@ -251,7 +258,7 @@ int tls_load(struct tls_pair *p, const char *cert_file, const char *key_file,
 		                      have_cert ? cert_file : cert_path);
 		goto fail;
 	}
-	if (!have_cert)
+	if (!have_cert && may_generate)
 		log_warn("tls_self_signed",
 		         "cert=%s sha256=%s msg=\"SELF-SIGNED CERTIFICATE in use: browsers will refuse it "
 		         "unless trusted; give --tls-cert and --tls-key for production\"",
@@ -260,6 +267,18 @@ int tls_load(struct tls_pair *p, const char *cert_file, const char *key_file,
 fail:
 	tls_pair_release(p);
 	return -1;
+}
+
+int tls_load(struct tls_pair *p, const char *cert_file, const char *key_file,
+             const char *state_dir, char **cause)
+{
+	return load_pair(p, cert_file, key_file, state_dir, true, cause);
+}
+
+int tls_load_existing(struct tls_pair *p, const char *cert_file, const char *key_file,
+                      const char *state_dir, char **cause)
+{
+	return load_pair(p, cert_file, key_file, state_dir, false, cause);
 }
 
 void tls_pair_release(struct tls_pair *p)

@@ -18,11 +18,15 @@ struct tls_pair {
 /*
  * Loads cert_file/key_file, or when both are NULL or "", loads or creates
  * state_dir/tls-cert.pem and state_dir/tls-key.pem (key mode 0600).
- * Refuses a key file readable by group or others.  On error returns -1 and
- * sets *cause (malloc'd, caller frees).
+ * Refuses a key file others can read (its group may: fsGroup, ssl-cert).
+ * On error returns -1 and sets *cause (malloc'd, caller frees).
  */
 int tls_load(struct tls_pair *p, const char *cert_file, const char *key_file,
              const char *state_dir, char **cause) __attribute__((warn_unused_result));
+/* tls_load that creates nothing (for --check-config): when the pair would
+ * be generated, returns 0 with p->cert_pem NULL. */
+int tls_load_existing(struct tls_pair *p, const char *cert_file, const char *key_file,
+                      const char *state_dir, char **cause) __attribute__((warn_unused_result));
 void tls_pair_release(struct tls_pair *p);
 
 #endif

@@ -112,6 +112,17 @@ fail:
 	return -1;
 }
 
+int tls_creds_check(const struct tls_pair *p, char **cause)
+{
+	struct tls_creds *c = NULL;
+
+	*cause = NULL;
+	if (creds_create(&c, p, cause) < 0)
+		return -1;
+	creds_free(c);
+	return 0;
+}
+
 /* Frees the retired credentials no handshake can still use.  Locked. */
 static void retired_sweep(time_t now)
 {

@@ -20,6 +20,11 @@ struct tls_pair;
 int tls_creds_install(const struct tls_pair *p, char **cause)
 	__attribute__((warn_unused_result));
 
+/* What tls_creds_install refuses, without installing anything: 0, or -1
+ * and *cause (malloc'd). */
+int tls_creds_check(const struct tls_pair *p, char **cause)
+	__attribute__((warn_unused_result));
+
 /* Frees every credential; only once no handshake can run any more. */
 void tls_creds_release(void);
 

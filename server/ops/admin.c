@@ -95,26 +95,53 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	return http_answer_error(c, 404, NULL, "not found: the admin listener serves /metrics and /healthcheck");
 }
 
+/* Parses spec into ss; refuses a non-loopback address unless allowed. */
+static int resolve_listen(const char *spec, bool allow_remote, struct sockaddr_storage *ss,
+                          unsigned *sslen, unsigned *port, char **cause)
+{
+	char addr[64];
+
+	if (admin_parse_listen(spec, addr, sizeof addr, port) < 0 ||
+	    clientip_sockaddr(addr, *port, ss, sslen) < 0) {
+		if (asprintf(cause, "admin-listen %s is not ADDR:PORT (e.g. 127.0.0.1:9100 or "
+		             "[::1]:9100)", spec) < 0)
+			*cause = NULL;
+		return -1;
+	}
+	if (!is_loopback(ss) && !allow_remote) {
+		if (asprintf(cause, "admin-listen %s is not a loopback address: the admin listener is "
+		             "plain HTTP; set admin-allow-remote to serve it anyway", spec) < 0)
+			*cause = NULL;
+		return -1;
+	}
+	return 0;
+}
+
+int admin_check_listen(const char *spec, bool allow_remote, char **cause)
+{
+	struct sockaddr_storage ss;
+	unsigned sslen, port;
+
+	*cause = NULL;
+	if (!spec || !*spec)
+		return 0;
+	return resolve_listen(spec, allow_remote, &ss, &sslen, &port, cause);
+}
+
 int admin_server_start(struct admin_server **out, struct relay *r, char **cause)
 {
 	struct admin_server *s;
 	struct sockaddr_storage ss;
-	char addr[64];
-	unsigned port, sslen, flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL;
+	unsigned sslen, port, flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL;
 
 	*out = NULL;
 	if (!r->cfg.admin_listen || !*r->cfg.admin_listen)
 		return 0;
-	if (admin_parse_listen(r->cfg.admin_listen, addr, sizeof addr, &port) < 0 ||
-	    clientip_sockaddr(addr, port, &ss, &sslen) < 0)
-		goto bad;
+	if (resolve_listen(r->cfg.admin_listen, r->cfg.admin_allow_remote, &ss, &sslen, &port,
+	                   cause) < 0)
+		return -1;
 	if (ss.ss_family == AF_INET6)
 		flags |= MHD_USE_IPv6;
-	if (!is_loopback(&ss) && !r->cfg.admin_allow_remote) {
-		cause_set(cause, -1, "admin-listen %s is not a loopback address: the admin listener is "
-		          "plain HTTP; set admin-allow-remote to serve it anyway", r->cfg.admin_listen);
-		return -1;
-	}
 	s = calloc(1, sizeof *s);
 	if (!s) {
 		*cause = strdup("out of memory");
@@ -140,10 +167,6 @@ int admin_server_start(struct admin_server **out, struct relay *r, char **cause)
 		log_info("admin_listening", "addr=%s", r->cfg.admin_listen);
 	*out = s;
 	return 0;
-bad:
-	cause_set(cause, -1, "admin-listen %s is not ADDR:PORT (e.g. 127.0.0.1:9100 or [::1]:9100)",
-	          r->cfg.admin_listen);
-	return -1;
 }
 
 void admin_server_stop(struct admin_server *s)

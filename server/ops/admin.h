@@ -7,8 +7,15 @@
 #ifndef WATCHRTC_ADMIN_H
 #define WATCHRTC_ADMIN_H
 
+#include <stdbool.h>
+
 struct relay;
 struct admin_server;
+
+/* What admin_server_start refuses, checked without opening anything (for
+ * --check-config): 0, or -1 and *cause (malloc'd). */
+int admin_check_listen(const char *spec, bool allow_remote, char **cause)
+	__attribute__((warn_unused_result));
 
 /* Starts listening on r->cfg.admin_listen ("ADDR:PORT", "[V6]:PORT"); with
  * an empty setting does nothing and sets *out to NULL.  On failure *cause

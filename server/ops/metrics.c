@@ -9,12 +9,21 @@
  */
 #include "metrics.h"
 
+#ifdef HAVE_CONFIG_H
+#include "build-config.h"   /* autoconf's: PACKAGE_VERSION */
+#else
+#define PACKAGE_VERSION "unknown"
+#endif
+
+#include <dirent.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "clock.h"
 #include "queue.h"
@@ -263,6 +272,84 @@ static void render_queue(struct out *o, const struct queue_stats *qs,
 	    (double)qs->expired_total);
 }
 
+/* Open descriptors: the entries of /proc/self/fd, less the one reading it. */
+static long open_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+	long n = 0;
+
+	if (!d)
+		return -1;
+	while ((e = readdir(d)))
+		if (e->d_name[0] != '.')
+			n++;
+	closedir(d);
+	return n - 1;
+}
+
+/* The system's boot time (seconds since the epoch), from /proc/stat. */
+static long long boot_time(void)
+{
+	FILE *f = fopen("/proc/stat", "r");
+	char line[256];
+	long long bt = -1;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof line, f))
+		if (sscanf(line, "btime %lld", &bt) == 1)
+			break;
+	fclose(f);
+	return bt;
+}
+
+/*
+ * The standard process_* metrics every Prometheus client library exports
+ * (CPU, memory, descriptors, start time), from /proc/self/stat, and the
+ * build's version as watchrtc_relay_build_info.
+ */
+static void render_process(struct out *o)
+{
+	unsigned long long utime, stime, start, vsize;
+	long long rss, bt = boot_time();
+	long ticks = sysconf(_SC_CLK_TCK), page = sysconf(_SC_PAGESIZE), fds = open_fds();
+	struct rlimit rl;
+	char buf[1024], *p = NULL;
+	FILE *f = fopen("/proc/self/stat", "r");
+	size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+
+	if (f)
+		fclose(f);
+	buf[n] = '\0';
+	/* Fields after the command, which is in parentheses and may hold any
+	 * character: from the last ')', state is field 3, utime 14, stime 15,
+	 * starttime 22, vsize 23, rss 24. */
+	if (n)
+		p = strrchr(buf, ')');
+	if (p && ticks > 0 && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu "
+	                             "%*d %*d %*d %*d %*d %*d %llu %llu %lld",
+	                             &utime, &stime, &start, &vsize, &rss) == 5) {
+		one(o, "process_cpu_seconds_total", "counter", "User and system CPU time spent, in seconds.",
+		    (double)(utime + stime) / (double)ticks);
+		one(o, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
+		    (double)rss * (double)page);
+		one(o, "process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.",
+		    (double)vsize);
+		if (bt > 0)
+			one(o, "process_start_time_seconds", "gauge",
+			    "Start time of the process since the Unix epoch, in seconds.",
+			    (double)bt + (double)start / (double)ticks);
+	}
+	if (fds >= 0)
+		one(o, "process_open_fds", "gauge", "Open file descriptors.", (double)fds);
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+		one(o, "process_max_fds", "gauge", "Most file descriptors the process may open.",
+		    (double)rl.rlim_cur);
+	head(o, "watchrtc_relay_build_info", "gauge", "The relay's version; the value is always 1.");
+	out_printf(o, "watchrtc_relay_build_info{version=\"%s\"} 1\n", PACKAGE_VERSION);
+}
+
 char *metrics_render(const struct queue_stats *qs, const struct queue_dead_reason *dead,
                      size_t ndead, size_t *len)
 {
@@ -296,8 +383,10 @@ char *metrics_render(const struct queue_stats *qs, const struct queue_dead_reaso
 
 	one(&o, "watchrtc_relay_websocket_connections", "gauge", "Websocket connections open.",
 	    (double)atomic_load_explicit(&gauges[G_WS_OPEN], memory_order_relaxed));
-	one(&o, "watchrtc_relay_websocket_connections_total", "counter",
-	    "Websocket connections accepted.", (double)get(M_WS_CONNECTIONS));
+	/* Not websocket_connections_total: OpenMetrics would take that for the
+	 * counter of the gauge above, one family with two types. */
+	one(&o, "watchrtc_relay_websockets_accepted_total", "counter",
+	    "Websocket connections accepted (upgraded).", (double)get(M_WS_CONNECTIONS));
 	one(&o, "watchrtc_relay_websocket_refused_total", "counter",
 	    "Websocket upgrades refused (bad handshake, missing query, shutting down).",
 	    (double)get(M_WS_REFUSED));
@@ -305,7 +394,8 @@ char *metrics_render(const struct queue_stats *qs, const struct queue_dead_reaso
 	    "Websocket connections closed for a protocol error (1002, 1007, 1009).",
 	    (double)get(M_WS_CLOSED_ERROR));
 	one(&o, "watchrtc_relay_upstream_up", "gauge",
-	    "1 if the last upstream attempt got an HTTP answer, 0 if it failed.",
+	    "1 if the last upstream attempt got an HTTP answer below 500; 0 if it got a 5xx or "
+	    "no answer (connection, TLS or timeout error), and before the first attempt.",
 	    (double)atomic_load_explicit(&gauges[G_UPSTREAM_UP], memory_order_relaxed));
 
 	head(&o, "watchrtc_relay_http_requests_total", "counter",
@@ -325,6 +415,7 @@ char *metrics_render(const struct queue_stats *qs, const struct queue_dead_reaso
 
 	for (int h = 0; h < H_HIST_COUNT; h++)
 		render_hist(&o, (enum metric_hist)h);
+	render_process(&o);
 
 	if (o.failed) {
 		free(o.buf);

@@ -44,7 +44,6 @@
 #define FWD_URL_MAX (4 << 20)   /* a longer upstream URL is not sent (dead-lettered) */
 #define FWD_REQ_BUF_MIN 1024    /* first size of a transfer's URL and header buffer */
 #define FWD_POLL_MAX_MS 1000    /* longest sleep, so nothing is missed for long */
-#define FWD_SYSTEM_CA "/etc/ssl/certs/ca-certificates.crt"
 #define FWD_DEFAULT_CONTENT_TYPE "text/plain; charset=utf-8"
 
 enum upstream_state { UPSTREAM_UNKNOWN = -1, UPSTREAM_DOWN = 0, UPSTREAM_UP = 1 };
@@ -91,7 +90,7 @@ struct forwarder {
 	struct queue *q;
 	struct keyban *kb;
 	struct forwarder_options o;
-	char *upstream, *ca_file;       /* owned copies of the option strings */
+	char *upstream, *ca_file, *proxy;   /* owned copies of the option strings */
 	CURLSH *share;                  /* TLS sessions and DNS, across workers */
 	pthread_mutex_t share_locks[CURL_LOCK_DATA_LAST];
 	unsigned nshare_locks;
@@ -662,6 +661,7 @@ static int easy_setup(struct forwarder *f, struct transfer *t)
 	     * rescanned on every new connection, ~31 ms of CPU each time. */
 	    curl_easy_setopt(t->easy, CURLOPT_CAINFO, f->ca_file) ||
 	    curl_easy_setopt(t->easy, CURLOPT_CAPATH, NULL) ||
+	    (o->proxy && curl_easy_setopt(t->easy, CURLOPT_PROXY, o->proxy)) ||
 	    curl_easy_setopt(t->easy, CURLOPT_SSL_VERIFYPEER, o->insecure ? 0L : 1L) ||
 	    curl_easy_setopt(t->easy, CURLOPT_SSL_VERIFYHOST, o->insecure ? 0L : 2L) ||
 	    curl_easy_setopt(t->easy, CURLOPT_USERAGENT, NULL) ||
@@ -737,6 +737,7 @@ static void forwarder_free(struct forwarder *f)
 		pthread_mutex_destroy(&f->share_locks[i]);
 	free(f->upstream);
 	free(f->ca_file);
+	free(f->proxy);
 	free(f);
 }
 
@@ -761,10 +762,12 @@ static struct forwarder *forwarder_create(struct queue *q, struct keyban *kb,
 		ulen--;
 	f->upstream = strndup(o->upstream, ulen);
 	f->ca_file = strdup(ca);
-	if (!f->upstream || !f->ca_file)
+	f->proxy = o->proxy ? strdup(o->proxy) : NULL;
+	if (!f->upstream || !f->ca_file || (o->proxy && !f->proxy))
 		goto fail;
 	f->o.upstream = f->upstream;
 	f->o.ca_file = f->ca_file;
+	f->o.proxy = f->proxy;
 	for (; f->nshare_locks < CURL_LOCK_DATA_LAST; f->nshare_locks++)
 		if (pthread_mutex_init(&f->share_locks[f->nshare_locks], NULL) != 0)
 			goto fail;

@@ -30,10 +30,13 @@ enum forward_http {
 /* Bounds of forwarder_options' workers and inflight (config.c's ranges). */
 #define FWD_WORKERS_MAX 64      /* more threads than this is a configuration mistake */
 #define FWD_INFLIGHT_MAX 1024   /* easy handles per worker */
+/* The CA bundle upstream connections trust when upstream-ca is not set. */
+#define FWD_SYSTEM_CA "/etc/ssl/certs/ca-certificates.crt"
 
 struct forwarder_options {
 	const char *upstream;     /* base URL, e.g. "https://host:port" (no trailing '/') */
-	const char *ca_file;      /* NULL or "": the system CA bundle */
+	const char *ca_file;      /* NULL or "": the system CA bundle (FWD_SYSTEM_CA) */
+	const char *proxy;        /* NULL: libcurl's https_proxy/no_proxy; else CURLOPT_PROXY */
 	bool insecure;            /* skip upstream TLS verification (logged loudly) */
 	unsigned workers;
 	unsigned inflight;        /* concurrent requests per worker */

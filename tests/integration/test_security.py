@@ -316,14 +316,19 @@ eq(main.stop(), 0, "clean exit")
 # A key readable by others: refuse to start.
 os.chmod(os.path.join(state, "tls-key.pem"), 0o644)
 bad = Relay(up, state_dir=state).start(wait=False)
-eq(bad.proc.wait(20), 1, "a generated key that others can read: the relay refuses to start")
+eq(bad.proc.wait(20), 2, "a generated key that others can read: the relay refuses to start (bad configuration)")
 ok("chmod 600" in bad.log_text(), "and says what to do", bad.log_text()[-500:])
 keydir = tempdir("relay-key-")
 shutil.copy(os.path.join(CERTS, "server-key.pem"), os.path.join(keydir, "key.pem"))
-os.chmod(os.path.join(keydir, "key.pem"), 0o640)
+os.chmod(os.path.join(keydir, "key.pem"), 0o604)
 bad = Relay(up, args=["--tls-cert", os.path.join(CERTS, "server.pem"),
                       "--tls-key", os.path.join(keydir, "key.pem")]).start(wait=False)
-eq(bad.proc.wait(20), 1, "a --tls-key readable by its group: the relay refuses to start")
+eq(bad.proc.wait(20), 2, "a --tls-key readable by others: the relay refuses to start")
+# Its group may read it: Kubernetes' fsGroup and Debian's ssl-cert group.
+os.chmod(os.path.join(keydir, "key.pem"), 0o640)
+grp = Relay(up, args=["--tls-cert", os.path.join(CERTS, "server.pem"),
+                      "--tls-key", os.path.join(keydir, "key.pem")]).start()
+eq(grp.stop(), 0, "a --tls-key readable by its group (0640) is used")
 
 # --- per-client limits without trusted proxies: the peer counts ---------------------------
 LIMIT = 200

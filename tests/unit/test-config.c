@@ -459,8 +459,9 @@ static void test_exit_options(void)
 	capture_begin(&cap, STDOUT_FILENO);
 	r = load(&c, &cause, "--check-config", NULL);
 	out = capture_end(&cap);
-	is_int(r, CONFIG_EXIT, "--check-config exits");
-	is_str(out, "configuration ok\n", "--check-config prints configuration ok");
+	/* main.c checks the files it names, then says "configuration ok". */
+	is_int(r, CONFIG_RUN, "--check-config leaves the file checks to main");
+	is_str(out, "", "and prints nothing yet");
 	ok(c.check_config, "check_config is set");
 	free(out);
 	config_release(&c);
