@@ -371,8 +371,8 @@ const char *access_verdict_reason(enum access_verdict v)
 {
 	switch (v) {
 	case ACCESS_OK: return "ok";
-	case ACCESS_TOO_MANY: return "too many connections";
-	case ACCESS_TABLE_FULL: return "too many clients";
+	case ACCESS_TOO_MANY: return "too many connections from this address (max-connections-per-ip)";
+	case ACCESS_TABLE_FULL: return "too many client addresses at once (ip-table-size)";
 	}
 	return "refused";
 }

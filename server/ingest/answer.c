@@ -12,6 +12,10 @@
 
 #include <jansson.h>
 
+#include "log.h"
+#include "metrics.h"
+#include "routes.h"
+
 enum MHD_Result http_answer_error_retry(struct MHD_Connection *c, unsigned status,
                                         const char *origin, const char *reason,
                                         unsigned retry_after_s)
@@ -48,4 +52,25 @@ enum MHD_Result http_answer_error(struct MHD_Connection *c, unsigned status, con
                                   const char *reason)
 {
 	return http_answer_error_retry(c, status, origin, reason, 0);
+}
+
+enum MHD_Result route_refuse(struct MHD_Connection *c, const struct request_info *ri,
+                             enum route route, const struct refusal *why)
+{
+	char quoted[200], kbuf[16];
+
+	if (why->key)
+		log_info("request_refused", "route=%s status=%u peer=%s client=%s key=%s reason=%s",
+		         route_name(route), why->status, ri->peer_ip,
+		         ri->client_ip ? ri->client_ip : ri->peer_ip,
+		         log_key(why->key, kbuf, sizeof kbuf),
+		         log_quote(why->reason, quoted, sizeof quoted));
+	else
+		log_info("request_refused", "route=%s status=%u peer=%s client=%s reason=%s",
+		         route_name(route), why->status, ri->peer_ip,
+		         ri->client_ip ? ri->client_ip : ri->peer_ip,
+		         log_quote(why->reason, quoted, sizeof quoted));
+	metrics_http(route, why->status);
+	return http_answer_error_retry(c, why->status, ri->cors_origin, why->reason,
+	                               why->retry_after_s);
 }

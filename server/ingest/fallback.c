@@ -10,9 +10,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "access.h"
+#include "clock.h"
 #include "fallback_body.h"
 #include "keyban.h"
 #include "log.h"
@@ -28,19 +28,11 @@
  * continuously, so a second is enough for the next message. */
 #define FALLBACK_RATE_RETRY_AFTER_S 1
 
-static const char *route_name(const char *path)
+static enum route path_route(const char *path)
 {
 	size_t n = strlen(path);
 
-	return n >= 6 && !strcmp(path + n - 6, "/trace") ? "trace" : "error";
-}
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	return n >= 6 && !strcmp(path + n - 6, "/trace") ? ROUTE_TRACE : ROUTE_ERROR;
 }
 
 static void add_cors(struct MHD_Response *resp, const char *origin)
@@ -60,10 +52,8 @@ enum MHD_Result route_preflight(struct relay *r, struct MHD_Connection *c,
 		return MHD_NO;
 	if (!access_origin_allowed(r->access, ri->origin)) {
 		MHD_destroy_response(resp);
-		log_info("request_refused", "route=preflight status=403 peer=%s client=%s "
-		         "reason=\"origin not allowed\"", ri->peer_ip, ri->client_ip);
-		metrics_http("preflight", MHD_HTTP_FORBIDDEN);
-		return http_answer_error(c, MHD_HTTP_FORBIDDEN, NULL, "origin not allowed");
+		return route_refuse(c, ri, ROUTE_PREFLIGHT, &(struct refusal){
+			.status = MHD_HTTP_FORBIDDEN, .reason = "origin not allowed" });
 	}
 	snprintf(max_age, sizeof max_age, "%u", r->cfg.cors_max_age_s);
 	add_cors(resp, ri->origin);
@@ -72,28 +62,8 @@ enum MHD_Result route_preflight(struct relay *r, struct MHD_Connection *c,
 	MHD_add_response_header(resp, "Access-Control-Max-Age", max_age);
 	ret = MHD_queue_response(c, MHD_HTTP_NO_CONTENT, resp);
 	MHD_destroy_response(resp);
-	metrics_http("preflight", MHD_HTTP_NO_CONTENT);
+	metrics_http(ROUTE_PREFLIGHT, MHD_HTTP_NO_CONTENT);
 	return ret;
-}
-
-static enum MHD_Result answer_unavailable(struct relay *r, struct MHD_Connection *c,
-                                          const struct request_info *ri, const char *route,
-                                          const char *reason)
-{
-	metrics_http(route, MHD_HTTP_SERVICE_UNAVAILABLE);
-	log_warn("request_refused", "route=%s status=503 peer=%s reason=\"%s\"", route, ri->peer_ip,
-	         reason);
-	return http_answer_error_retry(c, MHD_HTTP_SERVICE_UNAVAILABLE, ri->origin ? ri->origin : "*",
-	                               reason, r->cfg.retry_after_s);
-}
-
-static enum MHD_Result refuse(struct MHD_Connection *c, const struct request_info *ri,
-                              const char *route, unsigned status, const char *reason)
-{
-	log_info("request_refused", "route=%s status=%u peer=%s client=%s reason=\"%s\"", route,
-	         status, ri->peer_ip, ri->client_ip, reason);
-	metrics_http(route, status);
-	return http_answer_error(c, status, ri->origin, reason);
 }
 
 /* The allowlist, or a projectId that the relay itself hands out in its
@@ -108,9 +78,9 @@ static bool key_allowed(struct relay *r, const char *key, bool from_body)
 enum MHD_Result route_fallback(struct relay *r, struct MHD_Connection *c,
                                const struct request_info *ri, const char *body, size_t body_len)
 {
-	const char *route = route_name(ri->path);
+	enum route route = path_route(ri->path);
 	struct body_fields f = { 0 };
-	char *xff = NULL, *key = NULL, *qsession = NULL, reason[200], kbuf[16];
+	char *xff = NULL, *key = NULL, *qsession = NULL, reason[200];
 	const char *session, *content_type, *why;
 	unsigned status;
 	struct MHD_Response *resp;
@@ -119,22 +89,21 @@ enum MHD_Result route_fallback(struct relay *r, struct MHD_Connection *c,
 	int err;
 
 	if (atomic_load(&r->stopping)) {
-		ret = answer_unavailable(r, c, ri, route, "shutting down");
+		ret = route_refuse(c, ri, route, &(struct refusal){
+			.status = MHD_HTTP_SERVICE_UNAVAILABLE, .reason = "shutting down",
+			.retry_after_s = r->cfg.retry_after_s });
 		goto out;
 	}
 	if (!access_origin_allowed(r->access, ri->origin)) {
-		log_info("request_refused", "route=%s status=403 peer=%s client=%s "
-		         "reason=\"origin not allowed\"", route, ri->peer_ip, ri->client_ip);
-		metrics_http(route, MHD_HTTP_FORBIDDEN);
-		ret = http_answer_error(c, MHD_HTTP_FORBIDDEN, NULL, "origin not allowed");
+		ret = route_refuse(c, ri, route, &(struct refusal){
+			.status = MHD_HTTP_FORBIDDEN, .reason = "origin not allowed" });
 		goto out;
 	}
 	if (!access_message(r->access, ri->client_ip)) {
-		log_info("request_refused", "route=%s status=429 peer=%s client=%s reason=\"rate "
-		         "limit: over max-messages-per-ip-per-s\"", route, ri->peer_ip, ri->client_ip);
-		metrics_http(route, MHD_HTTP_TOO_MANY_REQUESTS);
-		ret = http_answer_error_retry(c, MHD_HTTP_TOO_MANY_REQUESTS, ri->origin, "rate limit",
-		                             FALLBACK_RATE_RETRY_AFTER_S);
+		ret = route_refuse(c, ri, route, &(struct refusal){
+			.status = MHD_HTTP_TOO_MANY_REQUESTS,
+			.reason = "rate limit: over max-messages-per-ip-per-s",
+			.retry_after_s = FALLBACK_RATE_RETRY_AFTER_S });
 		goto out;
 	}
 	err = body_check(body, body_len, &f, reason, sizeof reason);
@@ -143,7 +112,8 @@ enum MHD_Result route_fallback(struct relay *r, struct MHD_Connection *c,
 		goto out;
 	}
 	if (err < 0) {
-		ret = refuse(c, ri, route, MHD_HTTP_BAD_REQUEST, reason);
+		ret = route_refuse(c, ri, route, &(struct refusal){
+			.status = MHD_HTTP_BAD_REQUEST, .reason = reason });
 		goto out;
 	}
 
@@ -157,7 +127,8 @@ enum MHD_Result route_fallback(struct relay *r, struct MHD_Connection *c,
 	if (!why)
 		why = reqcheck_header(content_type);
 	if (why) {
-		ret = refuse(c, ri, route, MHD_HTTP_BAD_REQUEST, why);
+		ret = route_refuse(c, ri, route, &(struct refusal){
+			.status = MHD_HTTP_BAD_REQUEST, .reason = why });
 		goto out;
 	}
 	session = f.session;
@@ -165,7 +136,7 @@ enum MHD_Result route_fallback(struct relay *r, struct MHD_Connection *c,
 		session = qsession = query_get(ri->query, "sessionId");
 	status = reqcheck_session(session, r->cfg.max_session_id_bytes, &why);
 	if (status) {
-		ret = refuse(c, ri, route, status, why);
+		ret = route_refuse(c, ri, route, &(struct refusal){ .status = status, .reason = why });
 		goto out;
 	}
 
@@ -180,12 +151,9 @@ enum MHD_Result route_fallback(struct relay *r, struct MHD_Connection *c,
 		key = query_get(ri->query, "token");
 	if (f.project_id) {
 		if (key && strcmp(key, f.project_id)) {
-			log_info("request_refused", "route=%s status=401 peer=%s client=%s key=%s "
-			         "reason=\"the query's key is not the body's projectId\"", route,
-			         ri->peer_ip, ri->client_ip, log_key(key, kbuf, sizeof kbuf));
-			metrics_http(route, MHD_HTTP_UNAUTHORIZED);
-			ret = http_answer_error(c, MHD_HTTP_UNAUTHORIZED, ri->origin,
-			                        "apiKey does not match projectId");
+			ret = route_refuse(c, ri, route, &(struct refusal){
+				.status = MHD_HTTP_UNAUTHORIZED, .key = key,
+				.reason = "the query's key is not the body's projectId" });
 			goto out;
 		}
 		free(key);
@@ -194,18 +162,14 @@ enum MHD_Result route_fallback(struct relay *r, struct MHD_Connection *c,
 		key_from_body = true;
 	}
 	if (!key_allowed(r, key, key_from_body)) {
-		log_info("request_refused", "route=%s status=401 peer=%s client=%s key=%s "
-		         "reason=\"api key not in allowed-keys\"", route, ri->peer_ip, ri->client_ip,
-		         log_key(key, kbuf, sizeof kbuf));
-		metrics_http(route, MHD_HTTP_UNAUTHORIZED);
-		ret = http_answer_error(c, MHD_HTTP_UNAUTHORIZED, ri->origin, "api key not allowed");
+		ret = route_refuse(c, ri, route, &(struct refusal){
+			.status = MHD_HTTP_UNAUTHORIZED, .key = key, .reason = "api key not allowed" });
 		goto out;
 	}
 	if (key && keyban_contains(r->keyban, key)) {
-		log_info("request_refused", "route=%s status=401 peer=%s key=%s reason=\"api key rejected by upstream\"",
-		         route, ri->peer_ip, log_key(key, kbuf, sizeof kbuf));
-		metrics_http(route, MHD_HTTP_UNAUTHORIZED);
-		ret = http_answer_error(c, MHD_HTTP_UNAUTHORIZED, ri->origin, "api key rejected by upstream");
+		ret = route_refuse(c, ri, route, &(struct refusal){
+			.status = MHD_HTTP_UNAUTHORIZED, .key = key,
+			.reason = "api key rejected by upstream" });
 		goto out;
 	}
 
@@ -216,9 +180,9 @@ enum MHD_Result route_fallback(struct relay *r, struct MHD_Connection *c,
 	}
 
 	struct queue_msg m = {
-		.received_ms = now_ms(),
+		.received_ms = wall_ms(),
 		.session = session ? session : "",
-		.target = !strcmp(route, "trace") ? "/trace" : "/error",
+		.target = route == ROUTE_TRACE ? "/trace" : "/error",
 		.content_type = content_type ? content_type : "application/json",
 		.xff = xff,
 		.peer_ip = ri->peer_ip,
@@ -230,7 +194,9 @@ enum MHD_Result route_fallback(struct relay *r, struct MHD_Connection *c,
 	};
 	err = queue_put(r->queue, &m, true, NULL);
 	if (err) {
-		ret = answer_unavailable(r, c, ri, route, queue_strerror(err));
+		ret = route_refuse(c, ri, route, &(struct refusal){
+			.status = MHD_HTTP_SERVICE_UNAVAILABLE, .reason = queue_strerror(err),
+			.retry_after_s = r->cfg.retry_after_s });
 		goto out;
 	}
 	metrics_add(M_RECEIVED_HTTP, 1);

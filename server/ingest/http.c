@@ -122,6 +122,12 @@ static bool ends_with(const char *s, const char *suffix)
 	return n >= m && !memcmp(s + n - m, suffix, m);
 }
 
+/* The route of a POST to .../trace or .../error. */
+static enum route post_route(const char *path)
+{
+	return ends_with(path, "/trace") ? ROUTE_TRACE : ROUTE_ERROR;
+}
+
 static void peer_address(struct MHD_Connection *c, char *buf, size_t size)
 {
 	const union MHD_ConnectionInfo *ci =
@@ -232,20 +238,6 @@ static int identify(struct request *rq, struct relay *r, struct MHD_Connection *
 	return 0;
 }
 
-/* 429 for a client over max-connections-per-ip (logged, with Retry-After). */
-static enum MHD_Result refuse_client(struct relay *r, struct MHD_Connection *c,
-                                     const struct request_info *ri, const char *route,
-                                     enum access_verdict v)
-{
-	log_info("request_refused", "route=%s status=429 peer=%s client=%s reason=\"%s: over "
-	         "max-connections-per-ip\"", route, ri->peer_ip, ri->client_ip,
-	         access_verdict_reason(v));
-	metrics_http(route, MHD_HTTP_TOO_MANY_REQUESTS);
-	return http_answer_error_retry(c, MHD_HTTP_TOO_MANY_REQUESTS,
-	                               access_origin_allowed(r->access, ri->origin) ? ri->origin : NULL,
-	                               access_verdict_reason(v), r->cfg.retry_after_s);
-}
-
 /* Appends upload data to rq->body up to the body limit. */
 static void take_body(struct request *rq, const char *data, size_t size, uint64_t max)
 {
@@ -305,6 +297,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 		.origin = header(c, "Origin"),
 		.pending = &rq->upgrade_pending,
 	};
+	ri.cors_origin = access_origin_allowed(r->access, ri.origin) ? ri.origin : NULL;
 
 	if (!rq->started) {
 		rq->started = true;
@@ -312,49 +305,42 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 		struct ws_upgrade_req wsreq = { .upgrade = header(c, MHD_HTTP_HEADER_UPGRADE) };
 		enum access_verdict v;
 
-		if (!strcmp(path, "/healthcheck") || !strncmp(path, "/healthcheck/", 13)) {
-			ret = route_health(r, c, &ri);
-		} else if (!strcmp(path, "/metrics") && !r->cfg.tls_metrics) {
-			metrics_http("other", 404);
-			ret = http_answer_error(c, MHD_HTTP_NOT_FOUND, ri.origin,
-			                        "not found: /metrics is served on the admin listener only");
-		} else if (!strcmp(path, "/metrics")) {
-			ret = route_metrics(r, c, &ri);
+		if (route_is_ops(path)) {
+			ret = route_ops(r, c, &ri, r->cfg.tls_metrics);
 		} else if (ws_handshake_is_upgrade(&wsreq)) {
 			ret = route_upgrade(r, c, &ri);
 		} else if (fallback_path && !strcmp(method, MHD_HTTP_METHOD_OPTIONS)) {
 			ret = route_preflight(r, c, &ri);
 		} else if (fallback_path && !strcmp(method, MHD_HTTP_METHOD_POST)) {
 			const char *cl = header(c, MHD_HTTP_HEADER_CONTENT_LENGTH);
-			const char *route = ends_with(path, "/trace") ? "trace" : "error";
 
 			if (conflicting_lengths(c)) {
-				log_info("request_refused", "route=%s status=400 peer=%s reason=\"two "
-				         "different Content-Length headers\"", route, peer);
-				metrics_http(route, MHD_HTTP_BAD_REQUEST);
-				ret = http_answer_error(c, MHD_HTTP_BAD_REQUEST, ri.origin,
-				                        "conflicting Content-Length");
+				ret = route_refuse(c, &ri, post_route(path), &(struct refusal){
+					.status = MHD_HTTP_BAD_REQUEST,
+					.reason = "two different Content-Length headers" });
 			/* Refuse a declared oversize body before reading any of it. */
 			} else if (cl && strtoull(cl, NULL, 10) > r->cfg.max_body_bytes) {
-				log_info("request_refused", "route=%s status=413 peer=%s reason=\"body of %s bytes over max-body-bytes\"",
-				         ends_with(path, "/trace") ? "trace" : "error", peer, cl);
-				metrics_http(ends_with(path, "/trace") ? "trace" : "error", 413);
-				ret = http_answer_error(c, MHD_HTTP_CONTENT_TOO_LARGE, ri.origin,
-				                        "body too large");
+				ret = route_refuse(c, &ri, post_route(path), &(struct refusal){
+					.status = MHD_HTTP_CONTENT_TOO_LARGE,
+					.reason = "body too large: Content-Length over max-body-bytes" });
 			} else if ((v = access_conn_acquire(r->access, rq->client)) != ACCESS_OK) {
-				ret = refuse_client(r, c, &ri, ends_with(path, "/trace") ? "trace" : "error", v);
+				ret = route_refuse(c, &ri, post_route(path), &(struct refusal){
+					.status = MHD_HTTP_TOO_MANY_REQUESTS,
+					.reason = access_verdict_reason(v),
+					.retry_after_s = r->cfg.retry_after_s });
 			} else {
 				rq->holds_slot = true;
 				rq->is_fallback = true;
 				ret = MHD_YES; /* the body follows */
 			}
-		} else if (fallback_path || !strcmp(path, "/healthcheck") || !strcmp(path, "/metrics")) {
-			metrics_http("other", 405);
-			ret = http_answer_error(c, MHD_HTTP_METHOD_NOT_ALLOWED, ri.origin, "method not allowed");
+		} else if (fallback_path) {
+			ret = route_refuse(c, &ri, ROUTE_OTHER, &(struct refusal){
+				.status = MHD_HTTP_METHOD_NOT_ALLOWED, .reason = "method not allowed" });
 		} else {
-			metrics_http("other", 404);
-			ret = http_answer_error(c, MHD_HTTP_NOT_FOUND, ri.origin,
-			                        "not found: the relay serves websockets, POST .../trace and .../error, /healthcheck and /metrics");
+			ret = route_refuse(c, &ri, ROUTE_OTHER, &(struct refusal){
+				.status = MHD_HTTP_NOT_FOUND,
+				.reason = "not found: the relay serves websockets, POST .../trace and "
+				          ".../error, /healthcheck and /metrics" });
 		}
 		/* Until its body is in, a POST is still on request-timeout-s. */
 		if (!rq->is_fallback)
@@ -380,11 +366,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	}
 	deadline_disarm(s->deadlines, conn_deadline(c));
 	if (rq->too_big) {
-		const char *route = ends_with(path, "/trace") ? "trace" : "error";
-		log_info("request_refused", "route=%s status=413 peer=%s reason=\"body over max-body-bytes\"",
-		         route, peer);
-		metrics_http(route, 413);
-		ret = http_answer_error(c, MHD_HTTP_CONTENT_TOO_LARGE, ri.origin, "body too large");
+		ret = route_refuse(c, &ri, post_route(path), &(struct refusal){
+			.status = MHD_HTTP_CONTENT_TOO_LARGE,
+			.reason = "body too large: over max-body-bytes" });
 		goto out;
 	}
 	ret = route_fallback(r, c, &ri, rq->body ? rq->body : "", rq->body_len);

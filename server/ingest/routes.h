@@ -6,10 +6,12 @@
 #ifndef WATCHRTC_ROUTES_H
 #define WATCHRTC_ROUTES_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <microhttpd.h>
 
-#include "answer.h"  /* every route answers its refusals with it */
+#include "answer.h"
+#include "route.h"
 
 struct relay;
 
@@ -22,11 +24,25 @@ struct request_info {
 	const char *client_ip; /* the client's: peer_ip, or behind a trusted proxy its XFF's */
 	const char *xff;       /* every X-Forwarded-For header, joined; NULL if none */
 	const char *user_agent, *origin;
-	/* Where a route may leave per-request state; http.c hands what it finds
-	 * there to route_upgrade_completed when MHD reports the request done.
-	 * NULL if http.c offers no such slot. */
+	const char *cors_origin; /* origin if allowed-origins lets it see answers, else NULL */
+	/* Where a route leaves per-request state; http.c hands what it finds
+	 * there to route_upgrade_completed when MHD reports the request done. */
 	void **pending;
 };
+
+/* Why a request is refused. */
+struct refusal {
+	unsigned status;
+	const char *reason;       /* the answer's {"error": reason}, and the log's */
+	const char *key;          /* when not NULL, logged (masked) as key= */
+	unsigned retry_after_s;   /* 0: no Retry-After */
+};
+
+/* Refuses a request: one `request_refused` log line (route, status, peer,
+ * client, key, reason), the route's counter, and the JSON error answer with
+ * the request's CORS origin.  Every route refuses through here. */
+enum MHD_Result route_refuse(struct MHD_Connection *c, const struct request_info *ri,
+                             enum route route, const struct refusal *why);
 
 /* GET with "Upgrade: websocket": checks the handshake and the query, then
  * answers 101 and hands the socket to the websocket server, or answers 4xx. */
@@ -46,10 +62,11 @@ enum MHD_Result route_fallback(struct relay *r, struct MHD_Connection *c,
                                const struct request_info *ri, const char *body,
                                size_t body_len);
 
-/* GET /healthcheck[/live|/ready] and GET /metrics. */
-enum MHD_Result route_health(struct relay *r, struct MHD_Connection *c,
-                             const struct request_info *ri);
-enum MHD_Result route_metrics(struct relay *r, struct MHD_Connection *c,
-                              const struct request_info *ri);
+/* True for the paths route_ops serves: /healthcheck[/...] and /metrics. */
+bool route_is_ops(const char *path);
+/* GET /healthcheck[/live|/ready] and GET /metrics, for the TLS port and the
+ * admin listener alike; /metrics only when serve_metrics, else 404. */
+enum MHD_Result route_ops(struct relay *r, struct MHD_Connection *c,
+                          const struct request_info *ri, bool serve_metrics);
 
 #endif

@@ -34,14 +34,12 @@
 
 /*
  * What route_upgrade hands to the upgrade callback.  The callback takes the
- * meta; the ticket itself is freed by route_upgrade_completed when http.c
- * offers a pending slot, else by the callback (and then a request whose
- * upgrade never happens leaks it: http.c should offer the slot).
+ * meta; the ticket itself is freed by route_upgrade_completed, which MHD's
+ * request-completed callback runs whether the upgrade happened or not.
  */
 struct upgrade_ticket {
 	struct relay *relay;
 	struct ws_conn_meta *meta;    /* NULL once handed to the websocket server */
-	bool completion_frees;
 };
 
 static const char *header(struct MHD_Connection *c, const char *name)
@@ -49,24 +47,17 @@ static const char *header(struct MHD_Connection *c, const char *name)
 	return MHD_lookup_connection_value(c, MHD_HEADER_KIND, name);
 }
 
-/* Answers status with {"error": reason}, logs why, counts the refusal.  A
- * 503 or 429 also says when to come back; a page origin that is not allowed
- * gets no CORS header. */
+/* Refuses the upgrade (route_refuse, and counted as a refused websocket);
+ * a 503 or 429 also says when to come back. */
 static enum MHD_Result refuse(struct relay *r, struct MHD_Connection *c,
                               const struct request_info *ri, unsigned status,
                               const char *reason)
 {
-	char quoted[160];
+	bool later = status == MHD_HTTP_SERVICE_UNAVAILABLE || status == MHD_HTTP_TOO_MANY_REQUESTS;
 
-	log_info("ws_refused", "peer=%s client=%s status=%u reason=%s", ri->peer_ip,
-	         ri->client_ip ? ri->client_ip : ri->peer_ip, status,
-	         log_quote(reason, quoted, sizeof quoted));
 	metrics_add(M_WS_REFUSED, 1);
-	metrics_http("websocket", status);
-	return http_answer_error_retry(c, status,
-	                               access_origin_allowed(r->access, ri->origin) ? ri->origin : NULL,
-	                               reason, status == MHD_HTTP_SERVICE_UNAVAILABLE ||
-	                               status == MHD_HTTP_TOO_MANY_REQUESTS ? r->cfg.retry_after_s : 0);
+	return route_refuse(c, ri, ROUTE_WEBSOCKET, &(struct refusal){
+		.status = status, .reason = reason, .retry_after_s = later ? r->cfg.retry_after_s : 0 });
 }
 
 /* Runs on MHD's thread once the 101 is out: the connection is ours now. */
@@ -78,8 +69,6 @@ static void on_upgraded(void *cls, struct MHD_Connection *c, void *req_cls, cons
 	struct ws_conn_meta *meta = t->meta;
 
 	t->meta = NULL;
-	if (!t->completion_frees)
-		free(t);
 	listener_upgraded(r->listener, sock, urh, extra, extra_len, meta);
 }
 
@@ -222,7 +211,6 @@ enum MHD_Result route_upgrade(struct relay *r, struct MHD_Connection *c,
 		goto out;
 	}
 	t->relay = r;
-	t->completion_frees = ri->pending != NULL;
 	t->meta = meta_create(r, ri, api_key, session);
 	if (!t->meta)
 		goto out;
@@ -236,10 +224,9 @@ enum MHD_Result route_upgrade(struct relay *r, struct MHD_Connection *c,
 		goto out;
 	ret = MHD_queue_response(c, MHD_HTTP_SWITCHING_PROTOCOLS, resp);
 	if (ret == MHD_YES) {
-		metrics_http("websocket", MHD_HTTP_SWITCHING_PROTOCOLS);
-		if (ri->pending)
-			*ri->pending = t;
-		t = NULL;   /* the callback or route_upgrade_completed frees it now */
+		metrics_http(ROUTE_WEBSOCKET, MHD_HTTP_SWITCHING_PROTOCOLS);
+		*ri->pending = t;
+		t = NULL;   /* route_upgrade_completed frees it now */
 	}
 out:
 	if (ret != MHD_YES)

@@ -87,12 +87,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 		*upload_data_size = 0;
 		return MHD_YES;
 	}
-	if (!strcmp(url, "/metrics"))
-		return route_metrics(s->relay, c, &ri);
-	if (!strcmp(url, "/healthcheck") || !strncmp(url, "/healthcheck/", 13))
-		return route_health(s->relay, c, &ri);
-	metrics_http("other", 404);
-	return http_answer_error(c, 404, NULL, "not found: the admin listener serves /metrics and /healthcheck");
+	if (route_is_ops(url))
+		return route_ops(s->relay, c, &ri, true);
+	return route_refuse(c, &ri, ROUTE_OTHER, &(struct refusal){
+		.status = MHD_HTTP_NOT_FOUND,
+		.reason = "not found: the admin listener serves /metrics and /healthcheck" });
 }
 
 /* Parses spec into ss; refuses a non-loopback address unless allowed. */

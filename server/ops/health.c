@@ -73,8 +73,8 @@ static const char *not_ready(struct relay *r, const struct queue_stats *st, char
 	return NULL;
 }
 
-enum MHD_Result route_health(struct relay *r, struct MHD_Connection *c,
-                             const struct request_info *ri)
+static enum MHD_Result route_health(struct relay *r, struct MHD_Connection *c,
+                                    const struct request_info *ri)
 {
 	struct queue_stats st;
 	const char *reason;
@@ -84,17 +84,17 @@ enum MHD_Result route_health(struct relay *r, struct MHD_Connection *c,
 	json_t *obj;
 
 	if (strcmp(ri->method, "GET") && strcmp(ri->method, "HEAD")) {
-		metrics_http("healthcheck", 405);
-		return http_answer_error(c, 405, NULL, "method not allowed");
+		return route_refuse(c, ri, ROUTE_HEALTHCHECK, &(struct refusal){
+			.status = MHD_HTTP_METHOD_NOT_ALLOWED, .reason = "method not allowed" });
 	}
 	if (!strcmp(ri->path, "/healthcheck/live")) {
-		metrics_http("healthcheck", 200);
+		metrics_http(ROUTE_HEALTHCHECK, 200);
 		text = strdup("{\"status\":\"live\"}");
 		return text ? answer(c, 200, "application/json", text, strlen(text)) : MHD_NO;
 	}
 	if (strcmp(ri->path, "/healthcheck") && strcmp(ri->path, "/healthcheck/ready")) {
-		metrics_http("healthcheck", 404);
-		return http_answer_error(c, 404, NULL, "not found");
+		return route_refuse(c, ri, ROUTE_HEALTHCHECK, &(struct refusal){
+			.status = MHD_HTTP_NOT_FOUND, .reason = "not found" });
 	}
 
 	queue_stats(r->queue, &st);
@@ -111,14 +111,14 @@ enum MHD_Result route_health(struct relay *r, struct MHD_Connection *c,
 	json_decref(obj);
 	if (!text)
 		return MHD_NO;
-	metrics_http("healthcheck", status);
+	metrics_http(ROUTE_HEALTHCHECK, status);
 	if (reason)
 		log_debug("not_ready", "reason=\"%s\"", reason);
 	return answer(c, status, "application/json", text, strlen(text));
 }
 
-enum MHD_Result route_metrics(struct relay *r, struct MHD_Connection *c,
-                              const struct request_info *ri)
+static enum MHD_Result route_metrics(struct relay *r, struct MHD_Connection *c,
+                                     const struct request_info *ri)
 {
 	struct queue_dead_reason dead[METRICS_DEAD_REASONS_MAX];
 	struct queue_stats st;
@@ -127,8 +127,8 @@ enum MHD_Result route_metrics(struct relay *r, struct MHD_Connection *c,
 	int err;
 
 	if (strcmp(ri->method, "GET")) {
-		metrics_http("metrics", 405);
-		return http_answer_error(c, 405, NULL, "method not allowed");
+		return route_refuse(c, ri, ROUTE_METRICS, &(struct refusal){
+			.status = MHD_HTTP_METHOD_NOT_ALLOWED, .reason = "method not allowed" });
 	}
 	queue_stats(r->queue, &st);
 	/* A failed read leaves the family empty rather than failing the scrape:
@@ -136,9 +136,27 @@ enum MHD_Result route_metrics(struct relay *r, struct MHD_Connection *c,
 	err = queue_dead_reasons(r->queue, dead, METRICS_DEAD_REASONS_MAX, &ndead);
 	if (err != QUEUE_OK)
 		log_warn("metrics_dead_letters", "error=\"%s\"", queue_strerror(err));
-	metrics_http("metrics", 200);
+	metrics_http(ROUTE_METRICS, 200);
 	text = metrics_render(&st, dead, ndead, &len);
 	if (!text)
 		return http_answer_error(c, 500, NULL, "cannot render metrics");
 	return answer(c, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
+}
+
+bool route_is_ops(const char *path)
+{
+	return !strcmp(path, "/metrics") || !strcmp(path, "/healthcheck") ||
+	       !strncmp(path, "/healthcheck/", 13);
+}
+
+enum MHD_Result route_ops(struct relay *r, struct MHD_Connection *c,
+                          const struct request_info *ri, bool serve_metrics)
+{
+	if (strcmp(ri->path, "/metrics"))
+		return route_health(r, c, ri);
+	if (serve_metrics)
+		return route_metrics(r, c, ri);
+	return route_refuse(c, ri, ROUTE_METRICS, &(struct refusal){
+		.status = MHD_HTTP_NOT_FOUND,
+		.reason = "not found: /metrics is served on the admin listener only" });
 }

@@ -61,15 +61,11 @@ struct hist {
 static struct hist hists[H_HIST_COUNT];
 
 /* HTTP answers by route and status: a fixed table, so no lock or malloc. */
-static const char *const http_routes[] = {
-	"websocket", "trace", "error", "preflight", "healthcheck", "metrics", "other",
-};
-#define N_ROUTES (sizeof http_routes / sizeof http_routes[0])
 static const unsigned http_codes[] = {
 	101, 200, 204, 400, 401, 403, 404, 405, 408, 413, 429, 431, 500, 503,
 };
 #define N_CODES (sizeof http_codes / sizeof http_codes[0])
-static _Atomic uint64_t http_counts[N_ROUTES][N_CODES + 1]; /* last: any other code */
+static _Atomic uint64_t http_counts[ROUTE_COUNT][N_CODES + 1]; /* last: any other code */
 
 void metrics_add(enum metric_counter c, uint64_t n)
 {
@@ -117,15 +113,10 @@ void metrics_observe(enum metric_hist h, double value)
 		atomic_fetch_add_explicit(&s->sum_micro, (uint64_t)(value * 1e6), memory_order_relaxed);
 }
 
-void metrics_http(const char *route, unsigned status)
+void metrics_http(enum route route, unsigned status)
 {
-	size_t r = N_ROUTES - 1, c = N_CODES;
+	size_t r = route < ROUTE_COUNT ? (size_t)route : ROUTE_OTHER, c = N_CODES;
 
-	for (size_t i = 0; i < N_ROUTES; i++)
-		if (!strcmp(route, http_routes[i])) {
-			r = i;
-			break;
-		}
 	for (size_t i = 0; i < N_CODES; i++)
 		if (http_codes[i] == status) {
 			c = i;
@@ -400,17 +391,17 @@ char *metrics_render(const struct queue_stats *qs, const struct queue_dead_reaso
 
 	head(&o, "watchrtc_relay_http_requests_total", "counter",
 	     "HTTP requests answered, by route and status code.");
-	for (size_t r = 0; r < N_ROUTES; r++)
+	for (size_t r = 0; r < ROUTE_COUNT; r++)
 		for (size_t c = 0; c <= N_CODES; c++) {
 			uint64_t n = atomic_load_explicit(&http_counts[r][c], memory_order_relaxed);
 			if (!n)
 				continue;
 			if (c < N_CODES)
 				out_printf(&o, "watchrtc_relay_http_requests_total{route=\"%s\",code=\"%u\"} %llu\n",
-				           http_routes[r], http_codes[c], (unsigned long long)n);
+				           route_name((enum route)r), http_codes[c], (unsigned long long)n);
 			else
 				out_printf(&o, "watchrtc_relay_http_requests_total{route=\"%s\",code=\"other\"} %llu\n",
-				           http_routes[r], (unsigned long long)n);
+				           route_name((enum route)r), (unsigned long long)n);
 		}
 
 	for (int h = 0; h < H_HIST_COUNT; h++)

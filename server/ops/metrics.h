@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "route.h"
+
 struct queue_stats;
 struct queue_dead_reason;
 
@@ -51,8 +53,8 @@ void metrics_gauge_set(enum metric_gauge g, int64_t value);
 void metrics_observe(enum metric_hist h, double value);
 /* When the upstream started failing (ms since the epoch), or 0 if it is up. */
 int64_t metrics_upstream_down_since_ms(void);
-/* One HTTP answer: route is a short static name ("trace", "healthcheck"). */
-void metrics_http(const char *route, unsigned status);
+/* One HTTP answer on route with status. */
+void metrics_http(enum route route, unsigned status);
 
 /* Renders everything, with the queue's figures from qs (none if NULL) and
  * its dead letters by reason from dead[0..ndead-1].  Caller frees. */
