@@ -102,15 +102,13 @@ static int resolve_listen(const char *spec, bool allow_remote, struct sockaddr_s
 
 	if (admin_parse_listen(spec, addr, sizeof addr, port) < 0 ||
 	    clientip_sockaddr(addr, *port, ss, sslen) < 0) {
-		if (asprintf(cause, "admin-listen %s is not ADDR:PORT (e.g. 127.0.0.1:9100 or "
-		             "[::1]:9100)", spec) < 0)
-			*cause = NULL;
+		cause_set(cause, -1, "admin-listen %s is not ADDR:PORT (e.g. 127.0.0.1:9100 or "
+		          "[::1]:9100)", spec);
 		return -1;
 	}
 	if (!is_loopback(ss) && !allow_remote) {
-		if (asprintf(cause, "admin-listen %s is not a loopback address: the admin listener is "
-		             "plain HTTP; set admin-allow-remote to serve it anyway", spec) < 0)
-			*cause = NULL;
+		cause_set(cause, -1, "admin-listen %s is not a loopback address: the admin listener is "
+		          "plain HTTP; set admin-allow-remote to serve it anyway", spec);
 		return -1;
 	}
 	return 0;

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cause.h"
 #include "log.h"
 
 #define EGRESS_CA_MAX (16 * 1024 * 1024)   /* a CA file larger than this is not one */
@@ -133,9 +134,8 @@ fail_fd: {
 	errno = saved;
 }
 fail:
-	if (asprintf(cause, "cannot make the CA bundle %s from %s: %s", out_path, failed,
-	             strerror(errno)) < 0)
-		*cause = NULL;
+	cause_set(cause, -1, "cannot make the CA bundle %s from %s: %s", out_path, failed,
+	          strerror(errno));
 	unlink(tmp);
 	return -1;
 }
