@@ -32,8 +32,6 @@
 #define LEASE_MAX 64            /* messages one queue_lease call hands out at most */
 #define QUEUE_PENDING_FACTOR 2  /* producers wait while this many commit batches are pending */
 
-/* --- messages --------------------------------------------------------------- */
-
 const char *queue_strerror(int err)
 {
 	switch (err) {
@@ -50,94 +48,6 @@ const char *queue_strerror(int err)
 	return "unknown queue error";
 }
 
-/* The string fields of struct queue_msg, in the order of the columns
- * session .. conn_id in the schema and in every statement. */
-static const size_t msg_str_off[] = {
-	offsetof(struct queue_msg, session),
-	offsetof(struct queue_msg, target),
-	offsetof(struct queue_msg, content_type),
-	offsetof(struct queue_msg, xff),
-	offsetof(struct queue_msg, peer_ip),
-	offsetof(struct queue_msg, user_agent),
-	offsetof(struct queue_msg, origin),
-	offsetof(struct queue_msg, api_key),
-	offsetof(struct queue_msg, conn_id),
-};
-_Static_assert(sizeof msg_str_off / sizeof msg_str_off[0] == MSG_NSTR,
-               "MSG_NSTR counts the string fields");
-
-const char *qmsg_str(const struct queue_msg *m, size_t i)
-{
-	const char *const *p = (const void *)((const char *)m + msg_str_off[i]);
-
-	return *p;
-}
-
-void qmsg_set_str(struct queue_msg *m, size_t i, const char *s)
-{
-	const char **p = (void *)((char *)m + msg_str_off[i]);
-
-	*p = s;
-}
-
-size_t qmsg_footprint(const struct queue_msg *m)
-{
-	size_t total = sizeof(*m), len, i;
-
-	if (m->body_len > SIZE_MAX - total - 1)
-		return 0;
-	total += m->body_len + 1;
-	for (i = 0; i < MSG_NSTR; i++) {
-		const char *s = qmsg_str(m, i);
-
-		if (s == NULL)
-			continue;
-		len = strlen(s) + 1;
-		if (len > SIZE_MAX - total)
-			return 0;
-		total += len;
-	}
-	return total;
-}
-
-/* The copy is laid out as the struct, the body (followed by a NUL that
- * body_len does not count), then the strings. */
-struct queue_msg *queue_msg_dup(const struct queue_msg *m)
-{
-	size_t size = qmsg_footprint(m), len, i;
-	struct queue_msg *d;
-	char *p;
-
-	if (size == 0 || (m->body_len > 0 && m->body == NULL))
-		return NULL;
-	d = malloc(size);
-	if (d == NULL)
-		return NULL;
-	*d = *m;
-	p = (char *)(d + 1);
-	if (m->body_len > 0)
-		memcpy(p, m->body, m->body_len);
-	p[m->body_len] = '\0';
-	d->body = p;
-	p += m->body_len + 1;
-	for (i = 0; i < MSG_NSTR; i++) {
-		const char *s = qmsg_str(m, i);
-
-		if (s == NULL)
-			continue;
-		len = strlen(s) + 1;
-		memcpy(p, s, len);
-		qmsg_set_str(d, i, p);
-		p += len;
-	}
-	return d;
-}
-
-void queue_msg_free(struct queue_msg *m)
-{
-	free(m);
-}
-
 void queue_options_init(struct queue_options *o)
 {
 	memset(o, 0, sizeof *o);
@@ -147,56 +57,6 @@ void queue_options_init(struct queue_options *o)
 	o->commit_window_ms = 5;
 	o->commit_batch_max = 1000;
 	o->cache_bytes = (uint64_t)64 << 20;
-}
-
-int qcause(char **cause, int err, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (cause != NULL && *cause == NULL) {
-		va_start(ap, fmt);
-		if (vasprintf(cause, fmt, ap) < 0)
-			*cause = NULL;
-		va_end(ap);
-	}
-	return err;
-}
-
-/* --- notification ------------------------------------------------------------------ */
-
-/* Copies fn and arg while q->mu is held, then unlocks and calls notify if a
- * message became due meanwhile: the callback never runs under queue locks.
- * notify_running lets queue_set_notify wait until no call of an old
- * callback is still on its way. */
-void qnotify_unlock(struct queue *q)
-{
-	void (*fn)(void *) = NULL;
-	void *arg = NULL;
-
-	if (q->wake && q->notify != NULL) {
-		fn = q->notify;
-		arg = q->notify_arg;
-		q->notify_running++;
-	}
-	q->wake = false;
-	pthread_mutex_unlock(&q->mu);
-	if (fn == NULL)
-		return;
-	fn(arg);
-	pthread_mutex_lock(&q->mu);
-	if (--q->notify_running == 0)
-		pthread_cond_broadcast(&q->notify_cv);
-	pthread_mutex_unlock(&q->mu);
-}
-
-void queue_set_notify(struct queue *q, void (*fn)(void *arg), void *arg)
-{
-	pthread_mutex_lock(&q->mu);
-	q->notify = fn;
-	q->notify_arg = arg;
-	while (q->notify_running > 0)
-		pthread_cond_wait(&q->notify_cv, &q->mu);
-	pthread_mutex_unlock(&q->mu);
 }
 
 /* --- open and close ------------------------------------------------------------------ */
@@ -278,7 +138,7 @@ int queue_open(struct queue **out, const char *path, const struct queue_options 
 	if (cause != NULL)
 		*cause = NULL;
 	if (out == NULL || path == NULL || *path == '\0')
-		return qcause(cause, QUEUE_EINVAL, "queue_open: no database path");
+		return cause_set(cause, QUEUE_EINVAL, "queue_open: no database path");
 	*out = NULL;
 	if (o == NULL) {
 		queue_options_init(&defaults);
@@ -286,7 +146,7 @@ int queue_open(struct queue **out, const char *path, const struct queue_options 
 	}
 	err = queue_alloc(&q, path, o);
 	if (err != QUEUE_OK) {
-		qcause(cause, err, "queue_open: out of memory");
+		cause_set(cause, err, "queue_open: out of memory");
 		goto out;
 	}
 	err = qstore_open(q, cause);
@@ -295,7 +155,7 @@ int queue_open(struct queue **out, const char *path, const struct queue_options 
 	if (err != QUEUE_OK)
 		goto out;
 	if (pthread_create(&q->writer, NULL, qwriter_main, q) != 0) {
-		err = qcause(cause, QUEUE_ENOMEM, "queue_open: cannot start the writer thread");
+		err = cause_set(cause, QUEUE_ENOMEM, "queue_open: cannot start the writer thread");
 		goto out;
 	}
 	q->writer_started = true;

@@ -30,7 +30,7 @@ static int fail(struct queue_admin *a, char **cause, int rc, const char *what)
 	int err = (rc & 0xff) == SQLITE_CORRUPT || (rc & 0xff) == SQLITE_NOTADB ? QUEUE_ECORRUPT
 	        : (rc & 0xff) == SQLITE_BUSY ? QUEUE_EBUSY : QUEUE_EIO;
 
-	return qcause(cause, err, "queue database %s: %s: %s", a->path, what,
+	return cause_set(cause, err, "queue database %s: %s: %s", a->path, what,
 	              sqlite3_errmsg(a->db));
 }
 
@@ -46,11 +46,11 @@ int queue_admin_open(struct queue_admin **out, const char *path, bool write, cha
 	*out = NULL;
 	/* Never create one: a mistyped --state-dir must not look empty. */
 	if (stat(path, &sb) < 0)
-		return qcause(cause, errno == ENOENT ? QUEUE_ENOTFOUND : QUEUE_EIO,
+		return cause_set(cause, errno == ENOENT ? QUEUE_ENOTFOUND : QUEUE_EIO,
 		              "no queue database at %s: %s", path, strerror(errno));
 	a = calloc(1, sizeof *a);
 	if (a == NULL || (a->path = strdup(path)) == NULL) {
-		err = qcause(cause, QUEUE_ENOMEM, "out of memory");
+		err = cause_set(cause, QUEUE_ENOMEM, "out of memory");
 		goto out;
 	}
 	rc = sqlite3_open_v2(path, &a->db, SQLITE_OPEN_READWRITE, NULL);

@@ -87,7 +87,7 @@ int qhello_open(struct queue *q, char **cause)
 	}
 	sqlite3_finalize(st);
 	if (rc != SQLITE_OK)
-		return qcause(cause, QUEUE_EIO, "queue database %s: hellos: %s", q->path,
+		return cause_set(cause, QUEUE_EIO, "queue database %s: hellos: %s", q->path,
 		              q->hdb != NULL ? sqlite3_errmsg(q->hdb) : sqlite3_errstr(rc));
 	return QUEUE_OK;
 }

@@ -21,16 +21,12 @@ static struct dead_info dead_nomem = { 0, 0, "unrecorded (out of memory)", NULL 
 /* --- a small intrusive hash table -------------------------------------------- */
 
 /* Chained; the node lives inside the object it indexes.  The table never
- * fails an insert: if it cannot grow, chains get longer. */
-static uint64_t hash_str(const char *s)
+ * fails an insert: if it cannot grow, chains get longer.  Names are the
+ * clients' (sessionIds, API keys), so they are hashed under the queue's
+ * random key: colliding names cannot be computed in advance. */
+static uint64_t hash_str(const struct queue *q, const char *s)
 {
-	uint64_t h = 14695981039346656037ULL; /* FNV-1a */
-
-	while (*s != '\0') {
-		h ^= (unsigned char)*s++;
-		h *= 1099511628211ULL;
-	}
-	return h;
+	return siphash13(&q->hash_key, s, strlen(s));
 }
 
 static uint64_t hash_id(int64_t id)
@@ -226,7 +222,7 @@ static void heap_remove(struct queue *q, struct session *s)
 
 struct session *qidx_session_find(struct queue *q, const char *name)
 {
-	uint64_t h = hash_str(name);
+	uint64_t h = hash_str(q, name);
 	struct hnode *n;
 
 	for (n = htab_chain(&q->sessions, h); n != NULL; n = n->next) {
@@ -252,7 +248,7 @@ struct session *qidx_session_get(struct queue *q, const char *name)
 		return NULL;
 	memcpy(s->name, name, len);
 	s->state = S_IDLE;
-	htab_add(&q->sessions, &s->node, hash_str(name));
+	htab_add(&q->sessions, &s->node, hash_str(q, name));
 	return s;
 }
 
@@ -393,7 +389,7 @@ void qidx_lease_end(struct queue *q, struct session *s)
 
 struct apikey *qidx_key_find(struct queue *q, const char *name)
 {
-	uint64_t h = hash_str(name);
+	uint64_t h = hash_str(q, name);
 	struct hnode *n;
 
 	for (n = htab_chain(&q->keys, h); n != NULL; n = n->next) {
@@ -417,7 +413,7 @@ struct apikey *qidx_key_get(struct queue *q, const char *name)
 		if (k == NULL)
 			return NULL;
 		memcpy(k->name, name, len);
-		htab_add(&q->keys, &k->node, hash_str(name));
+		htab_add(&q->keys, &k->node, hash_str(q, name));
 	}
 	k->refs++;
 	return k;
@@ -793,6 +789,8 @@ uint64_t qidx_pending_dead(const struct queue *q)
 
 int qidx_init(struct queue *q)
 {
+	if (siphash_key_init(&q->hash_key) < 0)
+		return QUEUE_EIO;
 	if (htab_init(&q->sessions) || htab_init(&q->leases) || htab_init(&q->keys))
 		return QUEUE_ENOMEM;
 	return QUEUE_OK;

@@ -33,7 +33,9 @@
 
 #include <sqlite3.h>
 
+#include "cause.h"
 #include "queue.h"
+#include "siphash.h"
 
 #define BUSY_TIMEOUT_MS 5000    /* another connection (the queue CLI) holds the lock */
 /* Page size of a new queue database.  A queued row is ~2.1 KB (an SDK
@@ -87,12 +89,10 @@ static inline int64_t wall_ms(void)
 /* session .. conn_id, in the order of the schema's columns. */
 #define MSG_NSTR 9
 const char *qmsg_str(const struct queue_msg *m, size_t i);
-void qmsg_set_str(struct queue_msg *m, size_t i, const char *s);
 /* Bytes queue_msg_dup allocates for m, or 0 if that overflows size_t. */
 size_t qmsg_footprint(const struct queue_msg *m);
+void qmsg_set_str(struct queue_msg *m, size_t i, const char *s);
 
-/* Sets *cause (if cause is not NULL and *cause is still NULL) and returns err. */
-int qcause(char **cause, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* --- the in-memory state ------------------------------------------------------------ */
 
@@ -242,6 +242,7 @@ struct queue {
 	sqlite3_stmt *st_read, *st_reasons;
 
 	/* Everything below is guarded by mu. */
+	struct siphash_key hash_key;    /* for sessions and keys: client-chosen names */
 	struct htab sessions, leases, keys;
 	struct rlist ready;              /* for queue_lease */
 	/* Streams: off until queue_stream_init.  Then ready sessions nobody
@@ -388,6 +389,5 @@ int qstore_lock(const char *path);
 int qstore_query_int(sqlite3 *db, const char *sql, int64_t *v);
 int qstore_query_text(sqlite3 *db, const char *sql, char *buf, size_t len);
 int qstore_step_reset(sqlite3_stmt *st);
-int qstore_random_hex(char *out, size_t nbytes);
 
 #endif

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -187,22 +188,39 @@ static int64_t old_sequence(sqlite3 *src)
 	return v;
 }
 
-/* Creates the new database file (mode 0600, must not exist) with the schema. */
-static int create_output(const char *out, sqlite3 **dst, char **cause)
+/*
+ * Creates the new database file (must not exist) with the schema, owned
+ * and moded as the old one (path), so that a salvage run as root leaves a
+ * file the relay's own user can still open.
+ */
+static int create_output(const char *path, const char *out, sqlite3 **dst, char **cause)
 {
 	char instance[17] = "";
+	struct stat st;
 	int fd, rc;
 
 	fd = open(out, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0)
-		return qcause(cause, QUEUE_EIO, "cannot create %s: %s", out, strerror(errno));
+		return cause_set(cause, QUEUE_EIO, "cannot create %s: %s", out, strerror(errno));
+	if (stat(path, &st) == 0) {
+		/* Only root can give it away; anyone else already owns both. */
+		if (geteuid() == 0 && fchown(fd, st.st_uid, st.st_gid) < 0)
+			rc = errno;
+		else
+			rc = fchmod(fd, st.st_mode & 0777) < 0 ? errno : 0;
+		if (rc) {
+			close(fd);
+			return cause_set(cause, QUEUE_EIO, "cannot give %s the owner and mode of %s: %s",
+			                 out, path, strerror(rc));
+		}
+	}
 	close(fd);
 	rc = sqlite3_open_v2(out, dst, SQLITE_OPEN_READWRITE, NULL);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_exec(*dst, "PRAGMA page_size = " QSTORE_PAGE_SIZE
 		                  "; PRAGMA synchronous = FULL", NULL, NULL, NULL);
 	if (rc != SQLITE_OK)
-		return qcause(cause, QUEUE_EIO, "%s: %s", out, sqlite3_errmsg(*dst));
+		return cause_set(cause, QUEUE_EIO, "%s: %s", out, sqlite3_errmsg(*dst));
 	return qstore_migrate(*dst, out, instance, cause);
 }
 
@@ -236,7 +254,7 @@ static int copy_all(struct copier *c, struct queue_admin_salvage *res, const cha
 	if (rc != 0) {
 		if (!sqlite3_get_autocommit(c->dst))
 			(void)sqlite3_exec(c->dst, "ROLLBACK", NULL, NULL, NULL);
-		return qcause(cause, QUEUE_EIO, "cannot write %s: %s", out, sqlite3_errmsg(c->dst));
+		return cause_set(cause, QUEUE_EIO, "cannot write %s: %s", out, sqlite3_errmsg(c->dst));
 	}
 	return QUEUE_OK;
 }
@@ -253,14 +271,14 @@ static int move_aside(const char *path, char *moved, size_t len, char **cause)
 	gmtime_r(&now, &tm);
 	strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &tm);
 	if (snprintf(moved, len, "%s.corrupt-%s", path, stamp) >= (int)len)
-		return qcause(cause, QUEUE_EINVAL, "path too long: %s", path);
+		return cause_set(cause, QUEUE_EINVAL, "path too long: %s", path);
 	if (rename(path, moved) < 0)
-		return qcause(cause, QUEUE_EIO, "cannot move %s aside: %s", path, strerror(errno));
+		return cause_set(cause, QUEUE_EIO, "cannot move %s aside: %s", path, strerror(errno));
 	for (i = 0; i < sizeof sfx / sizeof sfx[0]; i++) {
 		snprintf(from, sizeof from, "%s%s", path, sfx[i]);
 		snprintf(to, sizeof to, "%s%s", moved, sfx[i]);
 		if (rename(from, to) < 0 && errno != ENOENT)
-			return qcause(cause, QUEUE_EIO, "cannot move %s aside: %s", from,
+			return cause_set(cause, QUEUE_EIO, "cannot move %s aside: %s", from,
 			              strerror(errno));
 	}
 	return QUEUE_OK;
@@ -290,28 +308,28 @@ int queue_admin_salvage(const char *path, const char *output, struct queue_admin
 		*cause = NULL;
 	memset(res, 0, sizeof *res);
 	if (access(path, F_OK) < 0)
-		return qcause(cause, QUEUE_ENOTFOUND, "no queue database at %s: %s", path,
+		return cause_set(cause, QUEUE_ENOTFOUND, "no queue database at %s: %s", path,
 		              strerror(errno));
 	/* Held to the end: no relay may open the file while it is replaced. */
 	lock = qstore_lock(path);
 	if (lock < 0)
-		return qcause(cause, errno == EWOULDBLOCK ? QUEUE_EBUSY : QUEUE_EIO,
+		return cause_set(cause, errno == EWOULDBLOCK ? QUEUE_EBUSY : QUEUE_EIO,
 		              "%s: %s", path, errno == EWOULDBLOCK ?
 		              "a relay is running on it: stop it first" : strerror(errno));
 	if (output != NULL)
 		snprintf(res->output, sizeof res->output, "%s", output);
 	else if (snprintf(res->output, sizeof res->output, "%s.salvage", path) >=
 	         (int)sizeof res->output) {
-		err = qcause(cause, QUEUE_EINVAL, "path too long: %s", path);
+		err = cause_set(cause, QUEUE_EINVAL, "path too long: %s", path);
 		goto out;
 	}
 	if (output == NULL)
 		(void)unlink(res->output); /* what a salvage that died before left */
 	if (sqlite3_open_v2(path, &c.src, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
-		err = qcause(cause, QUEUE_EIO, "cannot open %s: %s", path, sqlite3_errmsg(c.src));
+		err = cause_set(cause, QUEUE_EIO, "cannot open %s: %s", path, sqlite3_errmsg(c.src));
 		goto out;
 	}
-	err = create_output(res->output, &c.dst, cause);
+	err = create_output(path, res->output, &c.dst, cause);
 	if (err == QUEUE_OK)
 		err = copy_all(&c, res, res->output, cause);
 	(void)sqlite3_close(c.dst);
@@ -321,7 +339,7 @@ int queue_admin_salvage(const char *path, const char *output, struct queue_admin
 		goto out;
 	err = move_aside(path, res->moved_to, sizeof res->moved_to, cause);
 	if (err == QUEUE_OK && rename(res->output, path) < 0)
-		err = qcause(cause, QUEUE_EIO, "cannot move %s to %s: %s (the old file is %s)",
+		err = cause_set(cause, QUEUE_EIO, "cannot move %s to %s: %s (the old file is %s)",
 		             res->output, path, strerror(errno), res->moved_to);
 	if (err == QUEUE_OK)
 		snprintf(res->output, sizeof res->output, "%s", path);

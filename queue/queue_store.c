@@ -54,7 +54,7 @@ static int corrupt_cause(char **cause, const char *path, const char *what)
 	char dir[PATH_MAX];
 
 	snprintf(dir, sizeof dir, "%s", path);
-	return qcause(cause, QUEUE_ECORRUPT, "queue database %s is corrupt (%s): stop here and run "
+	return cause_set(cause, QUEUE_ECORRUPT, "queue database %s is corrupt (%s): stop here and run "
 	              "`watchrtc-relay queue --state-dir %s salvage`, which keeps every readable "
 	              "message and moves the bad file aside", path, what, dirname(dir));
 }
@@ -71,7 +71,7 @@ static int open_fail(const char *path, sqlite3 *db, char **cause, int rc, const 
 		snprintf(buf, sizeof buf, "%s: %s", what, msg);
 		return corrupt_cause(cause, path, buf);
 	}
-	return qcause(cause, err, "queue database %s: %s: %s", path, what, msg);
+	return cause_set(cause, err, "queue database %s: %s: %s", path, what, msg);
 }
 
 /* Prepares sql and steps it once: SQLITE_ROW with *st on the first row,
@@ -122,7 +122,7 @@ int qstore_step_reset(sqlite3_stmt *st)
 	return rc == SQLITE_DONE || rc == SQLITE_ROW ? SQLITE_OK : rc;
 }
 
-int qstore_random_hex(char *out, size_t nbytes)
+static int qstore_random_hex(char *out, size_t nbytes)
 {
 	unsigned char buf[32];
 	size_t got = 0, i;
@@ -168,7 +168,7 @@ int qstore_lock(const char *path)
 		errno = ENAMETOOLONG;
 		return -1;
 	}
-	fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	fd = open(lock, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return -1;
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
@@ -192,19 +192,22 @@ static int db_open_writer(struct queue *q, char **cause)
 	 * would send every message twice and race the first one's deletes. */
 	q->lock_fd = qstore_lock(q->path);
 	if (q->lock_fd < 0)
-		return qcause(cause, errno == EWOULDBLOCK ? QUEUE_EBUSY : QUEUE_EIO,
+		return cause_set(cause, errno == EWOULDBLOCK ? QUEUE_EBUSY : QUEUE_EIO,
 		              "queue database %s: %s", q->path, errno == EWOULDBLOCK ?
 		              "in use by another process (a relay on the same state directory?)" :
 		              strerror(errno));
 	/* SQLite would create the file 0644 less the umask; it holds client
 	 * data and API keys.  SQLite gives -wal and -shm the mode of the
 	 * database file. */
-	fd = open(q->path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	fd = open(q->path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0)
-		return qcause(cause, QUEUE_EIO, "queue database %s: %s", q->path, strerror(errno));
+		return cause_set(cause, QUEUE_EIO, "queue database %s: %s", q->path,
+		                 errno == ELOOP ? "a symlink (refused: the relay may run as root)" :
+		              strerror(errno));
 	close(fd);
 
-	rc = sqlite3_open_v2(q->path, &q->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+	rc = sqlite3_open_v2(q->path, &q->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX |
+	                     SQLITE_OPEN_NOFOLLOW, NULL);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_busy_timeout(q->db, BUSY_TIMEOUT_MS);
 	if (rc != SQLITE_OK)
@@ -228,7 +231,7 @@ static int db_open_writer(struct queue *q, char **cause)
 	if (rc != SQLITE_OK)
 		return open_fail(q->path, q->db, cause, rc, "journal_mode");
 	if (strcmp(buf, "wal") != 0)
-		return qcause(cause, QUEUE_EIO, "queue database %s: cannot use WAL mode "
+		return cause_set(cause, QUEUE_EIO, "queue database %s: cannot use WAL mode "
 		              "(journal_mode is %s)", q->path, buf);
 	/* FULL: a commit is on disk before a producer hears about it.
 	 * secure_delete is on in Debian's build and doubles the cost of an ack. */
@@ -254,13 +257,13 @@ int qstore_migrate(sqlite3 *db, const char *path, char instance_id[17], char **c
 	int rc, err = QUEUE_OK;
 
 	if (qstore_random_hex(fresh_id, 8) != 0)
-		return qcause(cause, QUEUE_EIO, "cannot read /dev/urandom: %s", strerror(errno));
+		return cause_set(cause, QUEUE_EIO, "cannot read /dev/urandom: %s", strerror(errno));
 
 	rc = qstore_query_int(db, "PRAGMA user_version", &have);
 	if (rc != SQLITE_OK)
 		goto out;
 	if (have > latest)
-		return qcause(cause, QUEUE_EINVAL, "queue database %s has schema version %" PRId64
+		return cause_set(cause, QUEUE_EINVAL, "queue database %s has schema version %" PRId64
 		              ", newer than this relay knows (%d): run a newer relay",
 		              path, have, latest);
 
@@ -366,7 +369,8 @@ static int db_open_reader(struct queue *q, char **cause)
 {
 	int rc;
 
-	rc = sqlite3_open_v2(q->path, &q->rdb, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL);
+	rc = sqlite3_open_v2(q->path, &q->rdb, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX |
+	                     SQLITE_OPEN_NOFOLLOW, NULL);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_busy_timeout(q->rdb, BUSY_TIMEOUT_MS);
 	/* The reader's page cache starts empty after each of the writer's
@@ -452,7 +456,7 @@ static int index_load(struct queue *q, char **cause)
 	}
 	q->wake = false;
 	if (err != QUEUE_OK) {
-		qcause(cause, err, "queue database %s: out of memory loading messages", q->path);
+		cause_set(cause, err, "queue database %s: out of memory loading messages", q->path);
 		goto out;
 	}
 	if (rc == SQLITE_DONE)

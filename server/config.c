@@ -24,7 +24,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cause.h"
 #include "clientip.h"
+#include "forwarder.h"   /* FWD_WORKERS_MAX, FWD_INFLIGHT_MAX */
 #include "log.h"
 
 /* A config file is a few dozen short lines; anything bigger is a mistake. */
@@ -142,6 +144,9 @@ static const struct setting settings[] = {
 	     "proxy whose X-Forwarded-For names the client: CIDR block or address, repeatable",
 	     check_cidr_list, "a comma list of addresses or CIDR blocks without host bits "
 	     "(10.0.0.0/8, 2001:db8::/32)", "access"),
+	FLAG("proxy-protocol", proxy_protocol, "false",
+	     "take the client's address from a PROXY v1/v2 header sent by a trusted-proxy "
+	     "(refused from any other address)", "access"),
 	NUM("max-connections-per-ip", T_UINT, max_connections_per_ip, "0", 0, 1000000,
 	    "concurrent websockets and requests per client address (0: no limit)", "access"),
 	NUM("max-messages-per-ip-per-s", T_UINT, max_messages_per_ip_per_s, "0", 0, 1000000,
@@ -166,6 +171,8 @@ static const struct setting settings[] = {
 	    "largest HTTPS fallback request body", "ingest"),
 	NUM("max-message-bytes", T_SIZE, max_message_bytes, "1M", 1, 256 * MiB,
 	    "largest websocket message", "ingest"),
+	NUM("max-session-id-bytes", T_UINT, max_session_id_bytes, "256", 1, 65536,
+	    "longest sessionId (larger: 413); visible ASCII only", "ingest"),
 	NUM("cors-max-age-s", T_UINT, cors_max_age_s, "600", 0, 86400,
 	    "Access-Control-Max-Age of CORS preflight answers", "ingest"),
 	NUM("retry-after-s", T_UINT, retry_after_s, "5", 0, 3600,
@@ -187,6 +194,9 @@ static const struct setting settings[] = {
 	    "projectId sent in the hello; empty: none", "websocket"),
 	NUM("ws-ping-interval-s", T_UINT, ws_ping_interval_s, "30", 0, 3600,
 	    "seconds between websocket pings; 0: none", "websocket"),
+	NUM("ws-max-queued-frames", T_UINT, ws_max_queued_frames, "64", 4, 65536,
+	    "frames (pongs included) queued to a websocket peer before it is dropped as not reading",
+	    "websocket"),
 
 	STR("upstream", upstream, "https://watchrtc-server.cyara.com",
 	    "base URL messages are forwarded to", "upstream"),
@@ -203,16 +213,21 @@ static const struct setting settings[] = {
 	    "and at most this long after the first unfenced message (ms)", "upstream"),
 	STR("upstream-ca", upstream_ca, "",
 	    "PEM CA bundle for upstream; empty: the system's", "upstream"),
+	STR("upstream-ca-extra", upstream_ca_extra, "",
+	    "PEM CA file trusted in addition to upstream-ca or the system bundle (a TLS-inspecting "
+	    "proxy's CA)", "upstream"),
+	STR("upstream-proxy", upstream_proxy, "",
+	    "proxy for the upstream connections, e.g. http://proxy.example:3128 (empty: libcurl's "
+	    "https_proxy/no_proxy environment)", "upstream"),
 	FLAG("upstream-insecure", upstream_insecure, "false",
 	     "do not verify the upstream certificate (testing only)", "upstream"),
 	{ "upstream-http-version", T_STRING, F(upstream_http_version), "1.1", 0, 0,
 	  "upstream HTTP version: 1.1 (keep-alive connections) or 2 (multiplexed where offered)",
 	  check_http_version, "1.1 or 2",
 	  "upstream", false },
-	/* The maxima are forwarder.c's FWD_WORKERS_MAX and FWD_INFLIGHT_MAX. */
-	NUM("forward-workers", T_UINT, forward_workers, "4", 1, 64,
+	NUM("forward-workers", T_UINT, forward_workers, "4", 1, FWD_WORKERS_MAX,
 	    "upstream forwarding threads", "upstream"),
-	NUM("forward-inflight", T_UINT, forward_inflight, "16", 1, 1024,
+	NUM("forward-inflight", T_UINT, forward_inflight, "16", 1, FWD_INFLIGHT_MAX,
 	    "upstream requests in flight per worker", "upstream"),
 	NUM("upstream-timeout-ms", T_UINT, upstream_timeout_ms, "10000", 1, 600000,
 	    "whole upstream request timeout", "upstream"),
@@ -230,6 +245,9 @@ static const struct setting settings[] = {
 	    "monitoring"),
 	FLAG("admin-allow-remote", admin_allow_remote, "false",
 	     "allow admin-listen on a non-loopback address (it has no TLS)", "monitoring"),
+	FLAG("tls-metrics", tls_metrics, "true",
+	     "serve /metrics on the TLS port too (false: on admin-listen only, which it needs)",
+	     "monitoring"),
 	NUM("ready-max-oldest-age-s", T_UINT, ready_max_oldest_age_s, "0", 0, 30U * 86400,
 	    "not ready while the oldest queued message is older (0: never)", "monitoring"),
 	NUM("ready-max-upstream-down-s", T_UINT, ready_max_upstream_down_s, "0", 0, 30U * 86400,
@@ -244,25 +262,11 @@ static const struct setting settings[] = {
 	  "read settings from FILE; the command line overrides it", NULL, NULL,
 	  "process", true },
 	{ "check-config", T_BOOL, F(check_config), "false", 0, 1,
-	  "validate the settings, print \"configuration ok\" and exit", NULL, NULL,
+	  "check the settings and the files they name, print \"configuration ok\" and exit", NULL, NULL,
 	  "process", true },
 };
 
 #define NSETTINGS (sizeof settings / sizeof settings[0])
-
-/* Sets *cause (if wanted) to a malloc'd message; NULL if out of memory. */
-__attribute__((format(printf, 2, 3)))
-static void set_cause(char **cause, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!cause)
-		return;
-	va_start(ap, fmt);
-	if (vasprintf(cause, fmt, ap) < 0)
-		*cause = NULL;
-	va_end(ap);
-}
 
 static const struct setting *find_setting(const char *name, size_t len)
 {
@@ -426,39 +430,54 @@ static int validate(const struct config *c, char **cause)
 	const char *files[][2] = {
 		{ "tls-cert", c->tls_cert }, { "tls-key", c->tls_key },
 		{ "upstream-ca", c->upstream_ca }, { "allowed-keys-file", c->allowed_keys_file },
+		{ "upstream-ca-extra", c->upstream_ca_extra },
 	};
 
 	if (inet_pton(AF_INET, c->listen_address, addr) != 1 &&
 	    inet_pton(AF_INET6, c->listen_address, addr) != 1) {
-		set_cause(cause, "listen-address: \"%s\" is not an IPv4 or IPv6 address",
+		cause_set(cause, -1, "listen-address: \"%s\" is not an IPv4 or IPv6 address",
 		          c->listen_address);
 		return -1;
 	}
 	if (!*c->tls_cert != !*c->tls_key) {
-		set_cause(cause, "tls-cert and tls-key must be given together");
+		cause_set(cause, -1, "tls-cert and tls-key must be given together");
 		return -1;
 	}
 	for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
 		if (*files[i][1] && access(files[i][1], R_OK) < 0) {
-			set_cause(cause, "%s: cannot read %s: %s", files[i][0], files[i][1],
+			cause_set(cause, -1, "%s: cannot read %s: %s", files[i][0], files[i][1],
 			          strerror(errno));
 			return -1;
 		}
 	}
 	if (!*c->state_dir) {
-		set_cause(cause, "state-dir must not be empty");
+		cause_set(cause, -1, "state-dir must not be empty");
 		return -1;
 	}
 	if (!*c->tls_priorities) {
-		set_cause(cause, "tls-priorities must not be empty");
+		cause_set(cause, -1, "tls-priorities must not be empty");
 		return -1;
 	}
 	if (strncmp(c->upstream, "https://", 8) && strncmp(c->upstream, "http://", 7)) {
-		set_cause(cause, "upstream: \"%s\" is not an http:// or https:// URL", c->upstream);
+		cause_set(cause, -1, "upstream: \"%s\" is not an http:// or https:// URL", c->upstream);
+		return -1;
+	}
+	if (strpbrk(c->upstream_proxy, " \t\r\n")) {
+		cause_set(cause, -1, "upstream-proxy: \"%s\" is not a proxy URL", c->upstream_proxy);
+		return -1;
+	}
+	if (!c->tls_metrics && !*c->admin_listen) {
+		cause_set(cause, -1, "tls-metrics = false needs admin-listen: /metrics would be served "
+		          "nowhere");
+		return -1;
+	}
+	if (c->proxy_protocol && !*c->trusted_proxies) {
+		cause_set(cause, -1, "proxy-protocol needs trusted-proxy: the addresses of the load "
+		          "balancers whose PROXY headers are believed");
 		return -1;
 	}
 	if (c->retry_base_ms > c->retry_max_ms) {
-		set_cause(cause, "retry-base-ms (%u) is larger than retry-max-ms (%u)",
+		cause_set(cause, -1, "retry-base-ms (%u) is larger than retry-max-ms (%u)",
 		          c->retry_base_ms, c->retry_max_ms);
 		return -1;
 	}
@@ -473,7 +492,7 @@ static int set_defaults(struct config *c, char **cause)
 	memset(c, 0, sizeof *c);
 	for (size_t i = 0; i < NSETTINGS; i++) {
 		if (setting_set(c, &settings[i], settings[i].def, false, err, sizeof err) < 0) {
-			set_cause(cause, "default of %s", err);
+			cause_set(cause, -1, "default of %s", err);
 			return -1;
 		}
 	}
@@ -555,7 +574,7 @@ int config_apply_file_text(struct config *c, const char *name, const char *text,
 	bool seen[NSETTINGS] = { false };   /* a list named again is extended */
 
 	if (strnlen(text, CONFIG_FILE_MAX + 1) > CONFIG_FILE_MAX) {
-		set_cause(cause, "%s: larger than %d bytes", name, CONFIG_FILE_MAX);
+		cause_set(cause, -1, "%s: larger than %d bytes", name, CONFIG_FILE_MAX);
 		return -1;
 	}
 	while (*text) {
@@ -569,7 +588,7 @@ int config_apply_file_text(struct config *c, const char *name, const char *text,
 		if (len > 0 && text[len - 1] == '\r')
 			len--;
 		if (len > CONFIG_LINE_MAX) {
-			set_cause(cause, "%s:%u: line longer than %d characters", name, lineno,
+			cause_set(cause, -1, "%s:%u: line longer than %d characters", name, lineno,
 			          CONFIG_LINE_MAX);
 			return -1;
 		}
@@ -581,21 +600,21 @@ int config_apply_file_text(struct config *c, const char *name, const char *text,
 		if (r == 0)
 			continue;
 		if (r < 0) {
-			set_cause(cause, "%s:%u: %s", name, lineno, err);
+			cause_set(cause, -1, "%s:%u: %s", name, lineno, err);
 			return -1;
 		}
 		s = find_setting(key, strlen(key));
 		if (!s) {
-			set_cause(cause, "%s:%u: unknown key \"%s\"", name, lineno, key);
+			cause_set(cause, -1, "%s:%u: unknown key \"%s\"", name, lineno, key);
 			return -1;
 		}
 		if (s->cli_only) {
-			set_cause(cause, "%s:%u: %s is only accepted on the command line",
+			cause_set(cause, -1, "%s:%u: %s is only accepted on the command line",
 			          name, lineno, key);
 			return -1;
 		}
 		if (setting_set(c, s, value, seen[s - settings], err, sizeof err) < 0) {
-			set_cause(cause, "%s:%u: %s", name, lineno, err);
+			cause_set(cause, -1, "%s:%u: %s", name, lineno, err);
 			return -1;
 		}
 		seen[s - settings] = true;
@@ -612,25 +631,25 @@ static int apply_file(struct config *c, const char *path, char **cause)
 	int ret = -1;
 
 	if (!(f = fopen(path, "r"))) {
-		set_cause(cause, "cannot open %s: %s", path, strerror(errno));
+		cause_set(cause, -1, "cannot open %s: %s", path, strerror(errno));
 		goto out;
 	}
 	if (!(text = malloc(CONFIG_FILE_MAX + 2))) {
-		set_cause(cause, "%s: out of memory", path);
+		cause_set(cause, -1, "%s: out of memory", path);
 		goto out;
 	}
 	/* One byte over the ceiling tells "too big" from "exactly the limit". */
 	n = fread(text, 1, CONFIG_FILE_MAX + 1, f);
 	if (ferror(f)) {
-		set_cause(cause, "cannot read %s: %s", path, strerror(errno));
+		cause_set(cause, -1, "cannot read %s: %s", path, strerror(errno));
 		goto out;
 	}
 	if (n > CONFIG_FILE_MAX) {
-		set_cause(cause, "%s: larger than %d bytes", path, CONFIG_FILE_MAX);
+		cause_set(cause, -1, "%s: larger than %d bytes", path, CONFIG_FILE_MAX);
 		goto out;
 	}
 	if (memchr(text, '\0', n)) {
-		set_cause(cause, "%s: not a text file (contains a NUL byte)", path);
+		cause_set(cause, -1, "%s: not a text file (contains a NUL byte)", path);
 		goto out;
 	}
 	text[n] = '\0';
@@ -661,7 +680,7 @@ static enum config_result parse_args(struct config *c, int argc, char **argv,
 		size_t len;
 
 		if (strncmp(arg, "--", 2) || !arg[2]) {
-			set_cause(cause, "unexpected argument \"%s\"", arg);
+			cause_set(cause, -1, "unexpected argument \"%s\"", arg);
 			return CONFIG_ERROR;
 		}
 		name = arg + 2;
@@ -673,7 +692,7 @@ static enum config_result parse_args(struct config *c, int argc, char **argv,
 		if ((len == 4 && !memcmp(name, "help", 4)) ||
 		    (len == 7 && !memcmp(name, "version", 7))) {
 			if (eq) {
-				set_cause(cause, "--%.*s takes no value", (int)len, name);
+				cause_set(cause, -1, "--%.*s takes no value", (int)len, name);
 				return CONFIG_ERROR;
 			}
 			if (pass == PASS_CONFIG) {
@@ -687,7 +706,7 @@ static enum config_result parse_args(struct config *c, int argc, char **argv,
 			continue;
 		}
 		if (!(s = find_setting(name, len))) {
-			set_cause(cause, "unknown option --%.*s", (int)len, name);
+			cause_set(cause, -1, "unknown option --%.*s", (int)len, name);
 			return CONFIG_ERROR;
 		}
 		if (!value) {
@@ -701,14 +720,14 @@ static enum config_result parse_args(struct config *c, int argc, char **argv,
 			} else if (i + 1 < argc) {
 				value = argv[++i];
 			} else {
-				set_cause(cause, "option --%s needs a value", s->name);
+				cause_set(cause, -1, "option --%s needs a value", s->name);
 				return CONFIG_ERROR;
 			}
 		}
 		if ((pass == PASS_CONFIG) != (s->offset == offsetof(struct config, config_file)))
 			continue;
 		if (setting_set(c, s, value, seen[s - settings], err, sizeof err) < 0) {
-			set_cause(cause, "--%s", err);
+			cause_set(cause, -1, "--%s", err);
 			return CONFIG_ERROR;
 		}
 		seen[s - settings] = true;
@@ -732,12 +751,44 @@ enum config_result config_load(struct config *c, int argc, char **argv, char **c
 		return r;
 	if (validate(c, cause) < 0)
 		return CONFIG_ERROR;
-	if (c->check_config) {
-		printf("configuration ok\n");
-		fflush(stdout);
-		return CONFIG_EXIT;
+	/* Unset is NULL: libcurl then reads https_proxy/no_proxy itself. */
+	if (!*c->upstream_proxy) {
+		free(c->upstream_proxy);
+		c->upstream_proxy = NULL;
 	}
+	/* --check-config goes on to main.c's checks of the files it names. */
 	return CONFIG_RUN;
+}
+
+/* True if setting s has the same value in a and b. */
+static bool same_value(const struct config *a, const struct config *b, const struct setting *s)
+{
+	const char *pa = (const char *)a + s->offset, *pb = (const char *)b + s->offset;
+
+	switch (s->type) {
+	case T_STRING:
+	case T_LIST: {
+		const char *x = *(char *const *)pa, *y = *(char *const *)pb;
+
+		return (!x && !y) || (x && y && !strcmp(x, y));
+	}
+	case T_UINT:
+		return *(const unsigned *)pa == *(const unsigned *)pb;
+	case T_U64:
+	case T_SIZE:
+		return *(const uint64_t *)pa == *(const uint64_t *)pb;
+	case T_BOOL:
+		return *(const bool *)pa == *(const bool *)pb;
+	}
+	return false;
+}
+
+void config_diff(const struct config *a, const struct config *b,
+                 void (*changed)(const char *name, void *arg), void *arg)
+{
+	for (size_t i = 0; i < NSETTINGS; i++)
+		if (!settings[i].cli_only && !same_value(a, b, &settings[i]))
+			changed(settings[i].name, arg);
 }
 
 void config_release(struct config *c)

@@ -27,6 +27,7 @@ struct config {
 	char *allowed_keys_file;     /* one key per line; "" = none; reloaded on SIGHUP */
 	char *allowed_origins;       /* comma list; "" = any origin */
 	char *trusted_proxies;       /* comma list of CIDR blocks; "" = none */
+	bool proxy_protocol;         /* PROXY headers from trusted proxies name the client */
 	unsigned max_connections_per_ip;     /* 0 = no limit */
 	unsigned max_messages_per_ip_per_s;  /* 0 = no limit */
 	unsigned ip_table_size;      /* clients tracked for those limits */
@@ -39,6 +40,8 @@ struct config {
 	/* ingest */
 	uint64_t max_body_bytes;     /* HTTPS fallback body */
 	uint64_t max_message_bytes;  /* one websocket message */
+	unsigned max_session_id_bytes; /* a sessionId, query or body */
+	unsigned ws_max_queued_frames; /* frames queued to one websocket peer */
 	unsigned cors_max_age_s;
 	unsigned retry_after_s;      /* Retry-After on 503 */
 	/* websocket hello and liveness */
@@ -52,6 +55,8 @@ struct config {
 	/* upstream */
 	char *upstream;
 	char *upstream_ca;           /* "" = the system CA bundle */
+	char *upstream_ca_extra;     /* "" = none; else CAs added to upstream_ca's bundle */
+	char *upstream_proxy;        /* NULL = libcurl's https_proxy/no_proxy handling */
 	bool upstream_insecure;
 	char *upstream_http_version; /* "1.1" or "2" */
 	char *upstream_protocol;     /* "websocket" or "http-post" */
@@ -63,18 +68,19 @@ struct config {
 	/* monitoring */
 	char *admin_listen;          /* "" = no admin listener; else "ADDR:PORT" */
 	bool admin_allow_remote;     /* allow a non-loopback admin-listen (plain HTTP) */
+	bool tls_metrics;            /* /metrics on the TLS port too (false needs admin_listen) */
 	unsigned ready_max_oldest_age_s;     /* 0 = not a readiness reason */
 	unsigned ready_max_upstream_down_s;  /* 0 = not a readiness reason */
 	/* process */
 	char *log_level;
 	unsigned shutdown_deadline_ms;
 	char *config_file;
-	bool check_config;           /* validate, print nothing more, exit */
+	bool check_config;           /* main.c checks the files too, says so, exits */
 };
 
 enum config_result {
 	CONFIG_RUN = 0,    /* settings loaded: start the relay */
-	CONFIG_EXIT = 1,   /* --help, --version or --check-config done: exit 0 */
+	CONFIG_EXIT = 1,   /* --help or --version done: exit 0 */
 	CONFIG_ERROR = -1, /* *cause says why (names the file and line) */
 };
 
@@ -82,6 +88,10 @@ enum config_result {
  * arguments.  On CONFIG_ERROR *cause is malloc'd and the caller frees it.
  * Strings in c are owned by c; free them with config_release. */
 enum config_result config_load(struct config *c, int argc, char **argv, char **cause);
+/* Calls changed with the name of each setting whose value differs between
+ * a and b (the command-line-only ones aside), in --help's order. */
+void config_diff(const struct config *a, const struct config *b,
+                 void (*changed)(const char *name, void *arg), void *arg);
 /* Applies the text of a config file (name used in messages). */
 int config_apply_file_text(struct config *c, const char *name, const char *text,
                            char **cause);

@@ -32,7 +32,6 @@
 
 #include "clock.h"
 #include "evloop.h"
-#include "forwarder.h"
 #include "keyban.h"
 #include "log.h"
 #include "metrics.h"
@@ -388,7 +387,7 @@ static unsigned sess_delay(struct fsess *s, int retry_after_s)
 	t->rng ^= t->rng << 25;
 	t->rng ^= t->rng >> 27;
 	jitter = (double)((t->rng * 2685821657736338717ull) >> 11) * 0x1.0p-53;
-	delay = forward_backoff_ms(attempts + 1, f->o.retry_base_ms, f->o.retry_max_ms, jitter);
+	delay = f->o.backoff_ms(attempts + 1, f->o.retry_base_ms, f->o.retry_max_ms, jitter);
 	if (retry_after_s >= 0) {
 		unsigned long long ra = (unsigned long long)retry_after_s * 1000;
 

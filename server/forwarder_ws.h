@@ -30,6 +30,9 @@ struct fws_options {
 	unsigned threads;               /* the queue's stream owners 1..threads */
 	unsigned fence_messages, fence_ms;
 	unsigned retry_base_ms, retry_max_ms;
+	/* The backoff of a failed attempt (forward_backoff_ms, passed in so
+	 * that this module does not call back into forwarder.c). */
+	unsigned (*backoff_ms)(unsigned attempts, unsigned base_ms, unsigned max_ms, double jitter);
 	/* The upstream was reached (up) or not: for /healthcheck and the
 	 * upstream-up gauge.  status: the HTTP status of a refused upgrade, else 0. */
 	void (*seen)(void *arg, bool up, int status, const char *error);

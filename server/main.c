@@ -5,11 +5,12 @@
  *
  * Signals are blocked in every thread and taken here with sigwait(), so no
  * handler ever runs inside library code: SIGTERM/SIGINT shut down cleanly,
- * SIGHUP reloads the API key allowlist (allowed-keys-file) and the TLS
- * certificate and key.  `watchrtc-relay queue ...` is the queue CLI (cli.c).
+ * SIGHUP reads the configuration again and applies what can change live
+ * (API keys, origins, log level, the TLS certificate and key).  `watchrtc-relay queue ...` is the queue CLI (cli.c).
  */
 #include <curl/curl.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <gnutls/gnutls.h>
 #include <limits.h>
 #include <malloc.h>
@@ -21,12 +22,15 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "access.h"
 #include "admin.h"
+#include "cause.h"
 #include "cli.h"
 #include "clientip.h"
 #include "config.h"
+#include "egress.h"
 #include "forwarder.h"
 #include "http.h"
 #include "keyban.h"
@@ -79,12 +83,14 @@ static void reload_tls(const struct config *cfg)
 }
 
 /* Each connection is a file descriptor: take what the hard limit allows. */
-static void raise_nofile(void)
+/* Raises the soft open-file limit to the hard one; returns the soft limit
+ * (0 if unknown). */
+static unsigned long long raise_nofile(void)
 {
 	struct rlimit rl;
 
 	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
-		return;
+		return 0;
 	if (rl.rlim_cur < rl.rlim_max) {
 		rl.rlim_cur = rl.rlim_max;
 		setrlimit(RLIMIT_NOFILE, &rl);
@@ -92,6 +98,52 @@ static void raise_nofile(void)
 	}
 	log_info("nofile_limit", "soft=%llu hard=%llu", (unsigned long long)rl.rlim_cur,
 	         (unsigned long long)rl.rlim_max);
+	return rl.rlim_cur == RLIM_INFINITY ? ULLONG_MAX : (unsigned long long)rl.rlim_cur;
+}
+
+/* A client connection holds 3 descriptors until its upgrade: its socket and
+ * the socketpair to libmicrohttpd.  Kept aside for everything else: stdio,
+ * the queue's database files, the listening and admin sockets, each
+ * thread's epoll and eventfd, and one per upstream connection. */
+#define FDS_PER_CONNECTION 3
+#define FDS_RESERVED_BASE 64
+
+/*
+ * Lowers max-connections to what the open-file limit can hold, so that the
+ * relay refuses the connections over it (logged once a second) instead of
+ * running out of descriptors, which nothing can then be done about.  -1 if
+ * the limit cannot hold a single connection.
+ */
+static int fit_max_connections(struct config *cfg, unsigned long long nofile, char **cause)
+{
+	unsigned long long reserved = FDS_RESERVED_BASE +
+	        (unsigned long long)cfg->forward_workers * cfg->forward_inflight +
+	        2ULL * (cfg->http_threads + cfg->ws_threads + cfg->forward_workers) +
+	        FDS_PER_CONNECTION * (unsigned long long)cfg->http_threads;
+	unsigned long long fit;
+
+	if (nofile == 0)
+		return 0;
+	fit = nofile > reserved ? (nofile - reserved) / FDS_PER_CONNECTION : 0;
+	if (fit < 1) {
+		if (asprintf(cause, "the open-file limit (%llu) leaves no room for connections: "
+		             "%llu are kept for the queue, upstream and threads; raise LimitNOFILE",
+		             nofile, reserved) < 0)
+			*cause = NULL;
+		return -1;
+	}
+	if (cfg->max_connections > fit) {
+		log_warn("max_connections_lowered", "from=%u to=%llu nofile=%llu reserved=%llu "
+		         "fds_per_connection=%d detail=\"the open-file limit cannot hold more: "
+		         "raise LimitNOFILE for more\"", cfg->max_connections, fit, nofile, reserved,
+		         FDS_PER_CONNECTION);
+		cfg->max_connections = (unsigned)fit;
+	} else {
+		log_info("max_connections", "max_connections=%u nofile=%llu reserved=%llu "
+		         "fds_per_connection=%d", cfg->max_connections, nofile, reserved,
+		         FDS_PER_CONNECTION);
+	}
+	return 0;
 }
 
 /*
@@ -111,29 +163,189 @@ static void tune_malloc(void)
 #endif
 }
 
+/*
+ * The state directory holds the queue and the TLS key, and the relay may
+ * run as root: it must be a real directory (not a symlink someone placed)
+ * owned by this user or by root.  It is opened without following a
+ * symlink and checked and chmod'ed through that descriptor, so a path
+ * swapped in between is not what gets changed.
+ */
 static int make_state_dir(const char *dir, char **cause)
 {
+	const char *why = NULL;
 	struct stat st;
+	int fd = -1, rc = -1;
 
 	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
-		goto fail;
-	if (stat(dir, &st) < 0)
-		goto fail;
-	if (!S_ISDIR(st.st_mode)) {
-		errno = ENOTDIR;
-		goto fail;
+		goto out;
+	fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0) {
+		/* O_DIRECTORY makes a symlink ENOTDIR, not ELOOP: say which. */
+		if ((errno == ENOTDIR || errno == ELOOP) && lstat(dir, &st) == 0 &&
+		    S_ISLNK(st.st_mode))
+			why = "is a symlink (refused: give the real directory)";
+		goto out;
+	}
+	if (fstat(fd, &st) < 0)
+		goto out;
+	if (st.st_uid != geteuid() && st.st_uid != 0) {
+		why = "is owned by another user (refused: it must be this user's or root's)";
+		goto out;
 	}
 	/* The queue holds API keys: keep the directory private. */
-	if ((st.st_mode & 077) && chmod(dir, 0700) < 0)
-		goto fail;
-	return 0;
-fail:
-	if (asprintf(cause, "state directory %s: %s", dir, strerror(errno)) < 0)
-		*cause = NULL;
-	return -1;
+	if ((st.st_mode & 077) && fchmod(fd, 0700) < 0) {
+		/* Kubernetes' fsGroup makes a volume root:GROUP 2775, which only
+		 * root may chmod: use it if it is ours to write, since every file
+		 * the relay makes in it is 0600. */
+		if (errno != EPERM || faccessat(fd, ".", W_OK | X_OK, AT_EACCESS) < 0)
+			goto out;
+		log_warn("state_dir_mode", "dir=%s mode=%04o msg=\"cannot make it 0700 (not its "
+		         "owner); using it since it is writable: the files in it are 0600\"", dir,
+		         (unsigned)(st.st_mode & 07777));
+	}
+	rc = 0;
+out:
+	if (rc < 0)
+		cause_set(cause, -1, "state directory %s: %s", dir, why ? why : strerror(errno));
+	if (fd >= 0)
+		close(fd);
+	return rc;
 }
 
-static int wait_for_signal(struct relay *r)
+/*
+ * What a start would refuse in the configuration itself, checked before
+ * anything opens, by --check-config as by a start (both exit 2 on it): the
+ * TLS pair loads and is one pair, its key's mode, tls-priorities,
+ * trusted-proxy and admin-listen.  Creates no file and opens no socket.
+ */
+static int check_settings(const struct config *cfg, char **cause)
+{
+	struct trusted_proxies *tp = NULL;
+	gnutls_priority_t prio;
+	struct tls_pair p;
+	const char *err_pos = NULL;
+	int rc;
+
+	if (tls_load_existing(&p, cfg->tls_cert, cfg->tls_key, cfg->state_dir, cause) < 0)
+		return -1;
+	rc = p.cert_pem ? tls_creds_check(&p, cause) : 0;
+	tls_pair_release(&p);
+	if (rc < 0)
+		return -1;
+	if ((rc = gnutls_priority_init(&prio, cfg->tls_priorities, &err_pos)) < 0) {
+		if (asprintf(cause, "tls-priorities: %s at \"%s\"", gnutls_strerror(rc),
+		             err_pos ? err_pos : "") < 0)
+			*cause = NULL;
+		return -1;
+	}
+	gnutls_priority_deinit(prio);
+	if (trusted_proxies_create(&tp, cfg->trusted_proxies, cause) < 0)
+		return -1;
+	trusted_proxies_destroy(tp);
+	return admin_check_listen(cfg->admin_listen, cfg->admin_allow_remote, cause);
+}
+
+/*
+ * The CA file upstream connections trust: upstream-ca or the system
+ * bundle, plus upstream-ca-extra's certificates when that is set (written
+ * together into the state directory at each start).
+ */
+static int upstream_ca_file(const struct config *cfg, char *path, size_t size, char **cause)
+{
+	const char *base = *cfg->upstream_ca ? cfg->upstream_ca : FWD_SYSTEM_CA;
+
+	if (!*cfg->upstream_ca_extra) {
+		snprintf(path, size, "%s", base);
+		return 0;
+	}
+	snprintf(path, size, "%s/upstream-ca-bundle.pem", cfg->state_dir);
+	if (egress_ca_bundle(base, cfg->upstream_ca_extra, path, cause) < 0)
+		return -1;
+	log_info("upstream_ca", "bundle=%s base=%s extra=%s", path, base, cfg->upstream_ca_extra);
+	return 0;
+}
+
+/* Settings SIGHUP applies; any other that changed takes a restart. */
+static const char *const live_settings[] = {
+	"allowed-keys", "allowed-keys-file", "allowed-origins", "log-level", "tls-cert", "tls-key",
+};
+
+struct reload {
+	bool access, tls, level;
+	unsigned restart;                 /* changed settings that wait for a restart */
+};
+
+static void on_changed(const char *name, void *arg)
+{
+	struct reload *rl = arg;
+
+	for (size_t i = 0; i < sizeof live_settings / sizeof live_settings[0]; i++) {
+		if (strcmp(name, live_settings[i]))
+			continue;
+		log_info("setting_changed", "setting=%s msg=\"applied now\"", name);
+		if (!strncmp(name, "allowed-", 8))
+			rl->access = true;
+		else if (!strncmp(name, "tls-", 4))
+			rl->tls = true;
+		else
+			rl->level = true;
+		return;
+	}
+	rl->restart++;
+	log_warn("setting_needs_restart", "setting=%s msg=\"changed in the configuration; the "
+	         "value in force stays until the relay restarts\"", name);
+}
+
+#define SWAP_STR(x, y) do { char *t_ = (x); (x) = (y); (y) = t_; } while (0)
+
+/*
+ * SIGHUP: reads the configuration again (the same command line, so it
+ * still wins over the file) and applies what can change live; a
+ * configuration that would not start is refused as a whole.  The strings
+ * swapped into r->cfg are read by this thread only.
+ */
+static void reload_config(struct relay *r, int argc, char **argv)
+{
+	struct config fresh;
+	struct reload rl = { 0 };
+	enum log_level level;
+	char *cause = NULL, quoted[512];
+
+	if (config_load(&fresh, argc, argv, &cause) != CONFIG_RUN ||
+	    check_settings(&fresh, &cause) < 0) {
+		log_error("config_reload_failed", "reason=%s msg=\"the configuration in force stays\"",
+		          log_quote(cause ? cause : "bad configuration", quoted, sizeof quoted));
+		free(cause);
+		config_release(&fresh);
+		access_reload(r->access);   /* the keys file still, as before */
+		reload_tls(&r->cfg);
+		return;
+	}
+	config_diff(&r->cfg, &fresh, on_changed, &rl);
+	if (rl.access) {
+		SWAP_STR(r->cfg.allowed_keys, fresh.allowed_keys);
+		SWAP_STR(r->cfg.allowed_keys_file, fresh.allowed_keys_file);
+		SWAP_STR(r->cfg.allowed_origins, fresh.allowed_origins);
+		access_update(r->access, r->cfg.allowed_keys, r->cfg.allowed_keys_file,
+		              r->cfg.allowed_origins);
+	} else {
+		access_reload(r->access);
+	}
+	if (rl.level && log_parse_level(fresh.log_level, &level) == 0) {
+		SWAP_STR(r->cfg.log_level, fresh.log_level);
+		log_set_level(level);
+	}
+	if (rl.tls) {
+		SWAP_STR(r->cfg.tls_cert, fresh.tls_cert);
+		SWAP_STR(r->cfg.tls_key, fresh.tls_key);
+	}
+	reload_tls(&r->cfg);
+	log_info("config_reloaded", "file=%s settings_waiting_for_restart=%u",
+	         r->cfg.config_file && *r->cfg.config_file ? r->cfg.config_file : "-", rl.restart);
+	config_release(&fresh);
+}
+
+static int wait_for_signal(struct relay *r, int argc, char **argv)
 {
 	sigset_t set;
 	int sig;
@@ -147,8 +359,7 @@ static int wait_for_signal(struct relay *r)
 			continue;
 		if (sig == SIGHUP) {
 			log_info("sighup", "msg=\"reloading\"");
-			access_reload(r->access);
-			reload_tls(&r->cfg);
+			reload_config(r, argc, argv);
 			continue;
 		}
 		return sig;
@@ -172,7 +383,8 @@ int main(int argc, char **argv)
 	struct forwarder *fwd = NULL;
 	struct http_server *http = NULL;
 	struct admin_server *admin = NULL;
-	char *cause = NULL, db_path[PATH_MAX];
+	char *cause = NULL, db_path[PATH_MAX], ca_path[PATH_MAX];
+	unsigned long long nofile;
 	enum log_level level;
 	sigset_t set;
 	int rc = 1, sig;
@@ -191,6 +403,21 @@ int main(int argc, char **argv)
 	case CONFIG_RUN:
 		break;
 	}
+	if (check_settings(&r.cfg, &cause) < 0) {
+		if (r.cfg.check_config)
+			fprintf(stderr, "watchrtc-relay: %s\n", cause ? cause : "out of memory");
+		else
+			log_error("startup_failed", "reason=\"%s\" status=2 msg=\"bad configuration\"",
+			          cause ? cause : "out of memory");
+		free(cause);
+		config_release(&r.cfg);
+		return 2;
+	}
+	if (r.cfg.check_config) {
+		printf("configuration ok\n");
+		config_release(&r.cfg);
+		return 0;
+	}
 	if (log_parse_level(r.cfg.log_level, &level) == 0)
 		log_set_level(level);
 
@@ -202,12 +429,14 @@ int main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	raise_nofile();
+	nofile = raise_nofile();
 	tune_malloc();
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK || gnutls_global_init() < 0) {
 		cause = strdup("cannot initialise libcurl or GnuTLS");
 		goto out;
 	}
+	if (fit_max_connections(&r.cfg, nofile, &cause) < 0)
+		goto out;
 	if (make_state_dir(r.cfg.state_dir, &cause) < 0)
 		goto out;
 	if (tls_load(&tls, r.cfg.tls_cert, r.cfg.tls_key, r.cfg.state_dir, &cause) < 0)
@@ -246,6 +475,7 @@ int main(int argc, char **argv)
 	wo = (struct ws_options){
 		.threads = r.cfg.ws_threads,
 		.max_message_bytes = r.cfg.max_message_bytes,
+		.max_queued_frames = r.cfg.ws_max_queued_frames,
 		.ping_interval_s = r.cfg.ws_ping_interval_s,
 		.interval_ms = r.cfg.hello_interval_ms,
 		.send_interval = r.cfg.hello_send_interval,
@@ -254,12 +484,15 @@ int main(int argc, char **argv)
 		.project_id = r.cfg.project_id,
 		.upstream_ws = !strcmp(r.cfg.upstream_protocol, "websocket"),
 	};
-	if (ws_server_create(&r.ws, &wo, r.queue, &cause) < 0)
+	if (ws_server_start(&r.ws, &wo, r.queue, &cause) < 0)
 		goto out;
 
+	if (upstream_ca_file(&r.cfg, ca_path, sizeof ca_path, &cause) < 0)
+		goto out;
 	fo = (struct forwarder_options){
 		.upstream = r.cfg.upstream,
-		.ca_file = r.cfg.upstream_ca,
+		.ca_file = ca_path,
+		.proxy = r.cfg.upstream_proxy,
 		.insecure = r.cfg.upstream_insecure,
 		.workers = r.cfg.forward_workers,
 		.inflight = r.cfg.forward_inflight,
@@ -280,6 +513,7 @@ int main(int argc, char **argv)
 	};
 	if (forwarder_start(&fwd, r.queue, r.keyban, &fo, &cause) < 0)
 		goto out;
+	egress_log_proxy(r.cfg.upstream_proxy, r.cfg.upstream);
 
 	if (http_server_start(&http, &r, &tls, &cause) < 0)
 		goto out;
@@ -289,7 +523,7 @@ int main(int argc, char **argv)
 	         r.cfg.listen_address, r.cfg.port, r.cfg.state_dir, r.cfg.upstream,
 	         queue_instance_id(r.queue));
 
-	sig = wait_for_signal(&r);
+	sig = wait_for_signal(&r, argc, argv);
 	log_info("shutdown", "signal=%s deadline_ms=%u", sig == SIGINT ? "SIGINT" : "SIGTERM",
 	         r.cfg.shutdown_deadline_ms);
 	atomic_store(&r.stopping, true);
@@ -307,7 +541,7 @@ out:
 	http_server_stop(http);
 	admin_server_stop(admin);
 	forwarder_stop(fwd, r.cfg.shutdown_deadline_ms);
-	ws_server_destroy(r.ws);
+	ws_server_stop(r.ws);
 	queue_close(r.queue);
 	keyban_destroy(r.keyban);
 	access_destroy(r.access);   /* after the websockets: they hold its slots */

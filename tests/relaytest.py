@@ -10,10 +10,12 @@ import base64
 import http.client
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import tempfile
@@ -59,6 +61,17 @@ def diag(msg):
 def skip_all(reason):
     print("1..0 # SKIP " + reason)
     sys.exit(0)
+
+
+def require(missing, what):
+    """Skips the whole test when missing (a reason) is set, except in CI
+    (CI=true), where what it needs must be there: then it fails."""
+    if not missing:
+        return
+    if os.environ.get("CI") != "true":
+        skip_all("%s: %s" % (what, missing))
+    print("1..1\nnot ok 1 - %s cannot run in CI: %s" % (what, missing))
+    sys.exit(1)
 
 
 def done():
@@ -132,6 +145,20 @@ def request(port, method, path, body=None, headers=None, timeout=10.0):
         conn.close()
 
 
+def read_status(s):
+    """The status of the answer arriving on socket s, or None if none came."""
+    data = b""
+    try:
+        while b"\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass
+    return int(data[9:12]) if data.startswith(b"HTTP/1.1 ") else None
+
+
 def raw_request(port, head, body=b"", timeout=10.0):
     """Sends a request head (and as much of body as the relay takes) over TLS
     and returns the answer's status code, or None if there was no answer.
@@ -145,20 +172,45 @@ def raw_request(port, head, body=b"", timeout=10.0):
                 s.sendall(body[i:i + 65536])
         except OSError:
             pass  # the relay answered and closed before the body was in
-        data = b""
-        try:
-            while b"\r\n" not in data:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-        except OSError:
-            pass
-        if data.startswith(b"HTTP/1.1 "):
-            return int(data[9:12])
+        return read_status(s)
+    finally:
+        s.close()
+
+
+def tls_connect(port, source=None, prefix=b"", timeout=10.0):
+    """A TLS connection to the relay (or a balancer) on 127.0.0.1:port, from
+    the loopback address source if given, with prefix (a PROXY header, say)
+    sent in clear before the handshake."""
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.settimeout(timeout)
+    if source:
+        raw.bind((source, 0))
+    raw.connect(("127.0.0.1", port))
+    if prefix:
+        raw.sendall(prefix)
+    return client_context().wrap_socket(raw)
+
+
+def http_over(s, method, path, body=b"", headers=None):
+    """One HTTP/1.1 request on the TLS socket s, which it closes: returns
+    the status, or None if the connection ended without an answer."""
+    if isinstance(body, str):
+        body = body.encode()
+    head = ["%s %s HTTP/1.1" % (method, path), "Host: relay", "Connection: close",
+            "Content-Length: %d" % len(body)] + ["%s: %s" % kv for kv in (headers or {}).items()]
+    try:
+        s.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        return read_status(s)
+    except OSError:
         return None
     finally:
         s.close()
+
+
+def run_relay_check(args):
+    """The relay with args and --check-config: the CompletedProcess."""
+    return subprocess.run([RELAY_BIN] + list(args) + ["--check-config"], capture_output=True,
+                          text=True, timeout=30)
 
 
 def load_fixture(*parts, mode="rb"):
@@ -170,11 +222,12 @@ def load_fixture(*parts, mode="rb"):
 class Relay:
     """The relay binary under test, on a free loopback port."""
 
-    def __init__(self, upstream=None, args=(), state_dir=None, protocol=None):
+    def __init__(self, upstream=None, args=(), state_dir=None, protocol=None, nofile=None):
         """protocol: the upstream-protocol; by default http-post in front of
         the POST mock (mock_upstream.py, the old contract) or of nothing,
         websocket in front of the backend mock (mock_backend.py)."""
         self.port = free_port()
+        self.nofile = nofile    # an open-file limit for the relay alone
         if protocol is None:
             protocol = "websocket" if hasattr(upstream, "frames") else "http-post"
         self.protocol = protocol
@@ -197,7 +250,12 @@ class Relay:
 
     def start(self, wait=True):
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.command(), stdout=self.log, stderr=subprocess.STDOUT)
+        limit = None
+        if self.nofile:
+            def limit():
+                resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
+        self.proc = subprocess.Popen(self.command(), stdout=self.log, stderr=subprocess.STDOUT,
+                                     preexec_fn=limit)
         if wait and not self.wait_live():
             raise RuntimeError("relay did not come up:\n" + self.log_text()[-3000:])
         return self
@@ -251,6 +309,115 @@ class Relay:
             if not line.startswith("#") and line.rsplit(" ", 1)[0] == sample:
                 return float(line.rsplit(" ", 1)[1])
         return None
+
+
+# ------------------------------------------------------------ raw ws -------
+class RawWS:
+    """A websocket client over raw TLS that sends whatever it is told to,
+    for frames and timings a polite client never produces."""
+
+    def __init__(self, port, path, origin="https://app.example", headers=(), rcvbuf=None, timeout=10.0):
+        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        raw.settimeout(timeout)
+        raw.connect(("127.0.0.1", port))
+        self.s = client_context().wrap_socket(raw)
+        lines = ["GET %s HTTP/1.1" % path, "Host: 127.0.0.1:%d" % port, "Upgrade: websocket",
+                 "Connection: Upgrade", "Sec-WebSocket-Version: 13", "Sec-WebSocket-Protocol: 2.0",
+                 "Sec-WebSocket-Key: " + base64.b64encode(os.urandom(16)).decode()]
+        if origin:
+            lines.append("Origin: " + origin)
+        lines += ["%s: %s" % h for h in headers]
+        self.s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self.buf = b""
+        while b"\r\n\r\n" not in self.buf:
+            data = self.s.recv(65536)
+            if not data:
+                break
+            self.buf += data
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        self.status = int(head[9:12]) if head.startswith(b"HTTP/1.1 ") else None
+        self.headers = {}
+        for line in head.split(b"\r\n")[1:]:
+            k, _, v = line.decode("latin-1").partition(":")
+            self.headers[k.strip().lower()] = v.strip()
+
+    def send_raw(self, data):
+        self.s.sendall(data)
+
+    def send(self, opcode, payload, fin=True):
+        mask = os.urandom(4)
+        n = len(payload)
+        head = bytes([(0x80 if fin else 0) | opcode])
+        if n < 126:
+            head += bytes([0x80 | n])
+        elif n < 65536:
+            head += bytes([0xfe]) + struct.pack("!H", n)
+        else:
+            head += bytes([0xff]) + struct.pack("!Q", n)
+        self.s.sendall(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+    def _need(self, n):
+        while len(self.buf) < n:
+            data = self.s.recv(65536)
+            if not data:
+                raise EOFError
+            self.buf += data
+
+    def recv(self):
+        """The next frame as (opcode, payload); EOFError at the end."""
+        self._need(2)
+        op, n = self.buf[0] & 0x0f, self.buf[1] & 0x7f
+        off = 2
+        if n == 126:
+            self._need(4)
+            n, off = struct.unpack("!H", self.buf[2:4])[0], 4
+        elif n == 127:
+            self._need(10)
+            n, off = struct.unpack("!Q", self.buf[2:10])[0], 10
+        self._need(off + n)
+        payload, self.buf = self.buf[off:off + n], self.buf[off + n:]
+        return op, payload
+
+    def hello(self):
+        op, payload = self.recv()
+        return json.loads(payload) if op == 1 else None
+
+    def close_code(self):
+        """Reads until the relay's close frame: (code, reason), or None at EOF."""
+        try:
+            while True:
+                op, payload = self.recv()
+                if op == 8:
+                    code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+                    return code, payload[2:].decode(errors="replace")
+        except (EOFError, OSError):
+            return None
+
+    def bye(self):
+        """The SDK's way out: close 1000, wait for the echo, then the socket."""
+        try:
+            self.send(8, struct.pack("!H", 1000))
+            self.close_code()
+        except OSError:
+            pass
+        self.close()
+
+    def close(self):
+        try:
+            self.s.close()
+        except OSError:
+            pass
+
+
+def rss_kb(relay):
+    """The relay process's resident memory, in KB."""
+    with open("/proc/%d/status" % relay.proc.pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
 
 
 class Upstream(MockUpstream):

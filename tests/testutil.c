@@ -44,18 +44,43 @@ void tmpdir_remove(char *dir)
 	free(dir);
 }
 
-int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 void sleep_ms(long ms)
 {
 	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000 };
 
 	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
 		;
+}
+
+void capture_begin(struct capture *cap, int fd)
+{
+	fflush(stdout);
+	fflush(stderr);
+	cap->fd = fd;
+	cap->file = tmpfile();
+	cap->saved = dup(fd);
+	if (cap->file)
+		dup2(fileno(cap->file), fd);
+}
+
+char *capture_end(struct capture *cap)
+{
+	char *text = NULL;
+	long len;
+
+	fflush(stdout);
+	fflush(stderr);
+	dup2(cap->saved, cap->fd);
+	close(cap->saved);
+	if (!cap->file)
+		return NULL;
+	len = lseek(fileno(cap->file), 0, SEEK_END);
+	if (len >= 0 && (text = calloc(1, (size_t)len + 1))) {
+		if (pread(fileno(cap->file), text, (size_t)len, 0) != len) {
+			free(text);
+			text = NULL;
+		}
+	}
+	fclose(cap->file);
+	return text;
 }

@@ -6,6 +6,9 @@
 #define WATCHRTC_TESTUTIL_H
 
 #include <stdint.h>
+#include <stdio.h>
+
+#include "clock.h"   /* mono_ms() for deadlines, wall_ms() for timestamps */
 
 /*
  * Makes a fresh directory /tmp/PREFIX-XXXXXX and returns its path (caller
@@ -18,10 +21,16 @@ char *tmpdir_create(const char *prefix);
  * frees dir.  Accepts NULL. */
 void tmpdir_remove(char *dir);
 
-/* Milliseconds of CLOCK_MONOTONIC, for deadlines. */
-int64_t now_ms(void);
-
 /* Sleeps ms milliseconds, the whole time even if a signal interrupts. */
 void sleep_ms(long ms);
+
+/* Redirects fd (stdout or stderr) to an anonymous file until capture_end. */
+struct capture {
+	int fd, saved;
+	FILE *file;
+};
+void capture_begin(struct capture *cap, int fd);
+/* Restores the fd and returns what was written to it (caller frees). */
+char *capture_end(struct capture *cap);
 
 #endif

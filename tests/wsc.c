@@ -47,6 +47,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "wsclient.h"
 
 #define MAX_FILE_BYTES (64u << 20)
@@ -61,14 +62,6 @@ struct script {
 	bool pong_seen;
 	int failures;
 };
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* --- JSON output ---------------------------------------------------------- */
 
@@ -328,10 +321,10 @@ static void report_send(const char *what, int r)
 
 static void expect_close(struct script *s, long want)
 {
-	int64_t deadline = now_ms() + s->timeout_ms;
+	int64_t deadline = mono_ms() + s->timeout_ms;
 
-	while (!s->close_received && !s->eof && now_ms() < deadline)
-		read_one(s, (int)(deadline - now_ms()), NULL);
+	while (!s->close_received && !s->eof && mono_ms() < deadline)
+		read_one(s, (int)(deadline - mono_ms()), NULL);
 	print_expect("close", want, s->close_received ? s->close_code : -1,
 	             s->close_received && s->close_code == want);
 	if (!s->close_received || s->close_code != want)
@@ -340,10 +333,10 @@ static void expect_close(struct script *s, long want)
 
 static void expect_pong(struct script *s)
 {
-	int64_t deadline = now_ms() + s->timeout_ms;
+	int64_t deadline = mono_ms() + s->timeout_ms;
 
-	while (!s->pong_seen && !s->eof && now_ms() < deadline)
-		read_one(s, (int)(deadline - now_ms()), NULL);
+	while (!s->pong_seen && !s->eof && mono_ms() < deadline)
+		read_one(s, (int)(deadline - mono_ms()), NULL);
 	print_expect("pong", 1, s->pong_seen, s->pong_seen);
 	if (!s->pong_seen)
 		s->failures++;
@@ -351,13 +344,13 @@ static void expect_pong(struct script *s)
 
 static void expect_text(struct script *s, const char *needle)
 {
-	int64_t deadline = now_ms() + s->timeout_ms;
+	int64_t deadline = mono_ms() + s->timeout_ms;
 	bool found = false;
 
-	while (!found && !s->eof && now_ms() < deadline) {
+	while (!found && !s->eof && mono_ms() < deadline) {
 		struct wsclient_frame f;
 
-		if (read_one(s, (int)(deadline - now_ms()), &f) != 1)
+		if (read_one(s, (int)(deadline - mono_ms()), &f) != 1)
 			continue;
 		found = f.opcode == 0x1 && strstr((const char *)f.payload, needle);
 		wsclient_frame_release(&f);
@@ -369,10 +362,10 @@ static void expect_text(struct script *s, const char *needle)
 
 static void expect_eof(struct script *s)
 {
-	int64_t deadline = now_ms() + s->timeout_ms;
+	int64_t deadline = mono_ms() + s->timeout_ms;
 
-	while (!s->eof && now_ms() < deadline)
-		read_one(s, (int)(deadline - now_ms()), NULL);
+	while (!s->eof && mono_ms() < deadline)
+		read_one(s, (int)(deadline - mono_ms()), NULL);
 	print_expect("eof", 1, s->eof, s->eof);
 	if (!s->eof)
 		s->failures++;
@@ -457,10 +450,10 @@ static void run_action(struct script *s, char *line)
 		if (read_one(s, s->timeout_ms, NULL) == 0)
 			print_event("timeout", NULL, NULL);
 	} else if (!strcmp(cmd, "sleep")) {
-		int64_t deadline = now_ms() + strtol(arg, NULL, 10);
+		int64_t deadline = mono_ms() + strtol(arg, NULL, 10);
 
-		while (!s->eof && now_ms() < deadline)
-			read_one(s, (int)(deadline - now_ms()), NULL);
+		while (!s->eof && mono_ms() < deadline)
+			read_one(s, (int)(deadline - mono_ms()), NULL);
 	} else if (!strcmp(cmd, "stop-reading")) {
 		usleep((useconds_t)strtoul(arg, NULL, 10) * 1000);
 	} else {
@@ -563,7 +556,7 @@ static int run_load(const struct wsclient_opts *o, unsigned n, unsigned messages
 	struct load ld = { .base = o, .n = n, .messages = messages, .prefix = prefix };
 	struct load_worker *ws;
 	struct rlimit rl;
-	int64_t t0 = now_ms();
+	int64_t t0 = mono_ms();
 	bool all;
 
 	/* Each connection is one descriptor here. */
@@ -598,7 +591,7 @@ static int run_load(const struct wsclient_opts *o, unsigned n, unsigned messages
 	       "\"messages_sent\":%llu,\"closed_clean\":%u,\"errors\":%u,\"elapsed_ms\":%lld,"
 	       "\"ok\":%s}\n",
 	       n, ld.ok_open, ld.ok_hello, (unsigned long long)ld.msgs, ld.ok_close, ld.errors,
-	       (long long)(now_ms() - t0), all ? "true" : "false");
+	       (long long)(mono_ms() - t0), all ? "true" : "false");
 	return all ? 0 : 1;
 }
 

@@ -6,6 +6,7 @@
  * socket has SO_RCVTIMEO/SO_SNDTIMEO set to the timeout, and the loops
  * around GnuTLS check a deadline.
  */
+#include "clock.h"
 #include "wsclient.h"
 
 #include <errno.h>
@@ -62,14 +63,6 @@ const char *wsclient_strerror(int err)
 	}
 }
 
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* --- transport ------------------------------------------------------------ */
 
 static int tcp_connect(const char *host, unsigned port, int timeout_ms, char *err, size_t errlen)
@@ -106,7 +99,7 @@ static int tcp_connect(const char *host, unsigned port, int timeout_ms, char *er
 static int tls_write_all(struct wsclient *c, const void *buf, size_t len)
 {
 	const uint8_t *p = buf;
-	int64_t deadline = now_ms() + c->timeout_ms;
+	int64_t deadline = mono_ms() + c->timeout_ms;
 
 	while (len > 0) {
 		ssize_t n = gnutls_record_send(c->session, p, len);
@@ -117,7 +110,7 @@ static int tls_write_all(struct wsclient *c, const void *buf, size_t len)
 			continue;
 		}
 		if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED) {
-			if (now_ms() >= deadline)
+			if (mono_ms() >= deadline)
 				return WSC_ETIMEDOUT;
 			continue;
 		}
@@ -151,7 +144,7 @@ static int fill(struct wsclient *c, int64_t deadline)
 		c->roff = 0;
 	}
 	for (;;) {
-		int64_t left = deadline - now_ms();
+		int64_t left = deadline - mono_ms();
 		ssize_t n;
 		int r;
 
@@ -168,7 +161,7 @@ static int fill(struct wsclient *c, int64_t deadline)
 		if (n == 0 || n == GNUTLS_E_PREMATURE_TERMINATION)
 			return WSC_ECLOSED;
 		if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED) {
-			if (now_ms() >= deadline)
+			if (mono_ms() >= deadline)
 				return WSC_ETIMEDOUT;
 			continue;
 		}
@@ -232,7 +225,7 @@ static int parse_head(struct wsclient *c, char *head)
 /* Reads the answer's head (and a refusal's body) into c. */
 static int read_answer(struct wsclient *c)
 {
-	int64_t deadline = now_ms() + c->timeout_ms;
+	int64_t deadline = mono_ms() + c->timeout_ms;
 	char head[WSC_MAX_HEAD + 1], expect[WSF_ACCEPT_LEN + 1];
 	const char *cl, *acc;
 	size_t hlen = 0;
@@ -515,7 +508,7 @@ int wsclient_send_filler(struct wsclient *c, unsigned opcode, uint64_t len, char
 
 int wsclient_recv_frame(struct wsclient *c, struct wsclient_frame *f, int timeout_ms)
 {
-	int64_t deadline = now_ms() + (timeout_ms >= 0 ? timeout_ms : c->timeout_ms);
+	int64_t deadline = mono_ms() + (timeout_ms >= 0 ? timeout_ms : c->timeout_ms);
 	uint8_t h[2], ext[8], mask[4] = { 0 };
 	uint64_t len;
 	int r;

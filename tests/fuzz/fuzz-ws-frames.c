@@ -7,7 +7,9 @@
  * UTF-8 itself; one through ws_textmark (text frames shown as binary) with
  * the relay's whole-message check (utf8_valid, close 1007), as
  * server/websocket.c does.  Both must deliver the same data messages, each
- * with the same kind and bytes, and ws_textmark must never run out of room.
+ * with the same kind and bytes, and the same pings and pongs (the relay's
+ * wslay sees pings as pongs; the mark tells them apart) up to where plain
+ * wslay stopped, and ws_textmark must never run out of room.
  */
 #include <stdbool.h>
 #include <stdint.h>
@@ -28,14 +30,40 @@ struct side {
 	struct ws_textmark *mark;       /* NULL: plain wslay */
 	size_t messages;
 	uint64_t digest;                /* FNV-1a over each message's kind, length and bytes */
+	size_t controls;                /* pings and pongs, as the client sent them */
+	uint64_t control_digest;        /* FNV-1a over each one's kind and payload */
+	size_t snap_at;                 /* the digest when controls reached this many */
+	uint64_t snap;
 };
 
-static void digest(struct side *s, const void *p, size_t n)
+static void digest_into(uint64_t *d, const void *p, size_t n)
 {
 	const uint8_t *b = p;
 
 	for (size_t i = 0; i < n; i++)
-		s->digest = (s->digest ^ b[i]) * 0x100000001b3ULL;
+		*d = (*d ^ b[i]) * 0x100000001b3ULL;
+}
+
+static void digest(struct side *s, const void *p, size_t n)
+{
+	digest_into(&s->digest, p, n);
+}
+
+/* Pings and pongs: the relay's wslay sees every ping as a pong, and the
+ * mark must say which pongs were pings, in order, payload and all. */
+static void on_control(struct side *s, const struct wslay_event_on_msg_recv_arg *arg)
+{
+	bool ping = arg->opcode == WSLAY_PING;
+
+	if (s->mark != NULL) {
+		CHECK(!ping);           /* every ping was shown as a pong */
+		ping = ws_textmark_pop_ping(s->mark);
+	}
+	s->controls++;
+	digest_into(&s->control_digest, &ping, sizeof ping);
+	digest_into(&s->control_digest, arg->msg, arg->msg_length);
+	if (s->controls == s->snap_at)
+		s->snap = s->control_digest;
 }
 
 static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
@@ -79,6 +107,10 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
 	bool text = arg->opcode == WSLAY_TEXT_FRAME;
 	uint64_t len = arg->msg_length;
 
+	if (arg->opcode == WSLAY_PING || arg->opcode == WSLAY_PONG) {
+		on_control(s, arg);
+		return;
+	}
 	if (arg->opcode != WSLAY_TEXT_FRAME && arg->opcode != WSLAY_BINARY_FRAME)
 		return;
 	if (s->mark != NULL) {
@@ -120,13 +152,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static struct ws_textmark mark;
-	struct side plain = { data, size, 0, NULL, 0, 0xcbf29ce484222325ULL };
-	struct side marked = { data, size, 0, &mark, 0, 0xcbf29ce484222325ULL };
+	const uint64_t marked_initial = 0xcbf29ce484222325ULL;
+	struct side plain = { data, size, 0, NULL, 0, 0xcbf29ce484222325ULL, 0,
+	                      0xcbf29ce484222325ULL, 0, 0 };
+	struct side marked = { data, size, 0, &mark, 0, 0xcbf29ce484222325ULL, 0,
+	                       marked_initial, 0, 0 };
 
 	ws_textmark_init(&mark);
 	run(&plain);
+	marked.snap_at = plain.controls;
 	run(&marked);
 	CHECK(plain.messages == marked.messages);
 	CHECK(plain.digest == marked.digest);
+	/* Plain wslay stops at the first bad UTF-8 byte of a text fragment,
+	 * the relay at the end of the message: control frames in between
+	 * reach only the relay.  Up to there, the same ones. */
+	CHECK(marked.controls >= plain.controls);
+	CHECK((plain.controls ? marked.snap : marked_initial) == plain.control_digest);
 	return 0;
 }

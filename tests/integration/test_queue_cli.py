@@ -136,8 +136,15 @@ ok(re.search(r"event=startup_failed .*corrupt.*watchrtc-relay queue --state-dir 
              % re.escape(sd), log), "saying so, and naming the salvage command", log[-600:])
 code, out, _ = cli(sd, "check")
 ok(code == 1 and "DAMAGED" in out and "salvage" in out, "check: exit 1, damaged, names salvage", out)
+# The service's user owns the file; salvage (run by root, say) must keep that.
+owner = (41001, 41002) if os.geteuid() == 0 else (os.getuid(), os.getgid())
+os.chown(db, *owner)
+os.chmod(db, 0o640)
 code, res = cli_json(sd, "salvage")
 eq(code, 0, "salvage exits 0")
+st = os.stat(db)
+eq((st.st_uid, st.st_gid, st.st_mode & 0o777), owner + (0o640,),
+   "the new queue.db keeps the old one's owner and mode")
 res = res or {}
 diag("salvage: %r" % res)
 ok(30 <= res.get("messages", 0) < 40 and res.get("read_errors", 0) >= 1,

@@ -19,8 +19,13 @@ TIMEOUT_MS = 500
 
 
 def post(relay, session, n, key=None):
+    """A fallback POST; its key, as the SDK sends it, in the body's projectId
+    (the one the upstream judges, so the one a 401 bans) and the query."""
     path = "/websocket/trace" + ("?apiKey=" + key if key else "")
-    return request(relay.port, "POST", path, json.dumps({"sessionId": session, "n": n}),
+    body = {"sessionId": session, "n": n}
+    if key:
+        body["projectId"] = key
+    return request(relay.port, "POST", path, json.dumps(body),
                    {"Content-Type": "application/json"})[0]
 
 

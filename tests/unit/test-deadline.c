@@ -41,7 +41,7 @@ int main(void)
 		printf("Bail out! socketpair\n");
 		return 1;
 	}
-	ok(deadlines_create(&d, 2, &cause) == 0 && d, "deadlines with a 2 s limit");
+	ok(deadlines_start(&d, 2, &cause) == 0 && d, "deadlines with a 2 s limit");
 	t0 = now_s();
 	slow = deadline_open(d, a[0], "192.0.2.1");
 	answered = deadline_open(d, b[0], "192.0.2.2");
@@ -63,8 +63,8 @@ int main(void)
 	deadline_close(d, answered);
 	deadline_close(d, rearmed);
 	deadline_close(d, NULL);
-	deadlines_destroy(d);
-	deadlines_destroy(NULL);
+	deadlines_stop(d);
+	deadlines_stop(NULL);
 	for (int i = 0; i < 2; i++) {
 		close(a[i]);
 		close(b[i]);

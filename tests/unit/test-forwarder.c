@@ -36,26 +36,10 @@
 #include "log.h"
 #include "queue.h"
 #include "tap.h"
+#include "testutil.h"
 
 #define TEST_TIME_LIMIT_S 120    /* the whole program; SIGALRM ends it after that */
 #define MOCK_REPLY_MAX (8 << 20) /* largest control answer read from the mock */
-#define KEYBAN_CAPACITY 10000    /* KEYBAN_MAX_ENTRIES in server/keyban.c */
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(unsigned ms)
-{
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000 };
-
-	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-		;
-}
 
 /* --- forward_classify and forward_backoff_ms ------------------------------ */
 
@@ -96,7 +80,14 @@ static void test_classify(void)
 		{ 0, CURLE_GOT_NOTHING, FWD_RETRY },
 		{ 0, CURLE_COULDNT_RESOLVE_HOST, FWD_RETRY },
 		{ 200, CURLE_PARTIAL_FILE, FWD_RETRY },
-		{ 404, CURLE_RECV_ERROR, FWD_RETRY },
+		/* ...but an answer that came before the failure is an answer. */
+		{ 404, CURLE_RECV_ERROR, FWD_DEAD },
+		{ 431, CURLE_SEND_ERROR, FWD_DEAD },
+		{ 401, CURLE_RECV_ERROR, FWD_REJECT_KEY },
+		{ 503, CURLE_RECV_ERROR, FWD_RETRY },
+		{ 100, CURLE_RECV_ERROR, FWD_RETRY },
+		/* A request libcurl will not make can never be sent. */
+		{ 0, CURLE_URL_MALFORMAT, FWD_UNSENDABLE },
 	};
 
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
@@ -154,52 +145,6 @@ static void test_backoff(void)
 	ok(hi_ok, "jittered backoff is below the nominal delay");
 }
 
-/* --- keyban --------------------------------------------------------------- */
-
-static void test_keyban(void)
-{
-	struct keyban *kb = keyban_create(1);
-	char key[32];
-	int all = 1;
-
-	ok(kb != NULL, "keyban_create");
-	ok(!keyban_contains(kb, "k1"), "empty set contains nothing");
-	keyban_add(kb, "k1");
-	ok(keyban_contains(kb, "k1"), "added key is contained");
-	ok(!keyban_contains(kb, "k2"), "other key is not");
-	ok(!keyban_contains(kb, "k"), "a prefix of a key is not");
-	ok(!keyban_contains(kb, NULL), "NULL is never contained");
-	keyban_add(kb, NULL);
-	keyban_add(kb, "");
-	ok(!keyban_contains(kb, ""), "the empty key is never added");
-	sleep_ms(500);
-	keyban_add(kb, "k2");
-	sleep_ms(600);
-	ok(!keyban_contains(kb, "k1"), "k1 expired after its 1 s ttl");
-	ok(keyban_contains(kb, "k2"), "k2, added 0.6 s ago, has not");
-	keyban_destroy(kb);
-	keyban_destroy(NULL);
-
-	kb = keyban_create(3600);
-	for (int i = 0; i <= KEYBAN_CAPACITY; i++) {
-		snprintf(key, sizeof key, "key-%d", i);
-		keyban_add(kb, key);
-	}
-	ok(!keyban_contains(kb, "key-0"), "over capacity: the oldest key is forgotten");
-	for (int i = 1; i <= KEYBAN_CAPACITY; i++) {
-		snprintf(key, sizeof key, "key-%d", i);
-		if (!keyban_contains(kb, key))
-			all = 0;
-	}
-	ok(all, "the %d newest keys are all kept", KEYBAN_CAPACITY);
-	keyban_add(kb, "key-1");        /* refused again: now the newest */
-	keyban_add(kb, "one-more");
-	ok(keyban_contains(kb, "key-1"), "a re-added key is not the next evicted");
-	ok(!keyban_contains(kb, "key-2"), "the oldest one is instead");
-	ok(keyban_contains(kb, "one-more"), "the new key is kept");
-	keyban_destroy(kb);
-}
-
 /* --- the mock upstream ---------------------------------------------------- */
 
 struct mock {
@@ -235,7 +180,7 @@ static int mock_start(struct mock *m)
 	char script[PATH_MAX], line[64];
 	int out[2] = { -1, -1 }, in[2] = { -1, -1 };
 	size_t len = 0;
-	int64_t deadline = now_ms() + 15000;
+	int64_t deadline = mono_ms() + 15000;
 	int rc = -1;
 
 	memset(m, 0, sizeof *m);
@@ -259,7 +204,7 @@ static int mock_start(struct mock *m)
 	in[1] = -1;
 	while (len < sizeof line - 1 && !memchr(line, '\n', len)) {
 		struct pollfd p = { .fd = out[0], .events = POLLIN };
-		int64_t left = deadline - now_ms();
+		int64_t left = deadline - mono_ms();
 		ssize_t got;
 
 		if (left <= 0 || poll(&p, 1, (int)left) <= 0)
@@ -289,7 +234,7 @@ out:
 static void mock_stop(struct mock *m)
 {
 	int status;
-	int64_t deadline = now_ms() + 5000;
+	int64_t deadline = mono_ms() + 5000;
 
 	if (m->stdin_fd >= 0)
 		close(m->stdin_fd);
@@ -298,7 +243,7 @@ static void mock_stop(struct mock *m)
 		return;
 	kill(m->pid, SIGTERM);
 	while (waitpid(m->pid, &status, WNOHANG) == 0) {
-		if (now_ms() > deadline) {
+		if (mono_ms() > deadline) {
 			kill(m->pid, SIGKILL);
 			waitpid(m->pid, &status, 0);
 			break;
@@ -435,7 +380,7 @@ static size_t distinct_peers(json_t *reqs)
 
 struct env {
 	struct mock mock;
-	char dir[64];
+	char *dir;                /* tmpdir_create's */
 	char db[128];
 	struct queue *q;
 	struct keyban *kb;
@@ -472,14 +417,14 @@ static struct queue_stats stats(struct env *e)
 /* Waits up to ms for the queue to hold nothing. */
 static int wait_drained(struct env *e, unsigned ms)
 {
-	int64_t deadline = now_ms() + ms;
+	int64_t deadline = mono_ms() + ms;
 
 	for (;;) {
 		struct queue_stats st = stats(e);
 
 		if (st.depth == 0 && st.in_flight == 0)
 			return 0;
-		if (now_ms() > deadline)
+		if (mono_ms() > deadline)
 			return -1;
 		sleep_ms(10);
 	}
@@ -488,14 +433,14 @@ static int wait_drained(struct env *e, unsigned ms)
 /* Waits up to ms for the mock to have recorded n requests. */
 static json_t *wait_requests(struct env *e, size_t n, unsigned ms)
 {
-	int64_t deadline = now_ms() + ms;
+	int64_t deadline = mono_ms() + ms;
 
 	for (;;) {
 		json_t *reqs = mock_requests(&e->mock);
 
 		if (reqs && json_array_size(reqs) >= n)
 			return reqs;
-		if (now_ms() > deadline)
+		if (mono_ms() > deadline)
 			return reqs;
 		json_decref(reqs);
 		sleep_ms(10);
@@ -572,13 +517,13 @@ static void case_retry_in_order(struct env *e)
 	f = start(e);
 	ok(f != NULL, "forwarder started");
 	sleep_ms(300);          /* let the workers go to sleep in their poll */
-	put_at = now_ms();
+	put_at = mono_ms();
 	ok(put(e, "session-2", "/trace", "a", "good-key", NULL) == QUEUE_OK &&
 	   put(e, "session-2", "/trace", "b", "good-key", NULL) == QUEUE_OK &&
 	   put(e, "session-2", "/trace", "c", "good-key", NULL) == QUEUE_OK,
 	   "three messages queued while the forwarder runs");
 	reqs = wait_requests(e, 1, 5000);
-	first_ms = now_ms() - put_at;
+	first_ms = mono_ms() - put_at;
 	json_decref(reqs);
 	/* Without the queue's notify the idle worker would sleep up to 1 s. */
 	ok(first_ms < 600, "the first is sent at once (%lld ms), not at the next poll timeout",
@@ -688,9 +633,9 @@ static void case_stop_deadline(struct env *e)
 	reqs = wait_requests(e, 1, 5000);
 	is_int(json_array_size(reqs), 1, "the request reached the mock");
 	json_decref(reqs);
-	t0 = now_ms();
+	t0 = mono_ms();
 	forwarder_stop(f, 200);
-	took = now_ms() - t0;
+	took = mono_ms() - t0;
 	ok(took >= 150 && took < 1500, "forwarder_stop(200) returned at its deadline (%lld ms)",
 	   (long long)took);
 	st = stats(e);
@@ -741,7 +686,7 @@ static void case_two_forwarders(struct env *e)
 	   "a second forwarder, on a second queue, started beside it (%s)", cause ? cause : "ok");
 	free(cause);
 	sleep_ms(300);          /* let the workers of both go to sleep in their poll */
-	put_at = now_ms();
+	put_at = mono_ms();
 	{
 		struct queue_msg m = { .session = "two-b", .target = "/trace", .body = "two",
 		                       .body_len = 3 };
@@ -750,7 +695,7 @@ static void case_two_forwarders(struct env *e)
 		   queue_put(q2, &m, true, NULL) == QUEUE_OK, "one message queued on each queue");
 	}
 	reqs = wait_requests(e, 2, 5000);
-	took = now_ms() - put_at;
+	took = mono_ms() - put_at;
 	is_int(json_array_size(reqs), 2, "both reached the upstream");
 	json_array_foreach(reqs, i, r) {
 		const char *text = rec_str(r, "text");
@@ -972,8 +917,8 @@ static void case_http_version(struct env *e, enum forward_http v, const char *na
 	ok(forwarder_start(&f, e->q, e->kb, &fo, &cause) == 0, "HTTP %s: forwarder started (%s)",
 	   name, cause ? cause : "ok");
 	free(cause);
-	deadline = now_ms() + 5000;
-	while (probe_conns(&p) == 0 && now_ms() < deadline)
+	deadline = mono_ms() + 5000;
+	while (probe_conns(&p) == 0 && mono_ms() < deadline)
 		sleep_ms(10);
 	if (v == FWD_HTTP_1_1)
 		ok(wait_drained(e, 5000) == 0, "HTTP %s: the message is delivered", name);
@@ -985,22 +930,6 @@ static void case_http_version(struct env *e, enum forward_http v, const char *na
 	ok(!p.mixed, "HTTP %s: every connection (%u) negotiated the same", name, p.conns);
 }
 
-static void remove_dir(const char *dir)
-{
-	static const char *const names[] = { "queue.db", "queue.db-wal", "queue.db-shm",
-	                                     "queue.db-journal", "queue.db.lock",
-	                                     "second.db", "second.db-wal", "second.db-shm",
-	                                     "second.db-journal", "second.db.lock" };
-	char path[192];
-
-	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-		snprintf(path, sizeof path, "%s/%s", dir, names[i]);
-		unlink(path);
-	}
-	if (rmdir(dir) < 0)
-		diag("cannot remove %s: %s", dir, strerror(errno));
-}
-
 static void test_round_trips(void)
 {
 	struct env e = { 0 };
@@ -1009,11 +938,7 @@ static void test_round_trips(void)
 
 	e.mock.pid = -1;
 	e.mock.stdin_fd = -1;
-	snprintf(e.dir, sizeof e.dir, "/tmp/test-forwarder.XXXXXX");
-	if (!mkdtemp(e.dir)) {
-		ok(0, "mkdtemp: %s", strerror(errno));
-		return;
-	}
+	e.dir = tmpdir_create("test-forwarder");
 	snprintf(e.db, sizeof e.db, "%s/queue.db", e.dir);
 	queue_options_init(&qo);
 	qo.commit_window_ms = 2;
@@ -1051,7 +976,7 @@ out:
 	mock_stop(&e.mock);
 	queue_close(e.q);
 	keyban_destroy(e.kb);
-	remove_dir(e.dir);
+	tmpdir_remove(e.dir);
 }
 
 /* --- the hello fields later SDK connections of a key get ------------------ */
@@ -1086,7 +1011,6 @@ int main(void)
 	curl_global_init(CURL_GLOBAL_DEFAULT);
 	test_classify();
 	test_backoff();
-	test_keyban();
 	test_round_trips();
 	test_hello_learnable();
 	curl_global_cleanup();

@@ -75,9 +75,9 @@ static struct queue_msg *lease1(struct queue *q)
 {
 	struct queue_msg *m = NULL;
 	size_t n = 0;
-	int64_t end = now_ms() + 1000;
+	int64_t end = mono_ms() + 1000;
 
-	while (n == 0 && now_ms() < end) {
+	while (n == 0 && mono_ms() < end) {
 		if (queue_lease(q, &m, 1, &n) != QUEUE_OK || n == 0)
 			sleep_ms(5);
 	}
@@ -111,7 +111,7 @@ static void test_notify_unregister(void)
 		return;
 	queue_set_notify(q, slow_notify, NULL);
 	put(q, "N", "x", false);
-	for (end = now_ms() + 2000; atomic_load(&cb_state) != 1 && now_ms() < end;)
+	for (end = mono_ms() + 2000; atomic_load(&cb_state) != 1 && mono_ms() < end;)
 		sleep_ms(1);
 	ok(atomic_load(&cb_state) == 1, "notify: the callback is running");
 	queue_set_notify(q, NULL, NULL);
@@ -216,7 +216,7 @@ static void test_replay_running(void)
 	queue_admin_close(a);
 	free(cause);
 
-	for (end = now_ms() + PICKUP_WAIT_MS; now_ms() < end; sleep_ms(20)) {
+	for (end = mono_ms() + PICKUP_WAIT_MS; mono_ms() < end; sleep_ms(20)) {
 		queue_stats(q, &st);
 		if (st.dead == 0 && st.depth == 3)
 			break;
@@ -257,7 +257,7 @@ static void test_replay_running(void)
 	queue_admin_close(a);
 	ok(queue_dead_reasons(q, &dr, 1, &nr) == QUEUE_OK && nr == 0,
 	   "replay: the running queue's reasons follow the purge at once");
-	for (end = now_ms() + PICKUP_WAIT_MS; now_ms() < end; sleep_ms(20)) {
+	for (end = mono_ms() + PICKUP_WAIT_MS; mono_ms() < end; sleep_ms(20)) {
 		queue_stats(q, &st);
 		if (st.dead == 0)
 			break;

@@ -33,14 +33,6 @@ static const char *db_path(const char *name)
 	return path;
 }
 
-static int64_t wall_now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Opens name in tmpdir with o (defaults if NULL); reports failure as a test. */
 static struct queue *open_q(const char *name, const struct queue_options *o)
 {
@@ -128,9 +120,9 @@ static int64_t sql_int(const char *name, const char *sql)
 /* Waits up to ms for next_due_ms to reach 0. */
 static bool wait_due(struct queue *q, long ms)
 {
-	int64_t end = now_ms() + ms;
+	int64_t end = mono_ms() + ms;
 
-	while (now_ms() < end) {
+	while (mono_ms() < end) {
 		long d = queue_next_due_ms(q);
 
 		if (d == 0)
@@ -275,13 +267,13 @@ static void test_retry_delay(void)
 	n = lease(q, m, 4);
 	is_int(n, 1, "retry: leased");
 	free_msgs(m, n);
-	t0 = now_ms();
+	t0 = mono_ms();
 	queue_retry(q, id, 300);
 	due = queue_next_due_ms(q);
 	ok(due > 200 && due <= 300, "retry: next due in (200, 300] ms (got %ld)", due);
 	ok(lease(q, m, 4) == 0, "retry: not leased before the delay");
 	ok(wait_due(q, 2000), "retry: falls due");
-	ok(now_ms() - t0 >= 300, "retry: no sooner than the delay");
+	ok(mono_ms() - t0 >= 300, "retry: no sooner than the delay");
 	n = lease(q, m, 4);
 	ok(n == 1 && m[0]->id == id && m[0]->attempts == 1, "retry: the same message, attempts 1");
 	if (n == 1)
@@ -402,7 +394,7 @@ static void test_dead_key(void)
 static size_t dead_reasons(struct queue *q, size_t max, uint64_t want,
                            struct queue_dead_reason *out)
 {
-	int64_t end = now_ms() + 5000;
+	int64_t end = mono_ms() + 5000;
 	uint64_t total = 0;
 	size_t n = 0, i;
 
@@ -416,7 +408,7 @@ static size_t dead_reasons(struct queue *q, size_t max, uint64_t want,
 		if (total == want)
 			break;
 		sleep_ms(10);
-	} while (now_ms() < end);
+	} while (mono_ms() < end);
 	return n;
 }
 
@@ -527,7 +519,7 @@ static void test_reopen(void)
 		return;
 	snprintf(instance, sizeof instance, "%s", queue_instance_id(q));
 	memset(&full, 0, sizeof full);
-	full.received_ms = wall_now_ms() - 1234; /* older than a day would expire */
+	full.received_ms = wall_ms() - 1234; /* older than a day would expire */
 	full.session = "sess-1";
 	full.target = "/?apiKey=abc";
 	full.content_type = "text/plain";
@@ -667,7 +659,7 @@ static void test_group_commit(void)
 	ok(q != NULL, "group: open");
 	if (q == NULL)
 		return;
-	t0 = now_ms();
+	t0 = mono_ms();
 	for (i = 0; i < GC_THREADS; i++) {
 		ctx[i] = (struct gc_ctx){ q, i, 0 };
 		if (pthread_create(&th[i], NULL, gc_producer, &ctx[i]) == 0)
@@ -680,7 +672,7 @@ static void test_group_commit(void)
 	}
 	queue_stats(q, &st);
 	diag("group: %d waited puts in %lld ms, %llu commits", GC_THREADS * GC_PUTS,
-	     (long long)(now_ms() - t0), (unsigned long long)st.commits_total);
+	     (long long)(mono_ms() - t0), (unsigned long long)st.commits_total);
 	is_int(failures, 0, "group: every put committed");
 	is_int(st.committed_total, GC_THREADS * GC_PUTS, "group: committed_total");
 	ok(st.commits_total < GC_THREADS * GC_PUTS / 4,
@@ -780,7 +772,7 @@ static void test_expiry(void)
 	if (q == NULL)
 		return;
 	x = msg("A", "old");
-	x.received_ms = wall_now_ms() - 10000;
+	x.received_ms = wall_ms() - 10000;
 	ok(queue_put(q, &x, false, NULL) == QUEUE_OK, "expiry: put an old message");
 	x = msg("A", "fresh");
 	ok(queue_put(q, &x, true, &fresh) == QUEUE_OK, "expiry: and a fresh one");
@@ -794,13 +786,13 @@ static void test_expiry(void)
 
 	/* Nobody leases: the writer expires it on its own. */
 	x = msg("B", "old, unleased");
-	x.received_ms = wall_now_ms() - 10000;
+	x.received_ms = wall_ms() - 10000;
 	ok(queue_put(q, &x, true, NULL) == QUEUE_OK, "expiry: put another old one");
-	end = now_ms() + 3000;
+	end = mono_ms() + 3000;
 	do {
 		sleep_ms(50);
 		queue_stats(q, &st);
-	} while (st.expired_total < 2 && now_ms() < end);
+	} while (st.expired_total < 2 && mono_ms() < end);
 	is_int(st.expired_total, 2, "expiry: the writer expired it without a lease");
 	is_int(st.depth, 0, "expiry: nothing queued");
 	queue_close(q);
@@ -830,8 +822,8 @@ static void test_notify(void)
 	queue_set_notify(q, on_notify, NULL);
 	put(q, "N", "n1", false);
 	put(q, "N", "n2", true);
-	end = now_ms() + 1000;
-	while (atomic_load(&notified) == 0 && now_ms() < end)
+	end = mono_ms() + 1000;
+	while (atomic_load(&notified) == 0 && mono_ms() < end)
 		sleep_ms(5);
 	ok(atomic_load(&notified) > 0, "notify: called after a commit");
 	n = lease(q, m, 4);
@@ -947,15 +939,15 @@ static void test_disk_full(void)
 	is_int(queue_put(q, &x, false, NULL), QUEUE_EIO, "full: new puts are refused at once");
 
 	queue_set_max_db_pages(q, 0);
-	end = now_ms() + 5000;
+	end = mono_ms() + 5000;
 	do {
 		sleep_ms(20);
 		queue_stats(q, &st);
-	} while (!st.writable && now_ms() < end);
+	} while (!st.writable && mono_ms() < end);
 	ok(st.writable, "full: writable again once there is room");
 	is_int(queue_put(q, &x, true, NULL), QUEUE_OK, "full: and a waiting put succeeds");
 
-	for (end = now_ms() + 2000; leased < good + 1 && now_ms() < end;) {
+	for (end = mono_ms() + 2000; leased < good + 1 && mono_ms() < end;) {
 		n = lease(q, m, 64);
 		for (j = 0; j < n; j++) {
 			queue_ack(q, m[j]->id);

@@ -1,5 +1,6 @@
-/* Unit tests of ws_textmark: text frames become binary, nothing else moves,
- * at any split of the stream, and the kinds come back in order. */
+/* Unit tests of ws_textmark: text frames become binary and pings pongs,
+ * nothing else moves, at any split of the stream, and the kinds come back
+ * in order. */
 #include <stdio.h>
 #include <string.h>
 
@@ -37,6 +38,7 @@ static const struct { size_t at; uint8_t was, now; } frames[] = {
 	{ 0, 0x81, 0x82 },
 	{ 2 + 4 + 100, 0x82, 0x82 },
 	{ 2 + 4 + 100 + 4 + 4 + 300, 0x01, 0x02 },
+	{ 2 + 4 + 100 + 4 + 4 + 300 + 2 + 4 + 10, 0x89, 0x8a },
 };
 
 static size_t count_diffs(const uint8_t *a, const uint8_t *b, size_t n)
@@ -55,7 +57,7 @@ int main(void)
 	size_t n = build_stream(want), diffs, chunks[] = { 1, 2, 5, 7, 13, 4096, 1 << 20 };
 	struct ws_textmark t;
 
-	/* Only the first bytes of the four text frames change. */
+	/* Only the first bytes of the four text frames and the ping change. */
 	for (size_t c = 0; c < sizeof chunks / sizeof chunks[0]; c++) {
 		bool fed = true, kinds;
 
@@ -64,7 +66,7 @@ int main(void)
 		for (size_t off = 0; off < n; off += chunks[c])
 			fed &= ws_textmark_feed(&t, got + off, n - off < chunks[c] ? n - off : chunks[c]);
 		diffs = count_diffs(want, got, n);
-		ok(fed && diffs == 4, "fed %zu bytes at a time: 4 bytes changed (%zu)", chunks[c], diffs);
+		ok(fed && diffs == 5, "fed %zu bytes at a time: 5 bytes changed (%zu)", chunks[c], diffs);
 		for (size_t f = 0; f < sizeof frames / sizeof frames[0]; f++)
 			is_int(got[frames[f].at], frames[f].now, "  frame at %zu: 0x%02x -> 0x%02x",
 			       frames[f].at, frames[f].was, frames[f].now);
@@ -72,6 +74,8 @@ int main(void)
 		        ws_textmark_pop(&t) && !ws_textmark_pop(&t) && ws_textmark_pop(&t);
 		ok(kinds, "  kinds in order: text, binary, text (fragmented), text, binary, text");
 		ok(!ws_textmark_pop(&t), "  and then none");
+		ok(ws_textmark_pop_ping(&t) && !ws_textmark_pop_ping(&t) && t.ccount == 0,
+		   "  one pong pending, and it was a ping");
 	}
 
 	/* Room for WS_TEXTMARK_MAX messages not yet delivered, not one more. */

@@ -1,0 +1,1051 @@
+/*
+ * listener.c - the TLS listener (listener.h).
+ *
+ * Each loop thread owns its connections outright; the only shared state is
+ * the table that maps libmicrohttpd's end of a socketpair back to its
+ * connection, for listener_upgraded, which runs on libmicrohttpd's thread.
+ *
+ * A connection goes through three phases (four with proxy-protocol):
+ *   proxy hdr  with proxy-protocol only: a PROXY header, if the connection
+ *              begins with one, is read and checked; only then is the
+ *              connection given to libmicrohttpd, with the header's source
+ *              as its client address;
+ *   handshake  the TLS handshake, non-blocking;
+ *   proxy      bytes copied between TLS and the socketpair in both
+ *              directions, one buffer each way (a full buffer stops the
+ *              reading side: a client that never reads cannot grow it);
+ *   upgrade    libmicrohttpd answered 101: what is left of the answer goes
+ *              out, the bytes the client sent early are collected, the
+ *              socketpair is closed and the TLS connection moves to the
+ *              websocket server.
+ * Time limits stay where they were: the relay's request deadline and
+ * libmicrohttpd's idle timeout close the socketpair, and the listener then
+ * closes the TLS side.
+ */
+#include "listener.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <gnutls/gnutls.h>
+#include <microhttpd.h>
+
+#include "cause.h"
+#include "clientip.h"
+#include "clock.h"
+#include "log.h"
+#include "proxyproto.h"
+#include "tls_creds.h"
+#include "websocket.h"
+
+#define LISTENER_BUF_BYTES 16384        /* each direction, proxy phase only */
+#define LISTENER_MAX_EVENTS 64
+#define LISTENER_ACCEPT_BATCH 64        /* accepts per wake-up, so one loop cannot starve */
+#define LISTENER_BACKLOG 1024
+#define LISTENER_LIMIT_LOG_INTERVAL_MS 1000  /* one "max-connections reached" line per interval */
+#define LISTENER_EMFILE_BACKOFF_MS 100  /* no accepts for this long after running out of fds */
+#define LISTENER_PROXY_SWEEP_MS 1000    /* how often late PROXY headers are looked for */
+
+/* An upgrade libmicrohttpd handed over, on its way to the connection's loop. */
+struct upgrade {
+	struct upgrade *next;
+	int mhd_fd;
+	struct MHD_UpgradeResponseHandle *urh;
+	char *early;                      /* client bytes past the request head */
+	size_t early_len;
+	struct ws_conn_meta *meta;
+};
+
+struct buf {
+	char *data;                       /* LISTENER_BUF_BYTES, allocated with the connection */
+	size_t off, len;                  /* bytes [off, len) wait to be written */
+};
+
+struct lconn {
+	struct lloop *loop;
+	struct lconn *prev, *next;        /* the loop's list */
+	int fd;                           /* the client's TCP socket */
+	int mfd, mhd_fd;                  /* our and libmicrohttpd's end of the socketpair */
+	gnutls_session_t tls;
+	uint32_t tls_events, mhd_events;  /* epoll interest registered now */
+	char peer[INET6_ADDRSTRLEN];
+	struct buf c2m, m2c;              /* client to libmicrohttpd, and back */
+	struct upgrade *up;               /* set once libmicrohttpd upgraded it */
+	bool handshaken;
+	bool tls_eof;                     /* the client finished sending */
+	bool mhd_eof;                     /* libmicrohttpd closed its end */
+	bool dead;                        /* closed: freed after the current epoll batch */
+	bool handed_over;                 /* now the websocket server's, and counted there */
+	bool awaiting_proxy;              /* proxy-protocol: the first bytes are not in yet */
+	bool http_attached;               /* libmicrohttpd has mhd_fd (and closes it) */
+	long long opened_ms;              /* mono_ms() at accept */
+	struct sockaddr_storage client;   /* the address libmicrohttpd is given */
+	socklen_t client_len;
+};
+
+struct lloop {
+	struct listener *lsn;
+	pthread_t thread;
+	bool started;
+	int epfd, evfd;
+	bool listening;                   /* the listening socket is in epfd */
+	int64_t paused_until_ms;          /* out of fds: not listening until then (0: not paused) */
+	pthread_mutex_t lock;
+	struct upgrade *inbox;            /* under lock */
+	struct lconn *conns;              /* loop thread only */
+	struct lconn *dead;               /* closed in this batch, freed after it */
+	unsigned awaiting_proxy;          /* connections whose PROXY header is not in yet */
+};
+
+/* Lets one line a second through, counting the rest (log_gate_pass). */
+struct log_gate {
+	atomic_llong logged_ms;           /* when the last line went out */
+	atomic_ullong unlogged;           /* events since, not logged one by one */
+};
+
+struct listener {
+	struct MHD_Daemon *mhd;
+	struct ws_server *ws;
+	gnutls_certificate_credentials_t cred;
+	gnutls_priority_t prio;
+	int lfd;
+	unsigned max_connections;
+	bool proxy_protocol;
+	const struct trusted_proxies *proxies;
+	unsigned header_timeout_ms;
+	struct lloop *loops;
+	unsigned nloops;
+	atomic_uint open;                 /* connections in the listener's hands */
+	atomic_bool quiescing, exiting;
+	struct log_gate limit_log;        /* "max-connections reached" */
+	struct log_gate fd_log;           /* "out of file descriptors" */
+	pthread_mutex_t table_lock;
+	struct lconn **by_mhd_fd;         /* index: libmicrohttpd's end of the socketpair */
+	size_t table_size;
+};
+
+/* Marks the listening socket's and the eventfd's epoll entries. */
+static char listen_tag;
+
+/* --- the mhd_fd -> connection table ------------------------------------------ */
+
+static int table_put(struct listener *l, int fd, struct lconn *c)
+{
+	int rc = 0;
+
+	pthread_mutex_lock(&l->table_lock);
+	if ((size_t)fd >= l->table_size) {
+		size_t n = l->table_size ? l->table_size : 1024;
+		struct lconn **grown;
+
+		while (n <= (size_t)fd)
+			n *= 2;
+		grown = realloc(l->by_mhd_fd, n * sizeof *grown);
+		if (!grown) {
+			rc = -1;
+			goto out;
+		}
+		memset(grown + l->table_size, 0, (n - l->table_size) * sizeof *grown);
+		l->by_mhd_fd = grown;
+		l->table_size = n;
+	}
+	l->by_mhd_fd[fd] = c;
+out:
+	pthread_mutex_unlock(&l->table_lock);
+	return rc;
+}
+
+/* Locked by the caller. */
+static struct lconn *table_get(struct listener *l, int fd)
+{
+	return fd >= 0 && (size_t)fd < l->table_size ? l->by_mhd_fd[fd] : NULL;
+}
+
+static void table_drop(struct listener *l, int fd, struct lconn *c)
+{
+	pthread_mutex_lock(&l->table_lock);
+	if (table_get(l, fd) == c)
+		l->by_mhd_fd[fd] = NULL;
+	pthread_mutex_unlock(&l->table_lock);
+}
+
+/* --- connections --------------------------------------------------------------- */
+
+static void upgrade_free(struct upgrade *u)
+{
+	if (!u)
+		return;
+	if (u->urh)
+		MHD_upgrade_action(u->urh, MHD_UPGRADE_ACTION_CLOSE);
+	ws_conn_meta_free(u->meta);
+	free(u->early);
+	free(u);
+}
+
+/* Both of c's sockets name c in epoll: any event on either pumps both ways. */
+static void set_interest(struct lconn *c, int fd, uint32_t *have, uint32_t want)
+{
+	struct epoll_event ev = { .events = want, .data.ptr = c };
+	int op = !*have ? EPOLL_CTL_ADD : want ? EPOLL_CTL_MOD : EPOLL_CTL_DEL;
+
+	if (want == *have || fd < 0)
+		return;
+	if (epoll_ctl(c->loop->epfd, op, fd, &ev) == 0 || op == EPOLL_CTL_DEL)
+		*have = want;
+}
+
+/* Unlinks c and queues it for freeing after the current batch of events:
+ * the batch may still name it. */
+static void conn_close(struct lconn *c, const char *why)
+{
+	struct lloop *lp = c->loop;
+
+	if (c->dead)
+		return;
+	log_debug("tls_close", "peer=%s reason=\"%s\"", c->peer, why);
+	c->dead = true;
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		lp->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	if (c->fd >= 0) {
+		epoll_ctl(lp->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+		if (c->handshaken && !c->tls_eof)
+			gnutls_bye(c->tls, GNUTLS_SHUT_WR);   /* best effort: non-blocking */
+		close(c->fd);
+	}
+	if (c->mfd >= 0) {
+		epoll_ctl(lp->epfd, EPOLL_CTL_DEL, c->mfd, NULL);
+		table_drop(lp->lsn, c->mhd_fd, c);
+		close(c->mfd);   /* libmicrohttpd sees EOF and closes its end */
+	}
+	if (!c->http_attached && c->mhd_fd >= 0)
+		close(c->mhd_fd);   /* never given to libmicrohttpd */
+	if (c->awaiting_proxy)
+		lp->awaiting_proxy--;
+	if (c->tls)
+		gnutls_deinit(c->tls);
+	upgrade_free(c->up);
+	if (!c->handed_over)
+		atomic_fetch_sub(&lp->lsn->open, 1);
+	c->next = lp->dead;
+	lp->dead = c;
+}
+
+static void conn_free(struct lconn *c)
+{
+	free(c->c2m.data);
+	free(c->m2c.data);
+	free(c);
+}
+
+/* GnuTLS said AGAIN: which way it waits. */
+static uint32_t tls_wait(const struct lconn *c)
+{
+	return gnutls_record_get_direction(c->tls) ? EPOLLOUT : EPOLLIN;
+}
+
+/*
+ * The upgrade's last step, once the 101 is out: the TLS connection goes
+ * to the websocket server, with the early bytes, and leaves the listener.
+ */
+static void conn_hand_over(struct lconn *c)
+{
+	struct lloop *lp = c->loop;
+	struct upgrade *u = c->up;
+
+	epoll_ctl(lp->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+	/* Uncounted here before it is counted there: the other way round, an
+	 * accept on another thread could see it twice and refuse a client
+	 * under max-connections (at most one per thread may get in over it
+	 * instead, for a moment). */
+	c->handed_over = true;
+	atomic_fetch_sub(&lp->lsn->open, 1);
+	ws_server_adopt(lp->lsn->ws, u->meta, c->fd, c->tls, u->early, u->early_len);
+	u->meta = NULL;
+	c->fd = -1;
+	c->tls = NULL;
+	conn_close(c, "upgraded");
+}
+
+/*
+ * Appends what is readable on fd (non-blocking) to *buf.  0 at EAGAIN, -1
+ * on EOF, an error or out of memory.
+ */
+static int drain_fd(int fd, char **buf, size_t *len)
+{
+	char chunk[4096];
+
+	for (;;) {
+		ssize_t n = recv(fd, chunk, sizeof chunk, MSG_DONTWAIT);
+		char *grown;
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			return 0;
+		if (n <= 0)
+			return -1;
+		grown = realloc(*buf, *len + (size_t)n);
+		if (!grown)
+			return -1;
+		memcpy(grown + *len, chunk, (size_t)n);
+		*buf = grown;
+		*len += (size_t)n;
+	}
+}
+
+/*
+ * libmicrohttpd has sent its 101 into the socketpair and let go of the
+ * connection.  Collect, in the order the client sent them, the bytes that
+ * are past the request head: those libmicrohttpd read (u->early already),
+ * those still in its end of the socketpair, and those the listener had
+ * not passed on yet.  Then close the socketpair; the rest of the 101 is
+ * still to be read from our end first.
+ */
+static void conn_begin_upgrade(struct lconn *c, struct upgrade *u)
+{
+	struct lloop *lp = c->loop;
+	size_t pending = c->c2m.len - c->c2m.off;
+	int rc;
+
+	c->up = u;
+	/* The rest of the 101 (libmicrohttpd wrote all of it before calling us). */
+	if (c->m2c.off == c->m2c.len)
+		c->m2c.off = c->m2c.len = 0;
+	for (;;) {
+		ssize_t n = recv(c->mfd, c->m2c.data + c->m2c.len, LISTENER_BUF_BYTES - c->m2c.len,
+		                 MSG_DONTWAIT);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n > 0) {
+			c->m2c.len += (size_t)n;
+			if (c->m2c.len < LISTENER_BUF_BYTES)
+				continue;
+		}
+		break;
+	}
+	rc = drain_fd(u->mhd_fd, &u->early, &u->early_len);
+	if (rc == 0 && pending) {
+		char *grown = realloc(u->early, u->early_len + pending);
+
+		if (!grown) {
+			rc = -1;
+		} else {
+			memcpy(grown + u->early_len, c->c2m.data + c->c2m.off, pending);
+			u->early = grown;
+			u->early_len += pending;
+			c->c2m.off = c->c2m.len = 0;
+		}
+	}
+	MHD_upgrade_action(u->urh, MHD_UPGRADE_ACTION_CLOSE);
+	u->urh = NULL;
+	epoll_ctl(lp->epfd, EPOLL_CTL_DEL, c->mfd, NULL);
+	c->mhd_events = 0;
+	table_drop(lp->lsn, c->mhd_fd, c);
+	close(c->mfd);
+	c->mfd = -1;
+	if (rc < 0)
+		conn_close(c, "upgrade: out of memory");
+}
+
+static void conn_pump(struct lconn *c);
+
+/* Gives c to libmicrohttpd as a connection from c->client, and starts
+ * the TLS handshake. */
+static void conn_attach_http(struct lconn *c)
+{
+	struct listener *l = c->loop->lsn;
+
+	/* libmicrohttpd closes mhd_fd whatever happens. */
+	c->http_attached = true;
+	if (MHD_add_connection(l->mhd, c->mhd_fd, (const struct sockaddr *)&c->client,
+	                       c->client_len) != MHD_YES) {
+		log_warn("connection_refused", "peer=%s reason=\"the HTTP server cannot take it: %s\"",
+		         c->peer, strerror(errno));
+		conn_close(c, "refused by the HTTP server");
+		return;
+	}
+	conn_pump(c);
+}
+
+static void proxy_refuse(struct lconn *c, const char *why)
+{
+	log_warn("proxy_refused", "peer=%s reason=\"%s\"", c->peer, why);
+	conn_close(c, "PROXY header refused");
+}
+
+/*
+ * proxy-protocol: looks at the connection's first bytes without taking
+ * them.  A PROXY header from a trusted proxy is read (exactly its bytes:
+ * the TLS handshake reads the rest) and its source becomes the client; a
+ * connection that begins with TLS goes on as it is (a direct client, a
+ * probe); a PROXY header from anyone else, or a malformed one, closes it.
+ * The socket is edge-triggered meanwhile, so a header that arrives in
+ * pieces does not spin the loop.
+ */
+static void proxy_step(struct lconn *c)
+{
+	struct proxyproto_header h;
+	unsigned char buf[PROXYPROTO_MAX];
+	const char *why = NULL;
+	char from[CLIENTIP_SIZE];
+	ssize_t n = recv(c->fd, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT);
+
+	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+		set_interest(c, c->fd, &c->tls_events, EPOLLIN | EPOLLET);
+		return;
+	}
+	if (n <= 0) {
+		conn_close(c, "closed before its first bytes");
+		return;
+	}
+	switch (proxyproto_parse(buf, (size_t)n, &h, &why)) {
+	case PROXYPROTO_MORE:
+		if ((size_t)n < sizeof buf) {
+			set_interest(c, c->fd, &c->tls_events, EPOLLIN | EPOLLET);
+			return;
+		}
+		proxy_refuse(c, "PROXY header too long");
+		return;
+	case PROXYPROTO_BAD:
+		proxy_refuse(c, why);
+		return;
+	case PROXYPROTO_OK:
+		if (!trusted_proxies_contains(c->loop->lsn->proxies, c->peer)) {
+			proxy_refuse(c, "PROXY header from an address that is not a trusted-proxy");
+			return;
+		}
+		/* Takes the header's bytes, which are in the socket already. */
+		if (recv(c->fd, buf, h.len, MSG_DONTWAIT) != (ssize_t)h.len) {
+			conn_close(c, "PROXY header: read failed");
+			return;
+		}
+		if (h.has_source) {
+			memcpy(&c->client, &h.source, h.source_len);
+			c->client_len = h.source_len;
+			snprintf(from, sizeof from, "%s", c->peer);
+			clientip_from_sockaddr((const struct sockaddr *)&c->client, c->peer,
+			                       sizeof c->peer);
+			log_debug("proxy_header", "proxy=%s client=%s version=%d", from, c->peer,
+			          h.version);
+		}
+		break;
+	case PROXYPROTO_NOT:
+		break;   /* TLS straight away: the peer is the client */
+	}
+	c->awaiting_proxy = false;
+	c->loop->awaiting_proxy--;
+	set_interest(c, c->fd, &c->tls_events, 0);
+	conn_attach_http(c);
+}
+
+/* Closes the connections whose PROXY header is late (request-timeout-s). */
+static void proxy_sweep(struct lloop *lp)
+{
+	long long now = (long long)mono_ms();
+	struct lconn *c, *next;
+
+	for (c = lp->conns; c && lp->awaiting_proxy; c = next) {
+		next = c->next;
+		if (c->awaiting_proxy && now - c->opened_ms >= lp->lsn->header_timeout_ms) {
+			log_info("proxy_refused", "peer=%s reason=\"no PROXY header or TLS within "
+			         "request-timeout-s\"", c->peer);
+			conn_close(c, "PROXY header deadline");
+		}
+	}
+}
+
+/*
+ * Moves bytes until nothing more can move without waiting, then sets what
+ * to wait for.  May close c.
+ */
+static void conn_pump(struct lconn *c)
+{
+	bool progress;
+	ssize_t n;
+
+	if (c->dead)
+		return;
+	if (c->awaiting_proxy) {
+		proxy_step(c);
+		return;
+	}
+	if (!c->handshaken) {
+		int rc;
+
+		/* libmicrohttpd says nothing before a request: EOF here means the
+		 * request deadline ran out during the handshake. */
+		if (c->m2c.len == 0) {
+			n = recv(c->mfd, c->m2c.data, LISTENER_BUF_BYTES, MSG_DONTWAIT);
+			if (n > 0) {
+				c->m2c.len = (size_t)n;
+			} else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+				conn_close(c, "request deadline during the TLS handshake");
+				return;
+			}
+		}
+		rc = gnutls_handshake(c->tls);
+		if (rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED) {
+			set_interest(c, c->fd, &c->tls_events, tls_wait(c));
+			set_interest(c, c->mfd, &c->mhd_events,
+			             c->m2c.len == 0 ? EPOLLIN : 0);
+			return;
+		}
+		if (rc < 0) {
+			log_debug("tls_handshake_failed", "peer=%s reason=\"%s\"", c->peer,
+			          gnutls_strerror(rc));
+			conn_close(c, "TLS handshake failed");
+			return;
+		}
+		c->handshaken = true;
+	}
+	do {
+		progress = false;
+		/* client -> libmicrohttpd (not once the upgrade began) */
+		if (!c->up && !c->tls_eof && c->c2m.off == c->c2m.len) {
+			n = gnutls_record_recv(c->tls, c->c2m.data, LISTENER_BUF_BYTES);
+			if (n > 0) {
+				c->c2m.off = 0;
+				c->c2m.len = (size_t)n;
+				progress = true;
+			} else if (n == 0 || (n < 0 && n != GNUTLS_E_AGAIN && n != GNUTLS_E_INTERRUPTED)) {
+				if (n < 0 && n != GNUTLS_E_PREMATURE_TERMINATION) {
+					/* Renegotiation among others: refused by ending it. */
+					log_debug("tls_error", "peer=%s reason=\"%s\"", c->peer,
+					          gnutls_strerror((int)n));
+					conn_close(c, "TLS error");
+					return;
+				}
+				c->tls_eof = true;
+				if (c->mfd >= 0)
+					shutdown(c->mfd, SHUT_WR);
+			}
+		}
+		if (c->mfd >= 0 && c->c2m.off < c->c2m.len) {
+			n = send(c->mfd, c->c2m.data + c->c2m.off, c->c2m.len - c->c2m.off, MSG_NOSIGNAL);
+			if (n > 0) {
+				c->c2m.off += (size_t)n;
+				progress = true;
+			} else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+				conn_close(c, "the HTTP side closed");
+				return;
+			}
+		}
+		/* libmicrohttpd -> client */
+		if (c->mfd >= 0 && !c->mhd_eof && c->m2c.off == c->m2c.len) {
+			n = recv(c->mfd, c->m2c.data, LISTENER_BUF_BYTES, 0);
+			if (n > 0) {
+				c->m2c.off = 0;
+				c->m2c.len = (size_t)n;
+				progress = true;
+			} else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+				c->mhd_eof = true;
+			}
+		}
+		if (c->m2c.off < c->m2c.len) {
+			/* A send that said AGAIN is repeated with the same bytes, as
+			 * GnuTLS requires: nothing is appended until the buffer empties. */
+			n = gnutls_record_send(c->tls, c->m2c.data + c->m2c.off, c->m2c.len - c->m2c.off);
+			if (n > 0) {
+				c->m2c.off += (size_t)n;
+				progress = true;
+			} else if (n != GNUTLS_E_AGAIN && n != GNUTLS_E_INTERRUPTED) {
+				conn_close(c, "client gone");
+				return;
+			}
+		}
+	} while (progress);
+
+	if (c->m2c.off == c->m2c.len) {
+		if (c->up) {
+			conn_hand_over(c);
+			return;
+		}
+		if (c->mhd_eof) {
+			conn_close(c, "answered");
+			return;
+		}
+	}
+	set_interest(c, c->fd, &c->tls_events,
+	             (!c->up && !c->tls_eof && c->c2m.off == c->c2m.len ? EPOLLIN : 0) |
+	             (c->m2c.off < c->m2c.len ? tls_wait(c) : 0));
+	set_interest(c, c->mfd, &c->mhd_events,
+	             (!c->mhd_eof && c->m2c.off == c->m2c.len ? EPOLLIN : 0) |
+	             (c->c2m.off < c->c2m.len ? EPOLLOUT : 0));
+}
+
+/* Whether an event of a kind that may repeat thousands of times a second
+ * is to be logged now: at most once per LISTENER_LIMIT_LOG_INTERVAL_MS, and
+ * then *others says how many went unlogged since the last line. */
+static bool log_gate_pass(struct log_gate *g, unsigned long long *others)
+{
+	long long now = (long long)mono_ms(), last = atomic_load(&g->logged_ms);
+
+	if (now - last < LISTENER_LIMIT_LOG_INTERVAL_MS ||
+	    !atomic_compare_exchange_strong(&g->logged_ms, &last, now)) {
+		atomic_fetch_add(&g->unlogged, 1);
+		return false;
+	}
+	*others = atomic_exchange(&g->unlogged, 0);
+	return true;
+}
+
+/* Logs a connection refused for max-connections: clearly, but at most once
+ * per interval, with a count of the others. */
+static void note_refusal(struct listener *l)
+{
+	unsigned long long others;
+
+	if (log_gate_pass(&l->limit_log, &others))
+		log_warn("connection_refused", "reason=\"max-connections (%u) reached\" "
+		         "also_refused_since_last_line=%llu", l->max_connections, others);
+}
+
+/* Out of file descriptors: the pending connections stay in the backlog,
+ * and this loop stops accepting for LISTENER_EMFILE_BACKOFF_MS rather than
+ * spin on a listening socket that stays readable. */
+static void pause_accepting(struct lloop *lp)
+{
+	struct listener *l = lp->lsn;
+	unsigned long long others;
+
+	epoll_ctl(lp->epfd, EPOLL_CTL_DEL, l->lfd, NULL);
+	lp->paused_until_ms = mono_ms() + LISTENER_EMFILE_BACKOFF_MS;
+	if (log_gate_pass(&l->fd_log, &others))
+		log_warn("accept_paused", "reason=\"out of file descriptors: raise LimitNOFILE or "
+		         "lower max-connections\" pause_ms=%d also_paused_since_last_line=%llu",
+		         LISTENER_EMFILE_BACKOFF_MS, others);
+}
+
+/* The milliseconds epoll may sleep: until a pause ends, if one is on (then
+ * listening again once it has). */
+static int resume_accepting(struct lloop *lp)
+{
+	struct epoll_event lev = { .events = EPOLLIN | EPOLLEXCLUSIVE, .data.ptr = &listen_tag };
+	int64_t left;
+
+	if (!lp->paused_until_ms)
+		return -1;
+	left = lp->paused_until_ms - mono_ms();
+	if (left > 0)
+		return (int)left;
+	lp->paused_until_ms = 0;
+	if (lp->listening && !atomic_load(&lp->lsn->quiescing) &&
+	    epoll_ctl(lp->epfd, EPOLL_CTL_ADD, lp->lsn->lfd, &lev) < 0)
+		lp->listening = false;
+	return -1;
+}
+
+/* Sets up a newly accepted socket: TLS session, socketpair, libmicrohttpd. */
+static void conn_open(struct lloop *lp, int fd, const struct sockaddr_storage *ss,
+                      socklen_t sslen)
+{
+	struct listener *l = lp->lsn;
+	struct lconn *c = calloc(1, sizeof *c);
+	int sp[2] = { -1, -1 }, one = 1;
+	const char *why = "out of memory";
+
+	if (!c)
+		goto fail;
+	c->loop = lp;
+	c->fd = fd;
+	c->mfd = c->mhd_fd = -1;
+	c->opened_ms = (long long)mono_ms();
+	memcpy(&c->client, ss, sslen);
+	c->client_len = sslen;
+	clientip_from_sockaddr((const struct sockaddr *)ss, c->peer, sizeof c->peer);
+	c->c2m.data = malloc(LISTENER_BUF_BYTES);
+	c->m2c.data = malloc(LISTENER_BUF_BYTES);
+	if (!c->c2m.data || !c->m2c.data)
+		goto fail;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	why = "TLS session";
+	if (gnutls_init(&c->tls, GNUTLS_SERVER | GNUTLS_NONBLOCK | GNUTLS_NO_SIGNAL) < 0) {
+		c->tls = NULL;
+		goto fail;
+	}
+	if (gnutls_priority_set(c->tls, l->prio) < 0 ||
+	    gnutls_credentials_set(c->tls, GNUTLS_CRD_CERTIFICATE, l->cred) < 0)
+		goto fail;
+	gnutls_certificate_server_set_request(c->tls, GNUTLS_CERT_IGNORE);
+	gnutls_handshake_set_timeout(c->tls, 0);   /* the request deadline covers it */
+	gnutls_transport_set_int(c->tls, fd);
+	why = "socketpair";
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp) < 0)
+		goto fail;
+	c->mfd = sp[0];
+	c->mhd_fd = sp[1];
+	if (table_put(l, c->mhd_fd, c) < 0)
+		goto fail;
+
+	atomic_fetch_add(&l->open, 1);
+	c->next = lp->conns;
+	if (lp->conns)
+		lp->conns->prev = c;
+	lp->conns = c;
+	if (l->proxy_protocol) {
+		c->awaiting_proxy = true;
+		lp->awaiting_proxy++;
+		conn_pump(c);
+		return;
+	}
+	conn_attach_http(c);
+	return;
+fail:
+	log_warn("connection_refused", "peer=%s reason=\"%s: %s\"", c ? c->peer : "-", why,
+	         strerror(errno));
+	if (c) {
+		if (c->mhd_fd >= 0)
+			table_drop(l, c->mhd_fd, c);
+		if (sp[0] >= 0)
+			close(sp[0]);
+		if (sp[1] >= 0)
+			close(sp[1]);
+		if (c->tls)
+			gnutls_deinit(c->tls);
+		conn_free(c);
+	}
+	close(fd);
+}
+
+static void loop_accept(struct lloop *lp)
+{
+	struct listener *l = lp->lsn;
+
+	for (int i = 0; i < LISTENER_ACCEPT_BATCH; i++) {
+		struct sockaddr_storage ss;
+		socklen_t sslen = sizeof ss;
+		int fd = accept4(l->lfd, (struct sockaddr *)&ss, &sslen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+		if (fd < 0) {
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				return;
+			if (errno == EMFILE || errno == ENFILE) {
+				pause_accepting(lp);
+				return;
+			}
+			/* Quiesced (shut down) or broken: stop listening here. */
+			epoll_ctl(lp->epfd, EPOLL_CTL_DEL, l->lfd, NULL);
+			lp->listening = false;
+			return;
+		}
+		if (atomic_load(&l->quiescing)) {
+			close(fd);
+			continue;
+		}
+		if (atomic_load(&l->open) + ws_server_open(l->ws) >= l->max_connections) {
+			close(fd);
+			note_refusal(l);
+			continue;
+		}
+		conn_open(lp, fd, &ss, sslen);
+	}
+}
+
+/* The eventfd fired: upgrades handed over, or quiesce/exit. */
+static void loop_wake(struct lloop *lp)
+{
+	struct listener *l = lp->lsn;
+	struct upgrade *list, *u, *next;
+	uint64_t v;
+
+	if (read(lp->evfd, &v, sizeof v) < 0 && errno != EAGAIN)
+		log_warn("tls_error", "reason=\"eventfd read: %s\"", strerror(errno));
+	pthread_mutex_lock(&lp->lock);
+	list = lp->inbox;
+	lp->inbox = NULL;
+	pthread_mutex_unlock(&lp->lock);
+	for (u = list; u; u = next) {
+		struct lconn *c;
+
+		next = u->next;
+		pthread_mutex_lock(&l->table_lock);
+		c = table_get(l, u->mhd_fd);
+		pthread_mutex_unlock(&l->table_lock);
+		/* Only this loop drops its connections from the table, so c
+		 * cannot go away between the lookup and here. */
+		if (!c || c->loop != lp || c->dead || c->up || atomic_load(&l->exiting)) {
+			upgrade_free(u);   /* the client left meanwhile, or the relay is stopping */
+			continue;
+		}
+		conn_begin_upgrade(c, u);
+		conn_pump(c);
+	}
+	if (atomic_load(&l->quiescing) && lp->listening) {
+		epoll_ctl(lp->epfd, EPOLL_CTL_DEL, l->lfd, NULL);
+		lp->listening = false;
+	}
+}
+
+static void loop_free_dead(struct lloop *lp)
+{
+	while (lp->dead) {
+		struct lconn *c = lp->dead;
+
+		lp->dead = c->next;
+		conn_free(c);
+	}
+}
+
+static void *loop_main(void *arg)
+{
+	struct lloop *lp = arg;
+	struct listener *l = lp->lsn;
+	struct epoll_event evs[LISTENER_MAX_EVENTS];
+
+	while (!atomic_load(&l->exiting)) {
+		bool woken = false, accept_ready = false;
+		/* A paused accept resumes on time, and PROXY headers on their way
+		 * have a deadline: look for late ones once a second. */
+		int timeout = resume_accepting(lp);
+
+		if (lp->awaiting_proxy && (timeout < 0 || timeout > LISTENER_PROXY_SWEEP_MS))
+			timeout = LISTENER_PROXY_SWEEP_MS;
+		int n = epoll_wait(lp->epfd, evs, LISTENER_MAX_EVENTS, timeout);
+
+		if (n < 0 && errno != EINTR) {
+			log_error("tls_error", "reason=\"epoll_wait: %s\"", strerror(errno));
+			break;
+		}
+		for (int i = 0; i < n; i++) {
+			void *p = evs[i].data.ptr;
+
+			if (!p)
+				woken = true;
+			else if (p == &listen_tag)
+				accept_ready = true;
+			else
+				conn_pump(p);
+		}
+		/* After the batch: these may close connections the batch names. */
+		if (woken)
+			loop_wake(lp);
+		if (accept_ready && lp->listening && !lp->paused_until_ms)
+			loop_accept(lp);
+		if (lp->awaiting_proxy)
+			proxy_sweep(lp);
+		loop_free_dead(lp);
+	}
+	loop_wake(lp);   /* upgrades still on their way are refused */
+	while (lp->conns)
+		conn_close(lp->conns, "server exiting");
+	loop_free_dead(lp);
+	return NULL;
+}
+
+static void loop_signal(struct lloop *lp)
+{
+	uint64_t one = 1;
+
+	if (write(lp->evfd, &one, sizeof one) < 0 && errno != EAGAIN)
+		log_warn("tls_error", "reason=\"eventfd write: %s\"", strerror(errno));
+}
+
+void listener_upgraded(struct listener *l, int mhd_fd, struct MHD_UpgradeResponseHandle *urh,
+                       const char *extra, size_t extra_len, struct ws_conn_meta *meta)
+{
+	struct upgrade *u = calloc(1, sizeof *u);
+	struct lconn *c;
+
+	if (!u) {
+		MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
+		ws_conn_meta_free(meta);
+		return;
+	}
+	u->mhd_fd = mhd_fd;
+	u->urh = urh;
+	u->meta = meta;
+	if (extra_len) {
+		u->early = malloc(extra_len);
+		if (!u->early) {
+			upgrade_free(u);
+			return;
+		}
+		memcpy(u->early, extra, extra_len);
+		u->early_len = extra_len;
+	}
+	pthread_mutex_lock(&l->table_lock);
+	c = atomic_load(&l->exiting) ? NULL : table_get(l, mhd_fd);
+	if (c) {
+		struct lloop *lp = c->loop;
+
+		pthread_mutex_lock(&lp->lock);
+		u->next = lp->inbox;
+		lp->inbox = u;
+		pthread_mutex_unlock(&lp->lock);
+		loop_signal(lp);
+	}
+	pthread_mutex_unlock(&l->table_lock);
+	if (!c)
+		upgrade_free(u);
+}
+
+/* --- start and stop --------------------------------------------------------------- */
+
+static int open_socket(struct listener *l, const struct listener_options *o, char **cause)
+{
+	struct sockaddr_storage ss;
+	unsigned len;
+	char what[96];
+	int one = 1;
+
+	snprintf(what, sizeof what, "cannot listen on %s port %u", o->address, o->port);
+	if (clientip_sockaddr(o->address, o->port, &ss, &len) < 0)
+		return cause_set(cause, -1, "%s: not an IPv4 or IPv6 address", what);
+	l->lfd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (l->lfd < 0)
+		return cause_set(cause, -1, "%s: %s", what, strerror(errno));
+	setsockopt(l->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	if (bind(l->lfd, (struct sockaddr *)&ss, len) < 0 || listen(l->lfd, LISTENER_BACKLOG) < 0)
+		return cause_set(cause, -1, "%s: %s", what, strerror(errno));
+	return 0;
+}
+
+static int loop_init(struct lloop *lp, struct listener *l, char **cause)
+{
+	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
+	struct epoll_event lev = { .events = EPOLLIN | EPOLLEXCLUSIVE, .data.ptr = &listen_tag };
+
+	lp->lsn = l;
+	pthread_mutex_init(&lp->lock, NULL);
+	lp->epfd = epoll_create1(EPOLL_CLOEXEC);
+	lp->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (lp->epfd < 0 || lp->evfd < 0 || epoll_ctl(lp->epfd, EPOLL_CTL_ADD, lp->evfd, &ev) < 0 ||
+	    epoll_ctl(lp->epfd, EPOLL_CTL_ADD, l->lfd, &lev) < 0)
+		return cause_set(cause, -1, "TLS listener loop: %s", strerror(errno));
+	lp->listening = true;
+	if (pthread_create(&lp->thread, NULL, loop_main, lp) != 0)
+		return cause_set(cause, -1, "TLS listener loop: cannot start a thread");
+	lp->started = true;
+	return 0;
+}
+
+int listener_start(struct listener **out, const struct listener_options *o,
+                   struct MHD_Daemon *mhd, struct ws_server *ws, char **cause)
+{
+	struct listener *l = calloc(1, sizeof *l);
+	const char *err_pos = NULL;
+	int rc;
+
+	*out = NULL;
+	*cause = NULL;
+	if (!l) {
+		*cause = strdup("out of memory");
+		return -1;
+	}
+	l->mhd = mhd;
+	l->ws = ws;
+	l->lfd = -1;
+	l->max_connections = o->max_connections;
+	l->proxy_protocol = o->proxy_protocol;
+	l->proxies = o->proxies;
+	l->header_timeout_ms = o->header_timeout_ms;
+	l->nloops = o->threads ? o->threads : 1;
+	pthread_mutex_init(&l->table_lock, NULL);
+	if ((rc = gnutls_certificate_allocate_credentials(&l->cred)) < 0) {
+		l->cred = NULL;
+		cause_set(cause, -1, "TLS credentials: %s", gnutls_strerror(rc));
+		goto fail;
+	}
+	/* The certificate is asked for at each handshake: SIGHUP swaps it. */
+	gnutls_certificate_set_retrieve_function2(l->cred, tls_creds_retrieve);
+	if ((rc = gnutls_priority_init(&l->prio, o->priorities, &err_pos)) < 0) {
+		l->prio = NULL;
+		cause_set(cause, -1, "tls-priorities: %s", err_pos ? err_pos : gnutls_strerror(rc));
+		goto fail;
+	}
+	if (open_socket(l, o, cause) < 0)
+		goto fail;
+	l->loops = calloc(l->nloops, sizeof *l->loops);
+	if (!l->loops) {
+		*cause = strdup("out of memory");
+		goto fail;
+	}
+	for (unsigned i = 0; i < l->nloops; i++)
+		l->loops[i].epfd = l->loops[i].evfd = -1;
+	for (unsigned i = 0; i < l->nloops; i++)
+		if (loop_init(&l->loops[i], l, cause) < 0)
+			goto fail;
+	*out = l;
+	return 0;
+fail:
+	listener_stop(l);
+	return -1;
+}
+
+void listener_quiesce(struct listener *l)
+{
+	if (!l)
+		return;
+	atomic_store(&l->quiescing, true);
+	/* Linux: the port stops taking connections at once (they get a reset). */
+	if (l->lfd >= 0)
+		shutdown(l->lfd, SHUT_RD);
+	for (unsigned i = 0; l->loops && i < l->nloops; i++)
+		if (l->loops[i].started)
+			loop_signal(&l->loops[i]);
+}
+
+void listener_halt(struct listener *l)
+{
+	if (!l || atomic_load(&l->exiting))
+		return;
+	pthread_mutex_lock(&l->table_lock);
+	atomic_store(&l->exiting, true);   /* from here on listener_upgraded refuses */
+	pthread_mutex_unlock(&l->table_lock);
+	for (unsigned i = 0; l->loops && i < l->nloops; i++) {
+		struct lloop *lp = &l->loops[i];
+
+		if (lp->started) {
+			loop_signal(lp);
+			pthread_join(lp->thread, NULL);
+			lp->started = false;
+		}
+	}
+	if (l->lfd >= 0)
+		close(l->lfd);
+	l->lfd = -1;
+}
+
+void listener_stop(struct listener *l)
+{
+	if (!l)
+		return;
+	listener_halt(l);
+	for (unsigned i = 0; l->loops && i < l->nloops; i++) {
+		struct lloop *lp = &l->loops[i];
+
+		if (lp->epfd >= 0)
+			close(lp->epfd);
+		if (lp->evfd >= 0)
+			close(lp->evfd);
+		if (lp->lsn)
+			pthread_mutex_destroy(&lp->lock);
+	}
+	free(l->loops);
+	if (l->prio)
+		gnutls_priority_deinit(l->prio);
+	if (l->cred)
+		gnutls_certificate_free_credentials(l->cred);
+	free(l->by_mhd_fd);
+	pthread_mutex_destroy(&l->table_lock);
+	free(l);
+}

@@ -1,0 +1,1323 @@
+/*
+ * websocket.c - the SDK's websocket sessions after the HTTP upgrade.
+ *
+ * The TLS listener (listener.c) hands each upgraded connection, its socket
+ * and its GnuTLS session, to ws_server_adopt; the connection is passed
+ * through a mutex-protected handoff list to one of a few event-loop threads
+ * (round robin) and lives there until it closes.  A
+ * loop owns its connections outright: nothing else touches them, so the
+ * per-connection state needs no locks.
+ *
+ * Framing is wslay's event API over the non-blocking socket.  wslay
+ * reassembles fragments, refuses unmasked client frames (1002) and
+ * messages over max_message_bytes (1009).  It would also check text for
+ * UTF-8 a byte at a time as it arrives, which was over a third of this
+ * thread's time: ws_textmark.c shows it each text frame as binary instead,
+ * and the relay checks the text messages whole (utf8.c, eight ASCII bytes
+ * at a time) and closes with 1007 itself.  tests/fuzz/fuzz-ws-frames.c
+ * checks that the relay takes exactly the messages plain wslay would.
+ * Pings reach wslay as pongs too (ws_textmark.c), and the relay answers the
+ * newest ping of each turn itself: wslay would queue a pong for every one.
+ *
+ * The relay only ever sends one hello text frame, pongs, pings and a close,
+ * all small; a peer that stops reading cannot make it buffer more than
+ * WS_MAX_OUT_BYTES of payload nor more than max_queued_frames frames (an
+ * empty pong is 0 bytes of payload but an allocation all the same), and a
+ * close handshake that does not finish within WS_CLOSE_TIMEOUT_MS drops the
+ * connection.
+ */
+#include "websocket.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <gnutls/crypto.h>
+#include <gnutls/gnutls.h>
+#include <jansson.h>
+#include <wslay/wslay.h>
+
+#include "access.h"
+#include "cause.h"
+#include "clock.h"
+#include "log.h"
+#include "metrics.h"
+#include "queue.h"
+#include "utf8.h"
+#include "ws_textmark.h"
+
+#define WS_TICK_MS 1000                 /* liveness scan period */
+#define WS_DEADLINE_TICK_MS 100         /* deadline scan period while anything is closing */
+#define WS_CLOSE_TIMEOUT_MS 3000        /* a close handshake must finish within this */
+#define WS_LINGER_MS 2000               /* reading what a failed peer still sends... */
+#define WS_LINGER_QUIET_MS 250          /* ...until it has been quiet this long */
+#define WS_MAX_OUT_BYTES (64 * 1024)    /* queued outgoing payload per connection */
+#define WS_MAX_EVENTS 64
+#define WS_CONN_ID_BYTES 8              /* connectionId: 16 hex characters */
+#define WS_SHUTDOWN_DROP_WAIT_MS 5000   /* loops drop everything well within this */
+#define WS_RX_BUDGET (256 * 1024)        /* bytes read from one connection per turn */
+#define WS_CLOSE_PAYLOAD_MAX 125          /* a control frame's payload */
+
+struct ws_loop;
+struct ws_conn;
+
+/* Backend text for the live connection of a session (ws_server_send_text). */
+struct ws_mail {
+	struct ws_mail *next;
+	struct ws_conn *conn;             /* checked against the registry before use */
+	char *session;
+	size_t len;
+	char text[];
+};
+
+/* The registry: each session's latest connection, so that backend text
+ * reaches it from the forwarder's threads. */
+struct ws_reg {
+	struct ws_reg *next;
+	uint64_t hash;
+	struct ws_conn *conn;
+	char session[];
+};
+
+struct ws_conn {
+	struct ws_loop *loop;
+	struct ws_conn *prev, *next;      /* the loop's list, or the handoff list */
+	wslay_event_context_ptr ctx;
+	struct ws_conn_meta *meta;
+	gnutls_session_t tls;             /* the connection's TLS session: ours */
+	int fd;                           /* its socket: ours */
+	char id[2 * WS_CONN_ID_BYTES + 1];
+	char *target;                     /* "/?" + the query: the upstream target */
+	char *extra;                      /* bytes MHD read past the request head */
+	size_t extra_len, extra_off;
+	int64_t seq;                      /* messages taken so far */
+	int64_t opened_ms, last_rx_ms;    /* monotonic */
+	int64_t ping_sent_ms;             /* 0: no ping outstanding */
+	int64_t deadline_ms;              /* 0: none; else drop at this time */
+	uint32_t events;                  /* epoll interest registered now */
+	uint16_t close_code;              /* first close sent or received, for the log */
+	/* The client's own close frame's payload (code and reason) when it
+	 * closed first: stored as the connection's end (upstream_ws). */
+	uint8_t close_payload[WS_CLOSE_PAYLOAD_MAX];
+	size_t close_len;
+	bool client_closed;
+	bool close_noted, close_by_relay;
+	bool refuse_data;                 /* closing for an error: store nothing more */
+	bool close_after_hello;           /* key rejected: close 1008 once the hello is out */
+	bool io_failed;                   /* the last recv/send hit EOF or an error */
+	bool send_blocked;                /* a frame may be partly written */
+	bool lingering;                   /* wslay is done; draining until EOF */
+	struct ws_textmark mark;          /* which messages wslay delivers as binary were text */
+	bool pong_owed;                   /* a ping came: answer the newest, once */
+	uint8_t pong_len;
+	uint8_t pong_payload[125];        /* a control frame's payload is at most 125 bytes */
+	size_t rx_budget;                 /* bytes it may still read this turn */
+	bool rx_more;                     /* the budget ran out with bytes left */
+	bool in_again;                    /* on the loop's again list */
+	bool registered;                  /* in the server's registry */
+	struct ws_conn *again_next;
+};
+
+struct ws_loop {
+	struct ws_server *srv;
+	pthread_t thread;
+	bool started;
+	int epfd, evfd;
+	pthread_mutex_t lock;
+	struct ws_conn *handoff;          /* adopted, not yet registered (under lock) */
+	struct ws_mail *mail;             /* backend text for its connections (under lock) */
+	struct ws_conn *conns;            /* registered: loop thread only */
+	/* Connections that had more to read when their budget ran out: served
+	 * again after the others, without waiting for epoll (GnuTLS may hold
+	 * their bytes already).  Loop thread only. */
+	struct ws_conn *again;
+	size_t closing;                   /* conns with a deadline: loop thread only */
+	bool closing_all;                 /* 1001 queued everywhere: loop thread only */
+};
+
+struct ws_server {
+	struct ws_options o;              /* strings owned */
+	struct queue *q;
+	struct ws_loop *loops;
+	unsigned nloops;
+	atomic_uint next_loop;
+	atomic_bool refusing;             /* shutdown began: close everything with 1001 */
+	atomic_bool dropping;             /* shutdown deadline passed: drop the rest */
+	atomic_bool exiting;              /* destroy: loops return */
+	pthread_mutex_t open_lock;
+	pthread_cond_t open_cond;         /* signalled when open drops */
+	size_t open;                      /* adopted and not yet finished */
+	pthread_mutex_t reg_lock;         /* guards reg */
+	struct ws_reg **reg;
+	size_t reg_mask, reg_count;
+};
+
+void ws_conn_meta_free(struct ws_conn_meta *meta)
+{
+	if (!meta)
+		return;
+	if (meta->access)
+		access_conn_release(meta->access, meta->client_ip);
+	free(meta->client_ip);
+	free(meta->query);
+	free(meta->session);
+	free(meta->api_key);
+	free(meta->peer_ip);
+	free(meta->xff);
+	free(meta->user_agent);
+	free(meta->origin);
+	free(meta);
+}
+
+/* --- connection bookkeeping ----------------------------------------------- */
+
+static void open_count_add(struct ws_server *s, int delta)
+{
+	pthread_mutex_lock(&s->open_lock);
+	s->open = (size_t)((ptrdiff_t)s->open + delta);
+	if (delta < 0)
+		pthread_cond_broadcast(&s->open_cond);
+	pthread_mutex_unlock(&s->open_lock);
+}
+
+/* --- the session registry ------------------------------------------------- */
+
+static uint64_t reg_hash(const char *s)
+{
+	uint64_t h = 14695981039346656037ULL; /* FNV-1a */
+
+	while (*s)
+		h = (h ^ (unsigned char)*s++) * 1099511628211ULL;
+	return h;
+}
+
+/* The entry of session; reg_lock held. */
+static struct ws_reg **reg_find(struct ws_server *s, const char *session, uint64_t h)
+{
+	struct ws_reg **pp;
+
+	for (pp = &s->reg[h & s->reg_mask]; *pp; pp = &(*pp)->next)
+		if ((*pp)->hash == h && !strcmp((*pp)->session, session))
+			return pp;
+	return pp;
+}
+
+static void reg_grow(struct ws_server *s)
+{
+	size_t n = (s->reg_mask + 1) * 2;
+	struct ws_reg **slot = calloc(n, sizeof *slot), *e, *next;
+
+	if (!slot)
+		return;
+	for (size_t i = 0; i <= s->reg_mask; i++)
+		for (e = s->reg[i]; e; e = next) {
+			next = e->next;
+			e->next = slot[e->hash & (n - 1)];
+			slot[e->hash & (n - 1)] = e;
+		}
+	free(s->reg);
+	s->reg = slot;
+	s->reg_mask = n - 1;
+}
+
+/* c becomes its session's live connection (loop thread). */
+static void reg_add(struct ws_server *s, struct ws_conn *c)
+{
+	const char *session = c->meta->session;
+	uint64_t h;
+	struct ws_reg **pp, *e;
+	size_t len;
+
+	if (!s->reg || !session || !*session)
+		return;
+	h = reg_hash(session);
+	len = strlen(session) + 1;
+	pthread_mutex_lock(&s->reg_lock);
+	pp = reg_find(s, session, h);
+	if (*pp) {
+		(*pp)->conn->registered = false;
+		(*pp)->conn = c;
+		c->registered = true;
+	} else if ((e = malloc(sizeof *e + len))) {
+		memcpy(e->session, session, len);
+		e->hash = h;
+		e->conn = c;
+		e->next = NULL;
+		*pp = e;
+		c->registered = true;
+		if (++s->reg_count > 2 * (s->reg_mask + 1))
+			reg_grow(s);
+	}
+	pthread_mutex_unlock(&s->reg_lock);
+}
+
+static void reg_del(struct ws_server *s, struct ws_conn *c)
+{
+	struct ws_reg **pp, *e;
+
+	if (!c->registered)
+		return;
+	pthread_mutex_lock(&s->reg_lock);
+	pp = reg_find(s, c->meta->session, reg_hash(c->meta->session));
+	if ((e = *pp) && e->conn == c) {
+		*pp = e->next;
+		free(e);
+		s->reg_count--;
+	}
+	c->registered = false;
+	pthread_mutex_unlock(&s->reg_lock);
+}
+
+static void conn_free(struct ws_conn *c)
+{
+	if (!c)
+		return;
+	wslay_event_context_free(c->ctx);
+	ws_conn_meta_free(c->meta);
+	free(c->target);
+	free(c->extra);
+	free(c);
+}
+
+/* Drops c at `at` (monotonic ms) unless it is gone by then. */
+static void conn_set_deadline(struct ws_conn *c, int64_t at)
+{
+	if (!c->deadline_ms)
+		c->loop->closing++;
+	c->deadline_ms = at;
+}
+
+/*
+ * Stores the end of c after its last message, for its upstream websocket:
+ * the client's close frame as it sent it, or 1001 ("going away") when it
+ * sent none first (a TCP drop, a timeout, a close by the relay).  A
+ * connection that stored no message has no upstream websocket to end.
+ */
+static void conn_store_end(struct ws_conn *c)
+{
+	static const uint8_t going_away[2] = { 1001 >> 8, 1001 & 0xff };
+	const struct ws_conn_meta *m = c->meta;
+	struct queue_msg qm;
+	int rc;
+
+	if (!c->loop->srv->o.upstream_ws || c->seq == 0)
+		return;
+	qm = (struct queue_msg){
+		.received_ms = wall_ms(),
+		.session = m->session ? m->session : "",
+		.target = c->target,
+		.content_type = QUEUE_CT_WS_CLOSE,
+		.xff = m->xff,
+		.peer_ip = m->peer_ip,
+		.user_agent = m->user_agent,
+		.origin = m->origin,
+		.api_key = m->api_key,
+		.conn_id = c->id,
+		.seq = c->seq + 1,
+		.body = c->client_closed ? c->close_payload : going_away,
+		.body_len = c->client_closed ? c->close_len : sizeof going_away,
+	};
+	rc = queue_put(c->loop->srv->q, &qm, false, NULL);
+	if (rc != QUEUE_OK)
+		log_warn("ws_end_not_stored", "conn=%s error=\"%s\" detail=\"the next start ends "
+		         "it upstream with 1001\"", c->id, queue_strerror(rc));
+}
+
+/*
+ * Ends c: closes the TLS connection, logs the close and frees c.  why says
+ * what ended it when no close code tells.
+ */
+static void conn_finish(struct ws_conn *c, const char *why)
+{
+	struct ws_loop *l = c->loop;
+	char key[32], sess[96], reason[64];
+	uint16_t code = c->close_noted ? c->close_code : 1006;
+
+	if (c->events)
+		epoll_ctl(l->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+	if (c->deadline_ms)
+		l->closing--;
+	if (c->in_again) {
+		struct ws_conn **p = &l->again;
+
+		while (*p != c)
+			p = &(*p)->again_next;
+		*p = c->again_next;
+	}
+	if (c->prev)
+		c->prev->next = c->next;
+	else if (l->conns == c)
+		l->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+
+	conn_store_end(c);
+	reg_del(l->srv, c);
+	log_info("ws_close", "conn=%s peer=%s key=%s session=%s code=%u by=%s messages=%" PRId64
+	         " duration_ms=%" PRId64 " reason=%s",
+	         c->id, c->meta->peer_ip ? c->meta->peer_ip : "-",
+	         log_key(c->meta->api_key, key, sizeof key),
+	         log_quote(c->meta->session ? c->meta->session : "", sess, sizeof sess), code,
+	         !c->close_noted ? "none" : c->close_by_relay ? "relay" : "client", c->seq,
+	         mono_ms() - c->opened_ms, log_quote(why, reason, sizeof reason));
+
+	/* Best effort, never waiting: the close frame said goodbye already. */
+	if (!c->io_failed)
+		gnutls_bye(c->tls, GNUTLS_SHUT_WR);
+	gnutls_deinit(c->tls);
+	close(c->fd);
+	metrics_gauge_add(G_WS_OPEN, -1);
+	open_count_add(l->srv, -1);
+	conn_free(c);
+}
+
+/* Remembers the first close of the connection, for the log and metrics. */
+static void conn_note_close(struct ws_conn *c, uint16_t code, bool by_relay)
+{
+	if (c->close_noted)
+		return;
+	c->close_noted = true;
+	c->close_code = code;
+	c->close_by_relay = by_relay;
+	if (by_relay && (code == WSLAY_CODE_PROTOCOL_ERROR ||
+	                 code == WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA ||
+	                 code == WSLAY_CODE_MESSAGE_TOO_BIG))
+		metrics_add(M_WS_CLOSED_ERROR, 1);
+}
+
+/*
+ * Queues a close frame with code and reason; the connection is dropped if
+ * the peer has not completed the handshake within WS_CLOSE_TIMEOUT_MS.
+ * Harmless if a close is already queued.
+ */
+static void conn_close(struct ws_conn *c, uint16_t code, const char *reason)
+{
+	int rc = wslay_event_queue_close(c->ctx, code, (const uint8_t *)reason, strlen(reason));
+
+	if (rc == 0)
+		conn_note_close(c, code, true);
+	if (!c->deadline_ms)
+		conn_set_deadline(c, mono_ms() + WS_CLOSE_TIMEOUT_MS);
+}
+
+/* --- wslay callbacks ------------------------------------------------------ */
+
+static ssize_t on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
+                       void *user)
+{
+	struct ws_conn *c = user;
+	ssize_t n;
+
+	/* One busy connection must not keep the loop from the others, and
+	 * one whose pongs pile up must not be read until they are sent: each
+	 * ping read queues one. */
+	if (c->rx_budget == 0 ||
+	    wslay_event_get_queued_msg_count(ctx) >= c->loop->srv->o.max_queued_frames) {
+		c->rx_more = true;
+		wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+		return -1;
+	}
+	if (len > c->rx_budget)
+		len = c->rx_budget;
+	if (c->extra_off < c->extra_len) {
+		n = (ssize_t)(c->extra_len - c->extra_off < len ? c->extra_len - c->extra_off : len);
+		memcpy(buf, c->extra + c->extra_off, (size_t)n);
+		c->extra_off += (size_t)n;
+	} else {
+		do
+			n = gnutls_record_recv(c->tls, buf, len);
+		while (n == GNUTLS_E_INTERRUPTED);
+	}
+	if (n > 0) {
+		c->rx_budget -= (size_t)n;
+		c->last_rx_ms = mono_ms();
+		c->ping_sent_ms = 0;
+		if (ws_textmark_feed(&c->mark, buf, (size_t)n))
+			return n;
+		log_info("ws_protocol_error", "conn=%s reason=\"over %d messages pending\"", c->id,
+		         WS_TEXTMARK_MAX);
+		c->io_failed = true;
+		wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+		return -1;
+	}
+	if (n == GNUTLS_E_AGAIN) {
+		wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+	} else {
+		/* EOF, a socket error, or TLS refusing (a renegotiation too). */
+		c->io_failed = true;
+		wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+	}
+	return -1;
+}
+
+static ssize_t on_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t len,
+                       int flags, void *user)
+{
+	struct ws_conn *c = user;
+	ssize_t n;
+
+	/* After AGAIN wslay offers the same bytes again, as GnuTLS requires. */
+	do
+		n = gnutls_record_send(c->tls, data, len);
+	while (n == GNUTLS_E_INTERRUPTED);
+	if (n >= 0)
+		return n;
+	if (n == GNUTLS_E_AGAIN) {
+		c->send_blocked = true;
+		wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+	} else {
+		c->io_failed = true;
+		wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+	}
+	return -1;
+}
+
+/* One complete text or binary message: becomes one queue row. */
+static void conn_take_message(struct ws_conn *c, const struct wslay_event_on_msg_recv_arg *arg)
+{
+	struct ws_server *s = c->loop->srv;
+	const struct ws_conn_meta *m = c->meta;
+	/* Every binary message wslay delivers takes its mark, refused or not. */
+	bool text = arg->opcode == WSLAY_TEXT_FRAME ||
+	            (arg->opcode == WSLAY_BINARY_FRAME && ws_textmark_pop(&c->mark));
+	struct queue_msg qm;
+	int rc;
+
+	if (c->refuse_data)
+		return;
+	if (text && !utf8_valid(arg->msg, arg->msg_length)) {
+		log_info("ws_protocol_error", "conn=%s code=%u reason=\"invalid UTF-8 in a text message\"",
+		         c->id, WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA);
+		c->refuse_data = true;
+		conn_close(c, WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA, "invalid UTF-8");
+		wslay_event_shutdown_read(c->ctx);
+		return;
+	}
+	if (!access_message(m->access, m->client_ip)) {
+		log_info("ws_message_refused", "conn=%s client=%s reason=\"rate limit: over "
+		         "max-messages-per-ip-per-s\"", c->id, m->client_ip ? m->client_ip : "-");
+		c->refuse_data = true;
+		conn_close(c, WSLAY_CODE_POLICY_VIOLATION, "rate limit");
+		wslay_event_shutdown_read(c->ctx);
+		return;
+	}
+	qm = (struct queue_msg){
+		.received_ms = wall_ms(),
+		.session = m->session ? m->session : "",
+		.target = c->target,
+		.content_type = text ? "text/plain; charset=utf-8" : "application/octet-stream",
+		.xff = m->xff,
+		.peer_ip = m->peer_ip,
+		.user_agent = m->user_agent,
+		.origin = m->origin,
+		.api_key = m->api_key,
+		.conn_id = c->id,
+		.seq = c->seq + 1,
+		.body = arg->msg_length ? arg->msg : (const void *)"",
+		.body_len = arg->msg_length,
+	};
+	rc = queue_put(s->q, &qm, false, NULL);
+	if (rc == QUEUE_OK) {
+		c->seq++;
+		metrics_add(M_RECEIVED_WS, 1);
+		metrics_add(M_RECEIVED_BYTES, arg->msg_length);
+		return;
+	}
+	/* Not stored: tell the SDK to come back later rather than lose data silently. */
+	log_warn("ws_message_refused", "conn=%s seq=%" PRId64 " bytes=%zu error=\"%s\"", c->id,
+	         qm.seq, arg->msg_length, queue_strerror(rc));
+	c->refuse_data = true;
+	if (rc == QUEUE_ECLOSED)
+		conn_close(c, WSLAY_CODE_GOING_AWAY, "server shutting down");
+	else if (rc == QUEUE_EFULL || rc == QUEUE_EIO)
+		conn_close(c, 1013, "try again later");
+	else
+		conn_close(c, WSLAY_CODE_INTERNAL_SERVER_ERROR, "internal error");
+}
+
+static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg,
+                   void *user)
+{
+	struct ws_conn *c = user;
+
+	switch (arg->opcode) {
+	case WSLAY_TEXT_FRAME:
+	case WSLAY_BINARY_FRAME:
+		conn_take_message(c, arg);
+		break;
+	case WSLAY_CONNECTION_CLOSE:
+		if (!c->close_noted && arg->msg_length <= sizeof c->close_payload) {
+			c->client_closed = true;
+			c->close_len = arg->msg_length;
+			memcpy(c->close_payload, arg->msg, arg->msg_length);
+		}
+		/* wslay has queued the echo of this close already. */
+		conn_note_close(c, arg->status_code ? arg->status_code : WSLAY_CODE_NO_STATUS_RCVD,
+		                false);
+		break;
+	case WSLAY_PONG:
+		/* A ping, shown to wslay as a pong (ws_textmark): remember only
+		 * the newest; conn_service answers it. */
+		if (ws_textmark_pop_ping(&c->mark)) {
+			c->pong_owed = true;
+			c->pong_len = (uint8_t)(arg->msg_length <= sizeof c->pong_payload ?
+			                        arg->msg_length : sizeof c->pong_payload);
+			if (c->pong_len)   /* an empty ping's msg may be NULL */
+				memcpy(c->pong_payload, arg->msg, c->pong_len);
+		}
+		break;
+	default:
+		break;  /* any bytes count as liveness */
+	}
+}
+
+static const struct wslay_event_callbacks ws_callbacks = {
+	.recv_callback = on_recv,
+	.send_callback = on_send,
+	.on_msg_recv_callback = on_msg,
+};
+
+/* --- the event loop ------------------------------------------------------- */
+
+static void conn_set_interest(struct ws_conn *c, uint32_t events)
+{
+	struct epoll_event ev = { .events = events, .data.ptr = c };
+
+	if (events == c->events)
+		return;
+	if (epoll_ctl(c->loop->epfd, c->events ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, c->fd, &ev) == 0)
+		c->events = events;
+}
+
+/*
+ * After wslay is done with a connection the peer did not close properly,
+ * reads and discards what it still sends until it closes too (or the
+ * linger deadline), so that closing our end does not reset the connection
+ * before the peer has read our close frame.
+ */
+static void conn_drain(struct ws_conn *c)
+{
+	char buf[16384];
+	ssize_t n;
+
+	for (int i = 0; i < 64; i++) {
+		n = gnutls_record_recv(c->tls, buf, sizeof buf);
+		if (n > 0) {
+			c->last_rx_ms = mono_ms();
+			continue;
+		}
+		if (n == GNUTLS_E_INTERRUPTED)
+			continue;
+		if (n == GNUTLS_E_AGAIN)
+			return;
+		c->io_failed = true;
+		conn_finish(c, "closed");
+		return;
+	}
+}
+
+static void conn_start_linger(struct ws_conn *c)
+{
+	c->lingering = true;
+	c->last_rx_ms = mono_ms();   /* from now on: when the peer last sent anything */
+	conn_set_deadline(c, c->last_rx_ms + WS_LINGER_MS);
+	conn_set_interest(c, EPOLLIN);
+	conn_drain(c);
+}
+
+/*
+ * A frame-level protocol error (bad length encoding, fragmented control
+ * frame): wslay queued an empty close and may not be used any more.  Write
+ * a 1002 close ourselves unless a frame is half sent, then linger.
+ */
+static void conn_protocol_error(struct ws_conn *c)
+{
+	static const uint8_t close_1002[] = { 0x88, 0x10, 0x03, 0xea, 'p', 'r', 'o', 't', 'o',
+	                                      'c', 'o', 'l', ' ', 'e', 'r', 'r', 'o', 'r' };
+
+	log_info("ws_protocol_error", "conn=%s reason=\"malformed frame\"", c->id);
+	if (!c->send_blocked && !wslay_event_get_close_sent(c->ctx)) {
+		ssize_t n = gnutls_record_send(c->tls, close_1002, sizeof close_1002);
+		(void)n;   /* best effort: the connection is going away either way */
+		conn_note_close(c, WSLAY_CODE_PROTOCOL_ERROR, true);
+	}
+	conn_start_linger(c);
+}
+
+/*
+ * Runs wslay on c after epoll reported events (or when there may be work
+ * without an event: adopted bytes, a newly queued frame).  May free c.
+ */
+static void conn_service(struct ws_conn *c, uint32_t events)
+{
+	wslay_event_context_ptr ctx = c->ctx;
+	uint32_t want;
+
+	if (c->lingering) {
+		conn_drain(c);
+		return;
+	}
+	if (wslay_event_want_read(ctx) &&
+	    ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) || c->extra_off < c->extra_len)) {
+		c->io_failed = false;
+		c->rx_budget = WS_RX_BUDGET;
+		c->rx_more = false;
+		if (wslay_event_recv(ctx) != 0) {
+			if (c->io_failed)
+				conn_finish(c, "connection lost");
+			else
+				conn_protocol_error(c);
+			return;
+		}
+	}
+	if (c->pong_owed) {
+		struct wslay_event_msg pong = { WSLAY_PONG, c->pong_payload, c->pong_len };
+
+		c->pong_owed = false;
+		(void)wslay_event_queue_msg(ctx, &pong);   /* refused only once closing */
+	}
+	if (wslay_event_get_queued_msg_length(ctx) > WS_MAX_OUT_BYTES) {
+		conn_finish(c, "peer not reading");
+		return;
+	}
+	/* Past its frame header, a frame over max-message-bytes is refused
+	 * now: wslay would wait for payload that may never come. */
+	if (!c->refuse_data && ws_textmark_longest(&c->mark) > c->loop->srv->o.max_message_bytes) {
+		log_info("ws_protocol_error", "conn=%s code=%u reason=\"frame header over "
+		         "max-message-bytes\"", c->id, WSLAY_CODE_MESSAGE_TOO_BIG);
+		c->refuse_data = true;
+		conn_close(c, WSLAY_CODE_MESSAGE_TOO_BIG, "message too big");
+		wslay_event_shutdown_read(ctx);
+	}
+	if (wslay_event_want_write(ctx)) {
+		c->send_blocked = false;
+		if (wslay_event_send(ctx) != 0) {
+			conn_finish(c, "connection lost");
+			return;
+		}
+	}
+	/* Frames still queued after a send are frames the peer does not read
+	 * (on_recv stops reading at this count, so a reading peer never gets
+	 * here). */
+	if (wslay_event_get_queued_msg_count(ctx) >= c->loop->srv->o.max_queued_frames) {
+		conn_finish(c, "peer not reading");
+		return;
+	}
+	/* wslay sends control frames ahead of data: queue this close only
+	 * once the {error} hello has left, or the SDK would never see it. */
+	if (c->close_after_hello && !wslay_event_want_write(ctx)) {
+		c->close_after_hello = false;
+		conn_close(c, WSLAY_CODE_POLICY_VIOLATION, "api key rejected");
+		if (wslay_event_send(ctx) != 0) {
+			conn_finish(c, "connection lost");
+			return;
+		}
+	}
+	/* Closes that wslay started itself (1002, 1009, and 1007 for a close
+	 * frame's reason: text frames reach it as binary) show up here; every
+	 * other close was noted when it was queued or received. */
+	if (wslay_event_get_close_sent(ctx) && !c->close_noted) {
+		uint16_t code = wslay_event_get_status_code_sent(ctx);
+
+		log_info("ws_protocol_error", "conn=%s code=%u reason=\"%s\"", c->id, code,
+		         code == WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA ? "invalid UTF-8 in a close reason"
+		         : code == WSLAY_CODE_MESSAGE_TOO_BIG ? "message over max-message-bytes"
+		         : "protocol error");
+		conn_note_close(c, code, true);
+	}
+
+	if (!wslay_event_want_read(ctx) && !wslay_event_want_write(ctx)) {
+		if (wslay_event_get_close_received(ctx))
+			conn_finish(c, "closed");
+		else
+			conn_start_linger(c);
+		return;
+	}
+	if (!c->deadline_ms && (!wslay_event_want_read(ctx) || wslay_event_get_close_sent(ctx)))
+		conn_set_deadline(c, mono_ms() + WS_CLOSE_TIMEOUT_MS);
+	want = (wslay_event_want_read(ctx) ? EPOLLIN : 0) |
+	       (wslay_event_want_write(ctx) ? EPOLLOUT : 0);
+	conn_set_interest(c, want);
+	if (c->rx_more && !c->in_again && wslay_event_want_read(ctx)) {
+		c->in_again = true;
+		c->again_next = c->loop->again;
+		c->loop->again = c;
+	}
+}
+
+/* Gives the connections whose budget ran out their next turn. */
+static void loop_serve_again(struct ws_loop *l)
+{
+	struct ws_conn *list = l->again, *c;
+
+	l->again = NULL;
+	while ((c = list) != NULL) {
+		list = c->again_next;
+		c->in_again = false;
+		c->again_next = NULL;
+		conn_service(c, EPOLLIN);
+	}
+}
+
+/* The fields learned from the upstream's hello for c's key (those about
+ * one connection were left out when it was stored), or NULL. */
+static json_t *hello_learned(const struct ws_server *s, const struct ws_conn *c)
+{
+	char *text;
+	json_t *obj;
+
+	if (!s->o.upstream_ws || !c->meta->api_key)
+		return NULL;
+	text = queue_hello_get(s->q, c->meta->api_key);
+	if (!text)
+		return NULL;
+	obj = json_loads(text, 0, NULL);
+	free(text);
+	if (obj && !json_is_object(obj)) {
+		json_decref(obj);
+		obj = NULL;
+	}
+	return obj;
+}
+
+/* The hello-* settings, then what the upstream's hello for this key said
+ * over them, then this connection's own connectionId. */
+static char *hello_text(const struct ws_server *s, const struct ws_conn *c)
+{
+	const struct ws_options *o = &s->o;
+	json_t *obj, *learned = NULL;
+	char *text = NULL;
+
+	if (c->meta->key_rejected)
+		obj = json_pack("{s:s}", "error",
+		                c->meta->key_reason ? c->meta->key_reason : "api key rejected by upstream");
+	else
+		obj = json_pack("{s:s, s:I, s:I, s:b, s:s}", "connectionId", c->id,
+		                "interval", (json_int_t)o->interval_ms,
+		                "sendInterval", (json_int_t)o->send_interval,
+		                "collectConsoleLogEnabled", (int)o->collect_console_log,
+		                "collectConsoleLogLevel",
+		                o->console_log_level ? o->console_log_level : "error");
+	if (!obj)
+		return NULL;
+	if (!c->meta->key_rejected && o->project_id && *o->project_id &&
+	    json_object_set_new(obj, "projectId", json_string(o->project_id)) != 0)
+		goto out;
+	if (!c->meta->key_rejected && (learned = hello_learned(s, c)) != NULL &&
+	    (json_object_update(obj, learned) != 0 ||
+	     json_object_set_new(obj, "connectionId", json_string(c->id)) != 0))
+		goto out;
+	text = json_dumps(obj, JSON_COMPACT);
+out:
+	json_decref(learned);
+	json_decref(obj);
+	return text;
+}
+
+/* Registers an adopted connection with the loop and greets it. */
+static void conn_start(struct ws_loop *l, struct ws_conn *c)
+{
+	struct ws_server *s = l->srv;
+	char key[32], sess[96], ua[160];
+	char *hello;
+
+	c->prev = NULL;
+	c->next = l->conns;
+	if (l->conns)
+		l->conns->prev = c;
+	l->conns = c;
+	c->opened_ms = c->last_rx_ms = mono_ms();
+	conn_set_interest(c, EPOLLIN);
+	if (!c->events) {
+		log_error("ws_error", "conn=%s reason=\"epoll_ctl: %s\"", c->id, strerror(errno));
+		conn_finish(c, "cannot poll");
+		return;
+	}
+	log_info("ws_open", "conn=%s peer=%s client=%s key=%s session=%s ua=%s", c->id,
+	         c->meta->peer_ip ? c->meta->peer_ip : "-",
+	         c->meta->client_ip ? c->meta->client_ip : "-",
+	         log_key(c->meta->api_key, key, sizeof key),
+	         log_quote(c->meta->session ? c->meta->session : "", sess, sizeof sess),
+	         log_quote(c->meta->user_agent ? c->meta->user_agent : "", ua, sizeof ua));
+
+	if (atomic_load(&s->refusing)) {
+		c->refuse_data = true;
+		conn_close(c, WSLAY_CODE_GOING_AWAY, "server shutting down");
+	} else if (!(hello = hello_text(s, c))) {
+		conn_close(c, WSLAY_CODE_INTERNAL_SERVER_ERROR, "internal error");
+	} else {
+		struct wslay_event_msg msg = { WSLAY_TEXT_FRAME, (const uint8_t *)hello, strlen(hello) };
+
+		wslay_event_queue_msg(c->ctx, &msg);
+		free(hello);
+		if (c->meta->key_rejected) {
+			/* The SDK stops retrying after an {error} hello. */
+			c->refuse_data = true;
+			c->close_after_hello = true;
+		} else if (s->o.upstream_ws) {
+			reg_add(s, c);
+		}
+	}
+	conn_service(c, EPOLLIN | EPOLLOUT);
+}
+
+static void loop_signal(struct ws_loop *l);
+
+/* Delivers backend text to the connections it was meant for, if they
+ * are still their session's live connection (loop thread). */
+static void loop_deliver_mail(struct ws_loop *l)
+{
+	struct ws_server *s = l->srv;
+	struct ws_mail *list, *m, *next;
+	struct ws_reg **pp;
+	char sess[96];
+
+	pthread_mutex_lock(&l->lock);
+	list = l->mail;
+	l->mail = NULL;
+	pthread_mutex_unlock(&l->lock);
+	for (m = list; m; m = next) {
+		bool live;
+
+		next = m->next;
+		pthread_mutex_lock(&s->reg_lock);
+		pp = reg_find(s, m->session, reg_hash(m->session));
+		/* Only this thread frees its connections, and it takes them out
+		 * of the registry first: a registered pointer is alive. */
+		live = *pp && (*pp)->conn == m->conn && m->conn->loop == l;
+		pthread_mutex_unlock(&s->reg_lock);
+		if (live && !m->conn->deadline_ms) {
+			struct wslay_event_msg msg = { WSLAY_TEXT_FRAME, (const uint8_t *)m->text, m->len };
+
+			if (wslay_event_queue_msg(m->conn->ctx, &msg) == 0) {
+				log_debug("ws_backend_text", "conn=%s bytes=%zu", m->conn->id, m->len);
+				conn_service(m->conn, EPOLLOUT);
+			}
+		} else {
+			log_debug("backend_text_dropped", "session=%s bytes=%zu reason=\"no live "
+			          "connection\"", log_quote(m->session, sess, sizeof sess), m->len);
+		}
+		free(m->session);
+		free(m);
+	}
+}
+
+int ws_server_send_text(struct ws_server *s, const char *session, const char *text, size_t len)
+{
+	struct ws_reg **pp;
+	struct ws_mail *m;
+	struct ws_loop *l;
+	char sess[96];
+
+	if (!s || !session)
+		return -1;
+	m = malloc(sizeof *m + len + 1);
+	if (!m || !(m->session = strdup(session))) {
+		free(m);
+		return -1;
+	}
+	memcpy(m->text, text, len);
+	m->text[len] = '\0';
+	m->len = len;
+	pthread_mutex_lock(&s->reg_lock);
+	pp = s->reg ? reg_find(s, session, reg_hash(session)) : NULL;
+	if (!pp || !*pp) {
+		pthread_mutex_unlock(&s->reg_lock);
+		log_debug("backend_text_dropped", "session=%s bytes=%zu reason=\"no live connection\"",
+		          log_quote(session, sess, sizeof sess), len);
+		free(m->session);
+		free(m);
+		return -1;
+	}
+	m->conn = (*pp)->conn;
+	l = m->conn->loop;
+	pthread_mutex_lock(&l->lock);
+	m->next = l->mail;
+	l->mail = m;
+	pthread_mutex_unlock(&l->lock);
+	pthread_mutex_unlock(&s->reg_lock);
+	loop_signal(l);
+	return 0;
+}
+
+/* The eventfd fired: take adopted connections and shutdown requests. */
+static void loop_wake(struct ws_loop *l)
+{
+	struct ws_server *s = l->srv;
+	struct ws_conn *list, *c, *next;
+	uint64_t v;
+
+	if (read(l->evfd, &v, sizeof v) < 0 && errno != EAGAIN)
+		log_warn("ws_error", "reason=\"eventfd read: %s\"", strerror(errno));
+	pthread_mutex_lock(&l->lock);
+	list = l->handoff;
+	l->handoff = NULL;
+	pthread_mutex_unlock(&l->lock);
+	for (c = list; c; c = next) {
+		next = c->next;
+		conn_start(l, c);
+	}
+	loop_deliver_mail(l);
+	if (atomic_load(&s->dropping)) {
+		while (l->conns)
+			conn_finish(l->conns, "shutdown deadline");
+		return;
+	}
+	if (atomic_load(&s->refusing) && !l->closing_all) {
+		l->closing_all = true;
+		for (c = l->conns; c; c = next) {
+			next = c->next;
+			conn_close(c, WSLAY_CODE_GOING_AWAY, "server shutting down");
+			conn_service(c, EPOLLOUT);
+		}
+	}
+}
+
+/* Drops the connections whose close handshake or linger has run out. */
+static void loop_check_deadlines(struct ws_loop *l, int64_t now)
+{
+	struct ws_conn *c, *next;
+
+	for (c = l->conns; c && l->closing; c = next) {
+		next = c->next;
+		if (!c->deadline_ms)
+			continue;
+		if (now >= c->deadline_ms)
+			conn_finish(c, c->lingering ? "linger timeout" : "close timeout");
+		else if (c->lingering && now - c->last_rx_ms >= WS_LINGER_QUIET_MS)
+			conn_finish(c, "closed");
+	}
+}
+
+/*
+ * Pings a connection idle for ping_interval_s and drops one that has not
+ * answered within another interval: a peer that vanished without a FIN
+ * would otherwise stay forever.  The drop counts from the ping, not from
+ * the last byte, so a late tick never drops a connection it did not ping.
+ */
+static void loop_check_liveness(struct ws_loop *l, int64_t now)
+{
+	int64_t ping_ms = (int64_t)l->srv->o.ping_interval_s * 1000;
+	struct ws_conn *c, *next;
+
+	if (!ping_ms)
+		return;
+	for (c = l->conns; c; c = next) {
+		int64_t idle = now - c->last_rx_ms;
+
+		next = c->next;
+		if (c->deadline_ms)
+			continue;   /* closing already */
+		if (c->ping_sent_ms && now - c->ping_sent_ms >= ping_ms) {
+			/* Try to say why, but do not wait for an answer. */
+			conn_close(c, WSLAY_CODE_GOING_AWAY, "ping timeout");
+			c->send_blocked = false;
+			wslay_event_send(c->ctx);
+			conn_finish(c, "ping timeout");
+		} else if (idle >= ping_ms && !c->ping_sent_ms) {
+			struct wslay_event_msg ping = { WSLAY_PING, (const uint8_t *)"", 0 };
+
+			c->ping_sent_ms = now;
+			wslay_event_queue_msg(c->ctx, &ping);
+			conn_service(c, EPOLLOUT);
+		}
+	}
+}
+
+static void *loop_main(void *arg)
+{
+	struct ws_loop *l = arg;
+	struct ws_server *s = l->srv;
+	struct epoll_event evs[WS_MAX_EVENTS];
+	int64_t now = mono_ms(), next_tick = now + WS_TICK_MS, next_deadlines = now;
+
+	while (!atomic_load(&s->exiting)) {
+		int64_t wake = next_tick;
+		int n;
+
+		if (l->closing && next_deadlines < wake)
+			wake = next_deadlines;
+		n = epoll_wait(l->epfd, evs, WS_MAX_EVENTS,
+		               l->again || wake <= now ? 0 : (int)(wake - now));
+		if (n < 0 && errno != EINTR) {
+			log_error("ws_error", "reason=\"epoll_wait: %s\"", strerror(errno));
+			break;
+		}
+		bool woken = false;
+
+		for (int i = 0; i < n; i++) {
+			if (evs[i].data.ptr)
+				conn_service(evs[i].data.ptr, evs[i].events);
+			else
+				woken = true;
+		}
+		/* After the batch: a wake-up may finish connections that later
+		 * entries of the batch still name. */
+		if (woken)
+			loop_wake(l);
+		loop_serve_again(l);
+		now = mono_ms();
+		if (l->closing && now >= next_deadlines) {
+			loop_check_deadlines(l, now);
+			next_deadlines = now + WS_DEADLINE_TICK_MS;
+		}
+		if (now >= next_tick) {
+			loop_check_liveness(l, now);
+			next_tick = now + WS_TICK_MS;
+		}
+	}
+	/* Whatever is left (late adoptions included) is dropped. */
+	loop_wake(l);
+	while (l->conns)
+		conn_finish(l->conns, "server exiting");
+	return NULL;
+}
+
+static void loop_signal(struct ws_loop *l)
+{
+	uint64_t one = 1;
+
+	if (write(l->evfd, &one, sizeof one) < 0 && errno != EAGAIN)
+		log_warn("ws_error", "reason=\"eventfd write: %s\"", strerror(errno));
+}
+
+/* --- the server ----------------------------------------------------------- */
+
+static char *dup_or_null(const char *s)
+{
+	return s ? strdup(s) : NULL;
+}
+
+static int loop_init(struct ws_loop *l, struct ws_server *s, char **cause)
+{
+	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
+
+	l->srv = s;
+	l->epfd = epoll_create1(EPOLL_CLOEXEC);
+	l->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	pthread_mutex_init(&l->lock, NULL);
+	if (l->epfd < 0 || l->evfd < 0 || epoll_ctl(l->epfd, EPOLL_CTL_ADD, l->evfd, &ev) < 0) {
+		cause_set(cause, -1, "websocket loop: %s", strerror(errno));
+		return -1;
+	}
+	if (pthread_create(&l->thread, NULL, loop_main, l) != 0) {
+		cause_set(cause, -1, "websocket loop: cannot start a thread");
+		return -1;
+	}
+	l->started = true;
+	return 0;
+}
+
+int ws_server_start(struct ws_server **out, const struct ws_options *o, struct queue *q,
+                    char **cause)
+{
+	struct ws_server *s = calloc(1, sizeof *s);
+	pthread_condattr_t ca;
+
+	*out = NULL;
+	if (cause)
+		*cause = NULL;
+	if (!s)
+		goto nomem;
+	s->o = *o;
+	s->o.console_log_level = dup_or_null(o->console_log_level);
+	s->o.project_id = dup_or_null(o->project_id);
+	s->q = q;
+	s->nloops = o->threads ? o->threads : 1;
+	pthread_mutex_init(&s->open_lock, NULL);
+	pthread_mutex_init(&s->reg_lock, NULL);
+	s->reg = calloc(256, sizeof *s->reg);
+	s->reg_mask = 255;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&s->open_cond, &ca);
+	pthread_condattr_destroy(&ca);
+	s->loops = calloc(s->nloops, sizeof *s->loops);
+	if (!s->loops || (o->console_log_level && !s->o.console_log_level) ||
+	    (o->project_id && !s->o.project_id))
+		goto nomem;
+	for (unsigned i = 0; i < s->nloops; i++)
+		s->loops[i].epfd = s->loops[i].evfd = -1;
+	for (unsigned i = 0; i < s->nloops; i++) {
+		if (loop_init(&s->loops[i], s, cause) < 0) {
+			ws_server_stop(s);
+			return -1;
+		}
+	}
+	*out = s;
+	return 0;
+nomem:
+	if (cause)
+		*cause = strdup("out of memory");
+	ws_server_stop(s);
+	return -1;
+}
+
+size_t ws_server_open(struct ws_server *s)
+{
+	size_t n;
+
+	if (!s)
+		return 0;
+	pthread_mutex_lock(&s->open_lock);
+	n = s->open;
+	pthread_mutex_unlock(&s->open_lock);
+	return n;
+}
+
+void ws_server_adopt(struct ws_server *s, struct ws_conn_meta *meta, int fd,
+                     gnutls_session_t tls, const char *extra, size_t extra_len)
+{
+	struct ws_conn *c = calloc(1, sizeof *c);
+	uint8_t rnd[WS_CONN_ID_BYTES];
+	struct ws_loop *l;
+	int flags;
+
+	if (!c)
+		goto fail;
+	ws_textmark_init(&c->mark);
+	c->meta = meta;
+	c->tls = tls;
+	c->fd = fd;
+	if (wslay_event_context_server_init(&c->ctx, &ws_callbacks, c) != 0)
+		goto fail;
+	wslay_event_config_set_max_recv_msg_length(c->ctx, s->o.max_message_bytes);
+	if (asprintf(&c->target, "/?%s", meta->query ? meta->query : "") < 0) {
+		c->target = NULL;
+		goto fail;
+	}
+	if (extra_len) {
+		c->extra = malloc(extra_len);
+		if (!c->extra)
+			goto fail;
+		memcpy(c->extra, extra, extra_len);
+		c->extra_len = extra_len;
+	}
+	if (gnutls_rnd(GNUTLS_RND_NONCE, rnd, sizeof rnd) < 0)
+		goto fail;
+	for (size_t i = 0; i < sizeof rnd; i++)
+		snprintf(c->id + 2 * i, 3, "%02x", rnd[i]);
+	flags = fcntl(fd, F_GETFL);
+	if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
+		goto fail;
+
+	metrics_add(M_WS_CONNECTIONS, 1);
+	metrics_gauge_add(G_WS_OPEN, 1);
+	open_count_add(s, 1);
+	log_debug("ws_adopt", "conn=%s fd=%d early_bytes=%zu", c->id, fd, extra_len);
+	l = &s->loops[atomic_fetch_add(&s->next_loop, 1) % s->nloops];
+	c->loop = l;
+	pthread_mutex_lock(&l->lock);
+	c->next = l->handoff;
+	l->handoff = c;
+	pthread_mutex_unlock(&l->lock);
+	loop_signal(l);
+	return;
+fail:
+	log_error("ws_error", "peer=%s reason=\"cannot adopt the connection: out of resources\"",
+	          meta && meta->peer_ip ? meta->peer_ip : "-");
+	gnutls_deinit(tls);
+	close(fd);
+	if (c)
+		conn_free(c);   /* frees meta too */
+	else
+		ws_conn_meta_free(meta);
+}
+
+/* Waits until no connection is open or until deadline (monotonic ms). */
+static size_t wait_open(struct ws_server *s, int64_t deadline)
+{
+	size_t left;
+
+	pthread_mutex_lock(&s->open_lock);
+	while (s->open > 0) {
+		int64_t now = mono_ms();
+		struct timespec ts;
+
+		if (now >= deadline)
+			break;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_sec += (deadline - now) / 1000;
+		ts.tv_nsec += ((deadline - now) % 1000) * 1000000;
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		pthread_cond_timedwait(&s->open_cond, &s->open_lock, &ts);
+	}
+	left = s->open;
+	pthread_mutex_unlock(&s->open_lock);
+	return left;
+}
+
+void ws_server_shutdown(struct ws_server *s, unsigned deadline_ms)
+{
+	size_t open_before, left;
+
+	if (!s)
+		return;
+	pthread_mutex_lock(&s->open_lock);
+	open_before = s->open;
+	pthread_mutex_unlock(&s->open_lock);
+	atomic_store(&s->refusing, true);
+	for (unsigned i = 0; i < s->nloops; i++)
+		loop_signal(&s->loops[i]);
+	left = wait_open(s, mono_ms() + deadline_ms);
+	if (left > 0) {
+		atomic_store(&s->dropping, true);
+		for (unsigned i = 0; i < s->nloops; i++)
+			loop_signal(&s->loops[i]);
+		wait_open(s, mono_ms() + WS_SHUTDOWN_DROP_WAIT_MS);
+	}
+	log_info("ws_shutdown", "connections=%zu closed=%zu dropped=%zu", open_before,
+	         open_before > left ? open_before - left : 0, left);
+}
+
+void ws_server_stop(struct ws_server *s)
+{
+	if (!s)
+		return;
+	atomic_store(&s->exiting, true);
+	for (unsigned i = 0; s->loops && i < s->nloops; i++) {
+		struct ws_loop *l = &s->loops[i];
+
+		if (l->started) {
+			loop_signal(l);
+			pthread_join(l->thread, NULL);
+		}
+		if (l->epfd >= 0)
+			close(l->epfd);
+		if (l->evfd >= 0)
+			close(l->evfd);
+		for (struct ws_mail *m = l->mail, *next; m; m = next) {
+			next = m->next;
+			free(m->session);
+			free(m);
+		}
+		if (l->srv)
+			pthread_mutex_destroy(&l->lock);
+	}
+	free(s->loops);
+	for (size_t i = 0; s->reg && i <= s->reg_mask; i++)
+		for (struct ws_reg *e = s->reg[i], *next; e; e = next) {
+			next = e->next;
+			free(e);
+		}
+	free(s->reg);
+	pthread_mutex_destroy(&s->reg_lock);
+	pthread_cond_destroy(&s->open_cond);
+	pthread_mutex_destroy(&s->open_lock);
+	free((char *)s->o.console_log_level);
+	free((char *)s->o.project_id);
+	free(s);
+}
