@@ -1,5 +1,5 @@
 /*
- * upwsc.c - drives server/upstream_ws.c from the command line, for the
+ * upwsc.c - drives server/upstream/upstream_ws.c from the command line, for the
  * integration tests (tests/integration/test_upstream_ws.py): one websocket
  * to a backend, a scripted exchange, every callback printed as one line.
  *

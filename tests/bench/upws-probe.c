@@ -2,7 +2,7 @@
  * upws-probe.c - what one upstream websocket costs, in memory and CPU, for
  * the two designs issue 16 weighed (BENCHMARKS.md, "Upstream websockets"):
  *
- *   --mode shared    server/upstream_ws.c: libcurl CONNECT_ONLY on
+ *   --mode shared    server/upstream/upstream_ws.c: libcurl CONNECT_ONLY on
  *                    http://host:port (the loop's multi), the socket dup()ed,
  *                    GnuTLS with ONE set of credentials for the process;
  *   --mode curl-tls  libcurl CONNECT_ONLY on https://host:port with its own

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """upws-probe.py - what one upstream websocket costs: RSS and CPU per
-connection of the relay's design (server/upstream_ws.c: libcurl connects,
+connection of the relay's design (server/upstream/upstream_ws.c: libcurl connects,
 GnuTLS with one set of credentials for the process) beside libcurl's own TLS
 per connection (CONNECT_ONLY on https://), each with the system CA bundle
 and with a one-certificate CA file; plus the two libcurl facts the design

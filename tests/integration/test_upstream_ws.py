@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""test_upstream_ws.py - server/upstream_ws.c against tests/mock_backend.py,
+"""test_upstream_ws.py - server/upstream/upstream_ws.c against tests/mock_backend.py,
 driven by tests/upwsc: the upgrade request as the backend sees it, frames
 and fences in order, the close, and each way it can end (refused upgrade
 with status and Retry-After, hello error, drop, backend close, timeouts,
