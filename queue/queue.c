@@ -64,7 +64,7 @@ void queue_options_init(struct queue_options *o)
 /* Frees q and everything in it; the writer must not be running. */
 static void queue_destroy(struct queue *q)
 {
-	if (q == NULL)
+	if (!q)
 		return;
 	qhello_close(q);
 	qstore_close(q);
@@ -90,7 +90,7 @@ static int queue_alloc(struct queue **out, const char *path, const struct queue_
 	int rc;
 
 	*out = q;
-	if (q == NULL)
+	if (!q)
 		return QUEUE_ENOMEM;
 	q->lock_fd = -1;
 	q->opt = *o;
@@ -101,7 +101,7 @@ static int queue_alloc(struct queue **out, const char *path, const struct queue_
 	q->writable = true;
 	q->streams_published = UINT64_MAX;
 	q->path = strdup(path);
-	if (q->path == NULL || qidx_init(q) != QUEUE_OK)
+	if (!q->path || qidx_init(q) != QUEUE_OK)
 		return QUEUE_ENOMEM;
 
 	/* Timed waits use the monotonic clock: a wall clock step must not
@@ -135,12 +135,12 @@ int queue_open(struct queue **out, const char *path, const struct queue_options 
 	struct queue *q = NULL;
 	int err;
 
-	if (cause != NULL)
+	if (cause)
 		*cause = NULL;
-	if (out == NULL || path == NULL || *path == '\0')
+	if (!out || !path || *path == '\0')
 		return cause_set(cause, QUEUE_EINVAL, "queue_open: no database path");
 	*out = NULL;
-	if (o == NULL) {
+	if (!o) {
 		queue_options_init(&defaults);
 		o = &defaults;
 	}
@@ -170,7 +170,7 @@ out:
  * inside a queue function, or enter one, once this starts. */
 void queue_close(struct queue *q)
 {
-	if (q == NULL)
+	if (!q)
 		return;
 	if (q->writer_started) {
 		pthread_mutex_lock(&q->mu);
@@ -198,13 +198,13 @@ int queue_put(struct queue *q, const struct queue_msg *m, bool wait, int64_t *id
 	bool end;
 	int err = QUEUE_OK;
 
-	if (q == NULL || m == NULL || m->target == NULL || (m->body_len > 0 && m->body == NULL))
+	if (!q || !m || !m->target || (m->body_len > 0 && !m->body))
 		return QUEUE_EINVAL;
 	size = qmsg_footprint(m);
 	if (size == 0 || size >= (uint64_t)q->max_row)
 		return QUEUE_EINVAL; /* SQLite could never store it */
 	e = calloc(1, sizeof *e);
-	if (e == NULL || (e->msg = queue_msg_dup(m)) == NULL) {
+	if (!e || !(e->msg = queue_msg_dup(m))) {
 		err = QUEUE_ENOMEM;
 		goto out;
 	}
@@ -214,7 +214,7 @@ int queue_put(struct queue *q, const struct queue_msg *m, bool wait, int64_t *id
 	e->msg->received_ms = e->received_ms;
 	e->msg->attempts = 0;
 	e->put_us = mono_us();
-	e->ws = m->conn_id != NULL;
+	e->ws = m->conn_id;
 	/* A connection's end is a few bytes that keep its messages in
 	 * order upstream: it is taken even when the queue is full. */
 	end = e->ws && queue_msg_is_close(m, NULL);
@@ -227,9 +227,9 @@ int queue_put(struct queue *q, const struct queue_msg *m, bool wait, int64_t *id
 	else if (!end && ((q->opt.max_messages > 0 && q->depth + 1 > q->opt.max_messages) ||
 	                  (q->opt.max_bytes > 0 && q->bytes + e->body_len > q->opt.max_bytes)))
 		err = QUEUE_EFULL;
-	else if ((s = qidx_session_get(q, m->session != NULL ? m->session : "")) == NULL)
+	else if (!(s = qidx_session_get(q, m->session ? m->session : "")))
 		err = QUEUE_ENOMEM;
-	else if (m->api_key != NULL && (e->key = qidx_key_get(q, m->api_key)) == NULL) {
+	else if (m->api_key && !(e->key = qidx_key_get(q, m->api_key))) {
 		qidx_session_maybe_free(q, s);
 		err = QUEUE_ENOMEM;
 	}
@@ -238,7 +238,7 @@ int queue_put(struct queue *q, const struct queue_msg *m, bool wait, int64_t *id
 		goto out;
 	}
 	e->id = e->msg->id = q->next_id++;
-	if (id != NULL)
+	if (id)
 		*id = e->id;
 	e->session = s;
 	s->uncommitted++;
@@ -275,7 +275,7 @@ static void lease_undo(struct queue *q, int64_t id, int err)
 
 	pthread_mutex_lock(&q->mu);
 	s = qidx_lease_find(q, id);
-	if (s != NULL) {
+	if (s) {
 		qidx_lease_end(q, s);
 		if (err == QUEUE_ENOTFOUND) {
 			e = s->head;
@@ -302,9 +302,9 @@ int queue_lease(struct queue *q, struct queue_msg **out, size_t max, size_t *n)
 	struct entry *e;
 	int rc, err = QUEUE_OK;
 
-	if (n != NULL)
+	if (n)
 		*n = 0;
-	if (q == NULL || out == NULL || n == NULL)
+	if (!q || !out || !n)
 		return QUEUE_EINVAL;
 	if (max > LEASE_MAX)
 		max = LEASE_MAX;
@@ -316,7 +316,7 @@ int queue_lease(struct queue *q, struct queue_msg **out, size_t max, size_t *n)
 	}
 	qidx_promote_due(q, mono_ms());
 	wall = wall_ms();
-	while (got < max && (s = q->ready.head) != NULL) {
+	while (got < max && ((s = q->ready.head))) {
 		e = s->head;
 		if (qidx_entry_expired(q, e, wall)) {
 			qidx_expire_head(q, s);
@@ -327,7 +327,7 @@ int queue_lease(struct queue *q, struct queue_msg **out, size_t max, size_t *n)
 		attempts[got] = e->attempts;
 		/* A cached copy changes hands; the rest is read below. */
 		out[got++] = e->msg;
-		if (e->msg != NULL) {
+		if (e->msg) {
 			q->cache_used -= e->msg_size;
 			e->msg = NULL;
 		}
@@ -336,12 +336,12 @@ int queue_lease(struct queue *q, struct queue_msg **out, size_t max, size_t *n)
 
 	/* What the cache did not hold is read in one go. */
 	for (i = 0; i < got; i++)
-		if (out[i] == NULL)
+		if (!out[i])
 			read_ids[nread++] = ids[i];
 	if (nread > 0)
 		qstore_read_messages(q, read_ids, nread, read_out, read_err);
 	for (i = 0, r = 0; i < got; i++) {
-		if (out[i] == NULL) {
+		if (!out[i]) {
 			rc = read_err[r];
 			out[i] = read_out[r++];
 			if (rc != QUEUE_OK) {
@@ -365,7 +365,7 @@ void queue_ack(struct queue *q, int64_t id)
 
 	pthread_mutex_lock(&q->mu);
 	s = qidx_lease_find(q, id);
-	if (s != NULL) {
+	if (s) {
 		e = s->head;
 		qidx_lease_end(q, s);
 		qidx_unlink(q, e, NULL);
@@ -384,7 +384,7 @@ void queue_retry(struct queue *q, int64_t id, unsigned delay_ms)
 
 	pthread_mutex_lock(&q->mu);
 	s = qidx_lease_find(q, id);
-	if (s != NULL) {
+	if (s) {
 		e = s->head;
 		qidx_lease_end(q, s);
 		e->attempts++;
@@ -407,14 +407,14 @@ void queue_dead(struct queue *q, int64_t id, const char *reason, int status,
 
 	pthread_mutex_lock(&q->mu);
 	s = qidx_lease_find(q, id);
-	if (s != NULL) {
+	if (s) {
 		qidx_lease_end(q, s);
 		qidx_entry_kill(q, s->head, NULL, d);
 		d = NULL;
 		qidx_session_head_changed(q, s);
 	}
 	qnotify_unlock(q);
-	if (d != NULL)
+	if (d)
 		qidx_dead_info_free(d);
 }
 
@@ -431,11 +431,11 @@ static size_t dead_key_session(struct queue *q, struct session *s, const struct 
 		e = e->snext;
 	}
 	/* What a stream owner has in flight is its to settle. */
-	for (unsigned i = 0; i < s->nflight && e != NULL; i++) {
+	for (unsigned i = 0; i < s->nflight && e; i++) {
 		prev = e;
 		e = e->snext;
 	}
-	for (; e != NULL; e = next) {
+	for (; e; e = next) {
 		next = e->snext;
 		if (e->key != k) {
 			prev = e;
@@ -456,17 +456,17 @@ size_t queue_dead_key(struct queue *q, const char *key, const char *reason)
 	struct entry *e, *next;
 	size_t n = 0, i;
 
-	if (q == NULL || key == NULL)
+	if (!q || !key)
 		return 0;
 	pthread_mutex_lock(&q->mu);
 	k = qidx_key_find(q, key);
-	if (k == NULL) {
+	if (!k) {
 		pthread_mutex_unlock(&q->mu);
 		return 0;
 	}
 	k->refs++; /* keeps k while its messages let go of it */
 	for (i = 0; i <= q->sessions.mask; i++) {
-		for (h = q->sessions.slot[i]; h != NULL; h = hnext) {
+		for (h = q->sessions.slot[i]; h; h = hnext) {
 			hnext = h->next;
 			n += dead_key_session(q, container_of(h, struct session, node), k, reason);
 		}
@@ -474,14 +474,14 @@ size_t queue_dead_key(struct queue *q, const char *key, const char *reason)
 	/* Accepted but not yet committed: pending inserts become
 	 * insert-then-dead-letter; inserts being committed now get a DEAD
 	 * operation for the next batch. */
-	for (e = q->pending_head; e != NULL; e = next) {
+	for (e = q->pending_head; e; e = next) {
 		next = e->pnext;
 		if (e->next_op == OP_INSERT && e->key == k) {
 			qidx_entry_kill(q, e, NULL, qidx_dead_info_create(reason, 0, NULL));
 			n++;
 		}
 	}
-	for (e = q->batch; e != NULL; e = e->bnext) {
+	for (e = q->batch; e; e = e->bnext) {
 		if (e->batch_op == OP_INSERT && e->live && e->key == k) {
 			qidx_entry_kill(q, e, NULL, qidx_dead_info_create(reason, 0, NULL));
 			n++;
@@ -497,7 +497,7 @@ bool queue_lease_ready(struct queue *q)
 	bool ready;
 
 	pthread_mutex_lock(&q->mu);
-	ready = q->ready.head != NULL;
+	ready = q->ready.head;
 	pthread_mutex_unlock(&q->mu);
 	return ready;
 }
@@ -534,7 +534,7 @@ void queue_stats(struct queue *q, struct queue_stats *st)
 	st->in_flight = q->in_flight;
 	st->waiting_retry = q->heap_len;
 	st->dead = q->dead;
-	st->oldest_ms = q->live_head != NULL ? q->live_head->received_ms : 0;
+	st->oldest_ms = q->live_head ? q->live_head->received_ms : 0;
 	st->max_bytes = q->opt.max_bytes;
 	st->max_messages = q->opt.max_messages;
 	st->writable = q->writable;
@@ -573,7 +573,7 @@ static void reason_add(void *arg, const char *reason, uint64_t count)
 	/* Cut as the queue cuts it: two reasons longer than that (written by
 	 * something else) become one, never two entries of one name. */
 	snprintf(name, sizeof name, "%s", reason);
-	if ((d = reason_find(r, name)) != NULL) {
+	if ((d = reason_find(r, name))) {
 		d->count += count;
 	} else if (r->n < r->max) {
 		d = &r->out[r->n++];
@@ -600,7 +600,7 @@ int queue_dead_reasons(struct queue *q, struct queue_dead_reason *out, size_t ma
 		/* The last entry joins the rest as "other", or in a reason that
 		 * is itself called "other". */
 		r.rest += out[--r.n].count;
-		if ((other = reason_find(&r, "other")) == NULL) {
+		if (!(other = reason_find(&r, "other"))) {
 			other = &out[r.n++];
 			snprintf(other->reason, sizeof other->reason, "other");
 			other->count = 0;

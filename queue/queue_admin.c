@@ -41,7 +41,7 @@ int queue_admin_open(struct queue_admin **out, const char *path, bool write, cha
 	struct stat sb;
 	int rc, err = QUEUE_OK;
 
-	if (cause != NULL)
+	if (cause)
 		*cause = NULL;
 	*out = NULL;
 	/* Never create one: a mistyped --state-dir must not look empty. */
@@ -49,7 +49,7 @@ int queue_admin_open(struct queue_admin **out, const char *path, bool write, cha
 		return cause_set(cause, errno == ENOENT ? QUEUE_ENOTFOUND : QUEUE_EIO,
 		              "no queue database at %s: %s", path, strerror(errno));
 	a = calloc(1, sizeof *a);
-	if (a == NULL || (a->path = strdup(path)) == NULL) {
+	if (!a || !(a->path = strdup(path))) {
 		err = cause_set(cause, QUEUE_ENOMEM, "out of memory");
 		goto out;
 	}
@@ -71,7 +71,7 @@ out:
 
 void queue_admin_close(struct queue_admin *a)
 {
-	if (a == NULL)
+	if (!a)
 		return;
 	(void)sqlite3_close(a->db);
 	free(a->path);
@@ -328,7 +328,7 @@ int queue_admin_check(struct queue_admin *a, bool *ok, char *report_buf, size_t 
 	while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
 		const char *line = (const char *)sqlite3_column_text(st, 0);
 		int w = snprintf(report_buf + used, len - used, "%s%s", used > 0 ? "\n" : "",
-		                 line != NULL ? line : "");
+(		                 line) ? line : "");
 
 		if (w > 0)
 			used += (size_t)w < len - used ? (size_t)w : len - used - 1;

@@ -12,7 +12,7 @@
 
 static void hello_free(struct hello *h)
 {
-	if (h == NULL)
+	if (!h)
 		return;
 	free(h->key);
 	free(h->text);
@@ -25,14 +25,14 @@ static int hello_put(struct queue *q, const char *key, const char *text)
 {
 	struct hello *h = calloc(1, sizeof *h), **pp;
 
-	if (h == NULL || (h->key = strdup(key)) == NULL || (h->text = strdup(text)) == NULL) {
+	if (!h || !(h->key = strdup(key)) || !(h->text = strdup(text))) {
 		hello_free(h);
 		return QUEUE_ENOMEM;
 	}
 	h->next = q->hellos;
 	q->hellos = h;
 	if (++q->nhellos > QUEUE_HELLO_KEYS) {
-		for (pp = &q->hellos; (*pp)->next != NULL; pp = &(*pp)->next)
+		for (pp = &q->hellos; (*pp)->next; pp = &(*pp)->next)
 			;
 		hello_free(*pp);
 		*pp = NULL;
@@ -46,7 +46,7 @@ static struct hello *hello_take(struct queue *q, const char *key)
 {
 	struct hello **pp, *h;
 
-	for (pp = &q->hellos; (h = *pp) != NULL; pp = &h->next) {
+	for (pp = &q->hellos; ((h = *pp)); pp = &h->next) {
 		if (strcmp(h->key, key) == 0) {
 			*pp = h->next;
 			q->nhellos--;
@@ -77,7 +77,7 @@ int qhello_open(struct queue *q, char **cause)
 			const char *k = (const char *)sqlite3_column_text(st, 0);
 			const char *t = (const char *)sqlite3_column_text(st, 1);
 
-			if (k != NULL && t != NULL && hello_put(q, k, t) != QUEUE_OK) {
+			if (k && t && hello_put(q, k, t) != QUEUE_OK) {
 				rc = SQLITE_NOMEM;
 				break;
 			}
@@ -88,7 +88,7 @@ int qhello_open(struct queue *q, char **cause)
 	sqlite3_finalize(st);
 	if (rc != SQLITE_OK)
 		return cause_set(cause, QUEUE_EIO, "queue database %s: hellos: %s", q->path,
-		              q->hdb != NULL ? sqlite3_errmsg(q->hdb) : sqlite3_errstr(rc));
+(		              q->hdb) ? sqlite3_errmsg(q->hdb) : sqlite3_errstr(rc));
 	return QUEUE_OK;
 }
 
@@ -96,7 +96,7 @@ void qhello_close(struct queue *q)
 {
 	struct hello *h, *next;
 
-	for (h = q->hellos; h != NULL; h = next) {
+	for (h = q->hellos; h; h = next) {
 		next = h->next;
 		hello_free(h);
 	}
@@ -111,10 +111,10 @@ char *queue_hello_get(struct queue *q, const char *key)
 	struct hello *h;
 	char *text = NULL;
 
-	if (q == NULL || key == NULL)
+	if (!q || !key)
 		return NULL;
 	pthread_mutex_lock(&q->hello_mu);
-	for (h = q->hellos; h != NULL; h = h->next) {
+	for (h = q->hellos; h; h = h->next) {
 		if (strcmp(h->key, key) == 0) {
 			text = strdup(h->text);
 			break;
@@ -130,11 +130,11 @@ int queue_hello_set(struct queue *q, const char *key, const char *text)
 	sqlite3_stmt *st = NULL;
 	int rc, err;
 
-	if (q == NULL || key == NULL || text == NULL || strlen(text) > QUEUE_HELLO_MAX)
+	if (!q || !key || !text || strlen(text) > QUEUE_HELLO_MAX)
 		return QUEUE_EINVAL;
 	pthread_mutex_lock(&q->hello_mu);
 	h = hello_take(q, key);
-	if (h != NULL && strcmp(h->text, text) == 0) {
+	if (h && strcmp(h->text, text) == 0) {
 		h->next = q->hellos;    /* unchanged: nothing to write */
 		q->hellos = h;
 		q->nhellos++;

@@ -45,7 +45,7 @@ static int htab_init(struct htab *t)
 	t->slot = calloc(HTAB_MIN, sizeof *t->slot);
 	t->mask = HTAB_MIN - 1;
 	t->count = 0;
-	return t->slot != NULL ? 0 : -1;
+	return t->slot ? 0 : -1;
 }
 
 static void htab_release(struct htab *t)
@@ -59,10 +59,10 @@ static void htab_grow(struct htab *t)
 	size_t n = (t->mask + 1) * 2, i;
 	struct hnode **slot, *e, *next;
 
-	if (n > SIZE_MAX / sizeof *slot || (slot = calloc(n, sizeof *slot)) == NULL)
+	if (n > SIZE_MAX / sizeof *slot || !(slot = calloc(n, sizeof *slot)))
 		return;
 	for (i = 0; i <= t->mask; i++) {
-		for (e = t->slot[i]; e != NULL; e = next) {
+		for (e = t->slot[i]; e; e = next) {
 			next = e->next;
 			e->next = slot[e->hash & (n - 1)];
 			slot[e->hash & (n - 1)] = e;
@@ -107,7 +107,7 @@ static struct hnode *htab_chain(const struct htab *t, uint64_t hash)
  * queue_lease too); else queue_lease's. */
 static struct rlist *ready_list(struct queue *q, struct session *s)
 {
-	bool ws_head = s->head != NULL && s->head->ws;
+	bool ws_head = s->head && s->head->ws;
 
 	if (!q->streams_on)
 		return &q->ready;
@@ -124,7 +124,7 @@ static void ready_link(struct queue *q, struct session *s, bool front)
 	if (front) {
 		s->rprev = NULL;
 		s->rnext = l->head;
-		if (l->head != NULL)
+		if (l->head)
 			l->head->rprev = s;
 		else
 			l->tail = s;
@@ -132,7 +132,7 @@ static void ready_link(struct queue *q, struct session *s, bool front)
 	} else {
 		s->rnext = NULL;
 		s->rprev = l->tail;
-		if (l->tail != NULL)
+		if (l->tail)
 			l->tail->rnext = s;
 		else
 			l->head = s;
@@ -145,11 +145,11 @@ static void ready_unlink(struct queue *q, struct session *s)
 	struct rlist *l = s->on;
 
 	(void)q;
-	if (s->rprev != NULL)
+	if (s->rprev)
 		s->rprev->rnext = s->rnext;
 	else
 		l->head = s->rnext;
-	if (s->rnext != NULL)
+	if (s->rnext)
 		s->rnext->rprev = s->rprev;
 	else
 		l->tail = s->rprev;
@@ -198,7 +198,7 @@ bool qidx_heap_push(struct queue *q, struct session *s)
 		size_t cap = q->heap_cap ? q->heap_cap * 2 : 16;
 		struct session **h;
 
-		if (cap > SIZE_MAX / sizeof *h || (h = realloc(q->heap, cap * sizeof *h)) == NULL)
+		if (cap > SIZE_MAX / sizeof *h || !(h = realloc(q->heap, cap * sizeof *h)))
 			return false;
 		q->heap = h;
 		q->heap_cap = cap;
@@ -225,7 +225,7 @@ struct session *qidx_session_find(struct queue *q, const char *name)
 	uint64_t h = hash_str(q, name);
 	struct hnode *n;
 
-	for (n = htab_chain(&q->sessions, h); n != NULL; n = n->next) {
+	for (n = htab_chain(&q->sessions, h); n; n = n->next) {
 		struct session *s = container_of(n, struct session, node);
 
 		if (n->hash == h && strcmp(s->name, name) == 0)
@@ -240,11 +240,11 @@ struct session *qidx_session_get(struct queue *q, const char *name)
 	struct session *s = qidx_session_find(q, name);
 	size_t len;
 
-	if (s != NULL)
+	if (s)
 		return s;
 	len = strlen(name) + 1;
 	s = calloc(1, sizeof *s + len);
-	if (s == NULL)
+	if (!s)
 		return NULL;
 	memcpy(s->name, name, len);
 	s->state = S_IDLE;
@@ -255,7 +255,7 @@ struct session *qidx_session_get(struct queue *q, const char *name)
 /* Frees s once nothing refers to it any more. */
 void qidx_session_maybe_free(struct queue *q, struct session *s)
 {
-	if (s->head != NULL || s->uncommitted > 0 || s->state != S_IDLE)
+	if (s->head || s->uncommitted > 0 || s->state != S_IDLE)
 		return;
 	htab_del(&q->sessions, &s->node);
 	free(s);
@@ -291,7 +291,7 @@ void qidx_session_head_changed(struct queue *q, struct session *s)
 		ready_unlink(q, s);     /* the new head may belong on another list */
 		s->state = S_IDLE;
 	}
-	if (s->head != NULL) {
+	if (s->head) {
 		qidx_session_set_ready(q, s, false);
 		return;
 	}
@@ -305,7 +305,7 @@ void qidx_session_head_changed(struct queue *q, struct session *s)
 
 void qidx_stream_settle(struct queue *q, struct session *s)
 {
-	bool readable = s->unread != NULL && s->nflight < q->window &&
+	bool readable = s->unread && s->nflight < q->window &&
 	                (s->unread->ws || s->nflight == 0);
 
 	/* queue_lease has its head, or it waits for its retry: the ack or the
@@ -333,7 +333,7 @@ int qidx_streams_on(struct queue *q, struct rlist *oready, unsigned owners, unsi
 	q->window = window;
 	q->streams_on = true;
 	/* Sessions that are ready already may belong on ws_ready now. */
-	for (s = q->ready.head; s != NULL; s = next) {
+	for (s = q->ready.head; s; s = next) {
 		next = s->rnext;
 		if (ready_list(q, s) != &q->ready) {
 			ready_unlink(q, s);
@@ -341,7 +341,7 @@ int qidx_streams_on(struct queue *q, struct rlist *oready, unsigned owners, unsi
 			tail = &s->rnext;
 		}
 	}
-	for (s = moved; s != NULL; s = next) {
+	for (s = moved; s; s = next) {
 		next = s->rnext;
 		ready_link(q, s, false);
 	}
@@ -360,7 +360,7 @@ struct session *qidx_lease_find(struct queue *q, int64_t id)
 	uint64_t h = hash_id(id);
 	struct hnode *n;
 
-	for (n = htab_chain(&q->leases, h); n != NULL; n = n->next) {
+	for (n = htab_chain(&q->leases, h); n; n = n->next) {
 		struct session *s = container_of(n, struct session, lease_node);
 
 		if (n->hash == h && s->head->id == id)
@@ -392,7 +392,7 @@ struct apikey *qidx_key_find(struct queue *q, const char *name)
 	uint64_t h = hash_str(q, name);
 	struct hnode *n;
 
-	for (n = htab_chain(&q->keys, h); n != NULL; n = n->next) {
+	for (n = htab_chain(&q->keys, h); n; n = n->next) {
 		struct apikey *k = container_of(n, struct apikey, node);
 
 		if (n->hash == h && strcmp(k->name, name) == 0)
@@ -407,10 +407,10 @@ struct apikey *qidx_key_get(struct queue *q, const char *name)
 	struct apikey *k = qidx_key_find(q, name);
 	size_t len;
 
-	if (k == NULL) {
+	if (!k) {
 		len = strlen(name) + 1;
 		k = calloc(1, sizeof *k + len);
-		if (k == NULL)
+		if (!k)
 			return NULL;
 		memcpy(k->name, name, len);
 		htab_add(&q->keys, &k->node, hash_str(q, name));
@@ -421,7 +421,7 @@ struct apikey *qidx_key_get(struct queue *q, const char *name)
 
 void qidx_key_put(struct queue *q, struct apikey *k)
 {
-	if (k != NULL && --k->refs == 0) {
+	if (k && --k->refs == 0) {
 		htab_del(&q->keys, &k->node);
 		free(k);
 	}
@@ -435,19 +435,19 @@ struct dead_info *qidx_dead_info_create(const char *reason, int status, const ch
 	struct dead_info *d;
 	char *p;
 
-	if (reason == NULL)
+	if (!reason)
 		reason = "unknown";
 	rl = strnlen(reason, QUEUE_REASON_MAX);
-	dl = detail != NULL ? strnlen(detail, DETAIL_MAX) : 0;
-	d = malloc(sizeof *d + rl + 1 + (detail != NULL ? dl + 1 : 0));
-	if (d == NULL)
+	dl = detail ? strnlen(detail, DETAIL_MAX) : 0;
+	d = malloc(sizeof *d + rl + 1 + (detail ? dl + 1 : 0));
+	if (!d)
 		return &dead_nomem;
 	p = (char *)(d + 1);
 	memcpy(p, reason, rl);
 	p[rl] = '\0';
 	d->reason = p;
 	d->detail = NULL;
-	if (detail != NULL) {
+	if (detail) {
 		p += rl + 1;
 		memcpy(p, detail, dl);
 		p[dl] = '\0';
@@ -466,7 +466,7 @@ void qidx_dead_info_free(struct dead_info *d)
 
 void qidx_entry_free(struct entry *e)
 {
-	if (e == NULL)
+	if (!e)
 		return;
 	free(e->msg);
 	qidx_dead_info_free(e->dead);
@@ -483,7 +483,7 @@ void qidx_live_add(struct queue *q, struct entry *e)
 {
 	e->gnext = NULL;
 	e->gprev = q->live_tail;
-	if (q->live_tail != NULL)
+	if (q->live_tail)
 		q->live_tail->gnext = e;
 	else
 		q->live_head = e;
@@ -498,17 +498,17 @@ void qidx_live_add(struct queue *q, struct entry *e)
  * becomes the hint for the next, higher id. */
 static void live_insert(struct queue *q, struct entry *e, struct entry **hint)
 {
-	struct entry *p = *hint != NULL ? *hint : q->live_head;
+	struct entry *p = *hint ? *hint : q->live_head;
 
-	while (p != NULL && p->id < e->id)
+	while (p && p->id < e->id)
 		p = p->gnext;
 	e->gnext = p;
-	e->gprev = p != NULL ? p->gprev : q->live_tail;
-	if (e->gprev != NULL)
+	e->gprev = p ? p->gprev : q->live_tail;
+	if (e->gprev)
 		e->gprev->gnext = e;
 	else
 		q->live_head = e;
-	if (p != NULL)
+	if (p)
 		p->gprev = e;
 	else
 		q->live_tail = e;
@@ -520,11 +520,11 @@ static void live_insert(struct queue *q, struct entry *e, struct entry **hint)
 
 void qidx_live_remove(struct queue *q, struct entry *e)
 {
-	if (e->gprev != NULL)
+	if (e->gprev)
 		e->gprev->gnext = e->gnext;
 	else
 		q->live_head = e->gnext;
-	if (e->gnext != NULL)
+	if (e->gnext)
 		e->gnext->gprev = e->gprev;
 	else
 		q->live_tail = e->gprev;
@@ -542,13 +542,13 @@ static void index_append(struct entry *e)
 	struct session *s = e->session;
 
 	e->snext = NULL;
-	if (s->tail != NULL)
+	if (s->tail)
 		s->tail->snext = e;
 	else
 		s->head = e;
 	s->tail = e;
 	e->indexed = true;
-	if (s->owner != 0 && s->unread == NULL)
+	if (s->owner != 0 && !s->unread)
 		s->unread = e;
 }
 
@@ -560,22 +560,22 @@ static void index_insert(struct entry *e)
 	struct session *s = e->session;
 	struct entry *prev = s->head;
 
-	if (prev == NULL || e->id > s->tail->id) {
+	if (!prev || e->id > s->tail->id) {
 		index_append(e);
 		return;
 	}
 	/* Nor before what a stream owner has read. */
 	if (s->owner != 0 && s->nflight > 0)
-		while (prev->snext != NULL && prev->snext != s->unread)
+		while (prev->snext && prev->snext != s->unread)
 			prev = prev->snext;
-	while (prev->snext != NULL && prev->snext->id < e->id)
+	while (prev->snext && prev->snext->id < e->id)
 		prev = prev->snext;
 	e->snext = prev->snext;
 	prev->snext = e;
-	if (e->snext == NULL)
+	if (!e->snext)
 		s->tail = e;
 	e->indexed = true;
-	if (s->owner != 0 && (s->unread == NULL || s->unread == e->snext))
+	if (s->owner != 0 && (!s->unread || s->unread == e->snext))
 		s->unread = e;
 }
 
@@ -585,7 +585,7 @@ void qidx_unlink(struct queue *q, struct entry *e, struct entry *prev)
 {
 	struct session *s = e->session;
 
-	if (prev != NULL)
+	if (prev)
 		prev->snext = e->snext;
 	else
 		s->head = e->snext;
@@ -595,7 +595,7 @@ void qidx_unlink(struct queue *q, struct entry *e, struct entry *prev)
 		s->unread = e->snext;
 	e->snext = NULL;
 	e->indexed = false;
-	if (e->msg != NULL) {
+	if (e->msg) {
 		q->cache_used -= e->msg_size;
 		free(e->msg);
 		e->msg = NULL;
@@ -624,7 +624,7 @@ void qidx_op_set(struct queue *q, struct entry *e, enum op op)
 	}
 	e->next_op = op;
 	e->pnext = NULL;
-	if (q->pending_tail != NULL) {
+	if (q->pending_tail) {
 		q->pending_tail->pnext = e;
 	} else {
 		q->pending_head = e;
@@ -706,7 +706,7 @@ void qidx_commit(struct queue *q, struct entry *e)
 
 void qidx_waiter_finish(struct entry *e, int result)
 {
-	if (e->waiter == NULL)
+	if (!e->waiter)
 		return;
 	e->waiter->result = result;
 	e->waiter->done = true;
@@ -739,9 +739,9 @@ int qidx_add_row(struct queue *q, const struct qidx_row *row, bool replayed,
 	struct entry *e = calloc(1, sizeof *e);
 	struct session *s;
 
-	if (e == NULL || (s = qidx_session_get(q, row->session != NULL ? row->session : "")) == NULL)
+	if (!e || !(s = qidx_session_get(q, row->session ? row->session : "")))
 		goto fail;
-	if (row->api_key != NULL && (e->key = qidx_key_get(q, row->api_key)) == NULL) {
+	if (row->api_key && !(e->key = qidx_key_get(q, row->api_key))) {
 		qidx_session_maybe_free(q, s);
 		goto fail;
 	}
@@ -778,9 +778,9 @@ uint64_t qidx_pending_dead(const struct queue *q)
 	const struct entry *e;
 	uint64_t n = 0;
 
-	for (e = q->pending_head; e != NULL; e = e->pnext)
+	for (e = q->pending_head; e; e = e->pnext)
 		n += is_dead_op(e->next_op);
-	for (e = q->batch; e != NULL; e = e->bnext)
+	for (e = q->batch; e; e = e->bnext)
 		n += is_dead_op(e->batch_op) && !is_dead_op(e->next_op);
 	return n;
 }
@@ -801,8 +801,8 @@ static void free_all(struct htab *t, size_t node_offset)
 	struct hnode *n, *next;
 	size_t i;
 
-	for (i = 0; t->slot != NULL && i <= t->mask; i++) {
-		for (n = t->slot[i]; n != NULL; n = next) {
+	for (i = 0; t->slot && i <= t->mask; i++) {
+		for (n = t->slot[i]; n; n = next) {
 			next = n->next;
 			free((char *)n - node_offset);
 		}
@@ -814,12 +814,12 @@ void qidx_release(struct queue *q)
 {
 	struct entry *e, *next;
 
-	for (e = q->pending_head; e != NULL; e = next) {
+	for (e = q->pending_head; e; e = next) {
 		next = e->pnext;
 		if (!e->live)
 			qidx_entry_free(e);
 	}
-	for (e = q->live_head; e != NULL; e = next) {
+	for (e = q->live_head; e; e = next) {
 		next = e->gnext;
 		qidx_entry_free(e);
 	}

@@ -51,7 +51,7 @@ size_t qmsg_footprint(const struct queue_msg *m)
 	for (i = 0; i < MSG_NSTR; i++) {
 		const char *s = qmsg_str(m, i);
 
-		if (s == NULL)
+		if (!s)
 			continue;
 		len = strlen(s) + 1;
 		if (len > SIZE_MAX - total)
@@ -69,10 +69,10 @@ struct queue_msg *queue_msg_dup(const struct queue_msg *m)
 	struct queue_msg *d;
 	char *p;
 
-	if (size == 0 || (m->body_len > 0 && m->body == NULL))
+	if (size == 0 || (m->body_len > 0 && !m->body))
 		return NULL;
 	d = malloc(size);
-	if (d == NULL)
+	if (!d)
 		return NULL;
 	*d = *m;
 	p = (char *)(d + 1);
@@ -84,7 +84,7 @@ struct queue_msg *queue_msg_dup(const struct queue_msg *m)
 	for (i = 0; i < MSG_NSTR; i++) {
 		const char *s = qmsg_str(m, i);
 
-		if (s == NULL)
+		if (!s)
 			continue;
 		len = strlen(s) + 1;
 		memcpy(p, s, len);

@@ -15,14 +15,14 @@ void qnotify_unlock(struct queue *q)
 	void (*fn)(void *) = NULL;
 	void *arg = NULL;
 
-	if (q->wake && q->notify != NULL) {
+	if (q->wake && q->notify) {
 		fn = q->notify;
 		arg = q->notify_arg;
 		q->notify_running++;
 	}
 	q->wake = false;
 	pthread_mutex_unlock(&q->mu);
-	if (fn == NULL)
+	if (!fn)
 		return;
 	fn(arg);
 	pthread_mutex_lock(&q->mu);

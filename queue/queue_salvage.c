@@ -304,7 +304,7 @@ int queue_admin_salvage(const char *path, const char *output, struct queue_admin
 	struct copier c = { 0 };
 	int lock = -1, err;
 
-	if (cause != NULL)
+	if (cause)
 		*cause = NULL;
 	memset(res, 0, sizeof *res);
 	if (access(path, F_OK) < 0)
@@ -316,14 +316,14 @@ int queue_admin_salvage(const char *path, const char *output, struct queue_admin
 		return cause_set(cause, errno == EWOULDBLOCK ? QUEUE_EBUSY : QUEUE_EIO,
 		              "%s: %s", path, errno == EWOULDBLOCK ?
 		              "a relay is running on it: stop it first" : strerror(errno));
-	if (output != NULL)
+	if (output)
 		snprintf(res->output, sizeof res->output, "%s", output);
 	else if (snprintf(res->output, sizeof res->output, "%s.salvage", path) >=
 	         (int)sizeof res->output) {
 		err = cause_set(cause, QUEUE_EINVAL, "path too long: %s", path);
 		goto out;
 	}
-	if (output == NULL)
+	if (!output)
 		(void)unlink(res->output); /* what a salvage that died before left */
 	if (sqlite3_open_v2(path, &c.src, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
 		err = cause_set(cause, QUEUE_EIO, "cannot open %s: %s", path, sqlite3_errmsg(c.src));
@@ -335,7 +335,7 @@ int queue_admin_salvage(const char *path, const char *output, struct queue_admin
 	(void)sqlite3_close(c.dst);
 	(void)sqlite3_close(c.src);
 	c.src = c.dst = NULL;
-	if (err != QUEUE_OK || output != NULL)
+	if (err != QUEUE_OK || output)
 		goto out;
 	err = move_aside(path, res->moved_to, sizeof res->moved_to, cause);
 	if (err == QUEUE_OK && rename(res->output, path) < 0)

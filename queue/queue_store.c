@@ -64,7 +64,7 @@ static int corrupt_cause(char **cause, const char *path, const char *what)
 static int open_fail(const char *path, sqlite3 *db, char **cause, int rc, const char *what)
 {
 	int err = sql_to_err(rc);
-	const char *msg = db != NULL ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+	const char *msg = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
 	char buf[256];
 
 	if (err == QUEUE_ECORRUPT) {
@@ -95,7 +95,7 @@ int qstore_query_text(sqlite3 *db, const char *sql, char *buf, size_t len)
 	if (rc == SQLITE_ROW) {
 		const unsigned char *t = sqlite3_column_text(st, 0);
 
-		snprintf(buf, len, "%s", t != NULL ? (const char *)t : "");
+		snprintf(buf, len, "%s", t ? (const char *)t : "");
 	}
 	sqlite3_finalize(st);
 	return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
@@ -527,7 +527,7 @@ static int read_one(struct queue *q, int64_t id, struct queue_msg **out)
 		m.body = sqlite3_column_blob(st, 11);
 		m.body_len = (size_t)sqlite3_column_bytes(st, 11);
 		*out = queue_msg_dup(&m);
-		err = *out != NULL ? QUEUE_OK : QUEUE_ENOMEM;
+		err = *out ? QUEUE_OK : QUEUE_ENOMEM;
 	} else {
 		err = rc == SQLITE_DONE ? QUEUE_ENOTFOUND : QUEUE_EIO;
 	}
@@ -567,7 +567,7 @@ int qstore_dead_reasons(struct queue *q, void (*fn)(void *arg, const char *reaso
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 		const char *reason = (const char *)sqlite3_column_text(st, 0);
 
-		fn(arg, reason != NULL ? reason : "", (uint64_t)sqlite3_column_int64(st, 1));
+		fn(arg, reason ? reason : "", (uint64_t)sqlite3_column_int64(st, 1));
 	}
 	sqlite3_reset(st);  /* ends the read transaction: checkpoints can proceed */
 	pthread_mutex_unlock(&q->read_mu);
@@ -587,7 +587,7 @@ static int exec_insert(struct queue *q, const struct entry *e)
 	for (i = 0; i < MSG_NSTR; i++) {
 		const char *s = qmsg_str(m, i);
 
-		if (s == NULL && i < 2)
+		if (!s && i < 2)
 			s = ""; /* session and target are NOT NULL */
 		sqlite3_bind_text(st, 3 + (int)i, s, -1, SQLITE_STATIC);
 	}
@@ -659,7 +659,7 @@ int qstore_batch_run(struct queue *q, const struct entry *batch, char *err, size
 	const struct entry *e;
 	int rc = qstore_step_reset(q->st_begin);
 
-	for (e = batch; e != NULL && rc == SQLITE_OK; e = e->bnext)
+	for (e = batch; e && rc == SQLITE_OK; e = e->bnext)
 		rc = exec_op(q, e);
 	if (rc == SQLITE_OK)
 		rc = qstore_step_reset(q->st_commit);
@@ -724,9 +724,9 @@ static int row_copy(sqlite3_stmt *st, struct qidx_row *row)
 
 	row_from(st, &r);
 	*row = r;
-	row->session = strdup(r.session != NULL ? r.session : "");
-	row->api_key = r.api_key != NULL ? strdup(r.api_key) : NULL;
-	if (row->session == NULL || (r.api_key != NULL && row->api_key == NULL)) {
+	row->session = strdup(r.session ? r.session : "");
+	row->api_key = r.api_key ? strdup(r.api_key) : NULL;
+	if (!row->session || (r.api_key && !row->api_key)) {
 		qstore_rows_free(row, 1);
 		return -1;
 	}

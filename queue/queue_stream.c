@@ -22,9 +22,9 @@ bool queue_msg_is_close(const struct queue_msg *m, unsigned *code)
 {
 	const unsigned char *b = m->body;
 
-	if (m->content_type == NULL || strcmp(m->content_type, QUEUE_CT_WS_CLOSE) != 0)
+	if (!m->content_type || strcmp(m->content_type, QUEUE_CT_WS_CLOSE) != 0)
 		return false;
-	if (code != NULL)
+	if (code)
 		*code = m->body_len >= 2 ? (unsigned)b[0] << 8 | b[1] : 1005;
 	return true;
 }
@@ -34,10 +34,10 @@ int queue_stream_init(struct queue *q, unsigned owners, unsigned window)
 	struct rlist *l;
 	int err;
 
-	if (q == NULL || owners == 0 || owners > STREAM_OWNERS_MAX || window == 0)
+	if (!q || owners == 0 || owners > STREAM_OWNERS_MAX || window == 0)
 		return QUEUE_EINVAL;
 	l = calloc(owners + 1, sizeof *l);
-	if (l == NULL)
+	if (!l)
 		return QUEUE_ENOMEM;
 	pthread_mutex_lock(&q->mu);
 	err = qidx_streams_on(q, l, owners, window);
@@ -50,9 +50,9 @@ int queue_stream_init(struct queue *q, unsigned owners, unsigned window)
 /* The session named, if owner (0: any owner) owns it; q->mu held. */
 static struct session *owned(struct queue *q, const char *name, unsigned owner)
 {
-	struct session *s = qidx_session_find(q, name != NULL ? name : "");
+	struct session *s = qidx_session_find(q, name ? name : "");
 
-	if (s == NULL || s->owner == 0 || (owner != 0 && s->owner != owner))
+	if (!s || s->owner == 0 || (owner != 0 && s->owner != owner))
 		return NULL;
 	return s;
 }
@@ -67,12 +67,12 @@ static void unread_from(struct queue *q, struct session *s, int64_t id, int err)
 	struct entry *e = s->head, *prev = NULL;
 	unsigned k = 0;
 
-	while (e != NULL && e != s->unread && e->id != id) {
+	while (e && e != s->unread && e->id != id) {
 		prev = e;
 		e = e->snext;
 		k++;
 	}
-	if (e == NULL || e == s->unread || s->owner == 0)
+	if (!e || e == s->unread || s->owner == 0)
 		return;
 	s->unread = e;
 	s->nflight = k;
@@ -98,9 +98,9 @@ int queue_stream_lease(struct queue *q, unsigned owner, struct queue_msg **out, 
 	struct entry *e;
 	int err = QUEUE_OK;
 
-	if (n != NULL)
+	if (n)
 		*n = 0;
-	if (q == NULL || out == NULL || n == NULL)
+	if (!q || !out || !n)
 		return QUEUE_EINVAL;
 	if (max > STREAM_LEASE_MAX)
 		max = STREAM_LEASE_MAX;
@@ -117,9 +117,9 @@ int queue_stream_lease(struct queue *q, unsigned owner, struct queue_msg **out, 
 	wall = wall_ms();
 	while (got < max) {
 		s = q->oready[owner].head;
-		if (s == NULL) {
+		if (!s) {
 			s = q->ws_ready.head;
-			if (s == NULL)
+			if (!s)
 				break;
 			/* Taken: everything it has is unread. */
 			s->owner = owner;
@@ -138,7 +138,7 @@ int queue_stream_lease(struct queue *q, unsigned owner, struct queue_msg **out, 
 		attempts[got] = e->attempts;
 		sess[got] = s;
 		out[got++] = e->msg;    /* a cached copy changes hands */
-		if (e->msg != NULL) {
+		if (e->msg) {
 			q->cache_used -= e->msg_size;
 			e->msg = NULL;
 		}
@@ -149,20 +149,20 @@ int queue_stream_lease(struct queue *q, unsigned owner, struct queue_msg **out, 
 	qnotify_unlock(q);
 
 	for (i = 0; i < got; i++)
-		if (out[i] == NULL)
+		if (!out[i])
 			read_ids[nread++] = ids[i];
 	if (nread > 0)
 		qstore_read_messages(q, read_ids, nread, read_out, read_err);
 	for (i = 0, r = 0; i < got; i++) {
 		int rc = QUEUE_OK;
 
-		if (out[i] == NULL) {
+		if (!out[i]) {
 			rc = read_err[r];
 			out[i] = read_out[r++];
 		}
 		/* After a message that could not be read, its session hands out
 		 * nothing more in this lease: order. */
-		if (rc == QUEUE_OK && failed != NULL && sess[i] == failed)
+		if (rc == QUEUE_OK && failed && sess[i] == failed)
 			rc = QUEUE_EIO;
 		if (rc != QUEUE_OK) {
 			if (sess[i] != failed) {
@@ -190,7 +190,7 @@ void queue_stream_ack(struct queue *q, const char *session, int64_t upto)
 
 	pthread_mutex_lock(&q->mu);
 	s = owned(q, session, 0);
-	while (s != NULL && s->nflight > 0 && s->head->id <= upto) {
+	while (s && s->nflight > 0 && s->head->id <= upto) {
 		e = s->head;
 		qidx_unlink(q, e, NULL);
 		qidx_live_remove(q, e);
@@ -198,7 +198,7 @@ void queue_stream_ack(struct queue *q, const char *session, int64_t upto)
 		qidx_op_set(q, e, OP_DELETE);
 		s->nflight--;
 	}
-	if (s != NULL)
+	if (s)
 		qidx_stream_settle(q, s);
 	qnotify_unlock(q);
 }
@@ -210,11 +210,11 @@ void queue_stream_dead(struct queue *q, const char *session, int64_t upto, const
 
 	pthread_mutex_lock(&q->mu);
 	s = owned(q, session, 0);
-	while (s != NULL && s->nflight > 0 && s->head->id <= upto) {
+	while (s && s->nflight > 0 && s->head->id <= upto) {
 		qidx_entry_kill(q, s->head, NULL, qidx_dead_info_create(reason, status, detail));
 		s->nflight--;
 	}
-	if (s != NULL)
+	if (s)
 		qidx_stream_settle(q, s);
 	qnotify_unlock(q);
 }
@@ -227,11 +227,11 @@ void queue_stream_release(struct queue *q, const char *session, unsigned delay_m
 
 	pthread_mutex_lock(&q->mu);
 	s = owned(q, session, 0);
-	if (s == NULL) {
+	if (!s) {
 		pthread_mutex_unlock(&q->mu);
 		return;
 	}
-	for (i = 0, e = s->head; i < s->nflight && e != NULL; i++, e = e->snext) {
+	for (i = 0, e = s->head; i < s->nflight && e; i++, e = e->snext) {
 		e->attempts++;
 		qidx_op_set(q, e, OP_ATTEMPTS);
 	}
@@ -247,7 +247,7 @@ void queue_stream_release(struct queue *q, const char *session, unsigned delay_m
 	if (s->state == S_READY)
 		qidx_session_unready(q, s);
 	s->state = S_IDLE;
-	if (s->head == NULL) {
+	if (!s->head) {
 		qidx_session_maybe_free(q, s);
 	} else {
 		s->due_ms = mono_ms() + delay_ms;

@@ -40,7 +40,7 @@ static size_t batch_done(struct queue *q, struct entry *batch, int64_t end_us)
 	size_t nlat = 0;
 	int64_t us;
 
-	for (e = batch; e != NULL; e = next) {
+	for (e = batch; e; e = next) {
 		enum op op = e->batch_op;
 
 		next = e->bnext;
@@ -81,13 +81,13 @@ static void batch_failed(struct queue *q, struct entry *batch, const char *err)
 {
 	struct entry *e, *next;
 
-	for (e = batch; e != NULL; e = next) {
+	for (e = batch; e; e = next) {
 		enum op op = e->batch_op;
 
 		next = e->bnext;
 		e->bnext = NULL;
 		e->batch_op = OP_NONE;
-		if ((op == OP_INSERT || op == OP_INSERT_DEAD) && e->waiter != NULL)
+		if ((op == OP_INSERT || op == OP_INSERT_DEAD) && e->waiter)
 			qidx_insert_drop(q, e, op);
 		else if (e->next_op == OP_NONE)
 			qidx_op_set(q, e, op);
@@ -119,7 +119,7 @@ static int writer_commit(struct queue *q)
 	int64_t end_us;
 	int rc;
 
-	for (e = batch; e != NULL; e = next) {
+	for (e = batch; e; e = next) {
 		next = e->pnext;
 		e->pnext = NULL;
 		e->bnext = next;
@@ -136,7 +136,7 @@ static int writer_commit(struct queue *q)
 	if (inserts > q->lat_cap) {
 		uint32_t *lat = realloc(q->lat, inserts * sizeof *lat);
 
-		if (lat != NULL) {
+		if (lat) {
 			q->lat = lat;
 			q->lat_cap = inserts;
 		}
@@ -145,7 +145,7 @@ static int writer_commit(struct queue *q)
 
 	if (set_pages)
 		qstore_set_max_pages(q->db, pages);
-	rc = batch != NULL ? qstore_batch_run(q, batch, err, sizeof err)
+	rc = batch ? qstore_batch_run(q, batch, err, sizeof err)
 	                   : qstore_probe_run(q, err, sizeof err);
 	end_us = mono_us();
 
@@ -157,19 +157,19 @@ static int writer_commit(struct queue *q)
 		q->error[0] = '\0';
 		q->backoff_ms = 0;
 		q->last_commit_end_ms = end_us / 1000;
-		q->commits_total += batch != NULL;
+		q->commits_total += batch ? 1 : 0;
 	} else {
 		batch_failed(q, batch, err);
 	}
 	pthread_cond_broadcast(&q->done_cv);
 	qnotify_unlock(q);
-	if (rc == SQLITE_OK && batch != NULL && on_commit != NULL)
+	if (rc == SQLITE_OK && batch && on_commit)
 		on_commit(q->opt.on_commit_arg, size, q->lat, nlat);
 	/* Only this thread changes writable, so the transition is reported
 	 * once, in order, without the lock. */
-	if (rc == SQLITE_OK && !was_writable && q->opt.on_writable != NULL)
+	if (rc == SQLITE_OK && !was_writable && q->opt.on_writable)
 		q->opt.on_writable(q->opt.on_writable_arg, true, NULL);
-	else if (rc != SQLITE_OK && was_writable && q->opt.on_writable != NULL)
+	else if (rc != SQLITE_OK && was_writable && q->opt.on_writable)
 		q->opt.on_writable(q->opt.on_writable_arg, false, err);
 	pthread_mutex_lock(&q->mu);
 	return rc;
@@ -194,7 +194,7 @@ static int64_t writer_due(const struct queue *q)
 
 	if (!q->writable)
 		return q->retry_at_ms;
-	if (q->pending_head == NULL)
+	if (!q->pending_head)
 		return INT64_MAX;
 	if (q->closing || q->npending >= q->opt.commit_batch_max)
 		return 0;
@@ -211,7 +211,7 @@ static void expire_pass(struct queue *q)
 	struct entry *e, *next;
 	unsigned n;
 
-	for (n = 0, e = q->live_head; e != NULL && n < EXPIRY_SCAN_MAX; n++, e = next) {
+	for (n = 0, e = q->live_head; e && n < EXPIRY_SCAN_MAX; n++, e = next) {
 		next = e->gnext;
 		if (!qidx_entry_expired(q, e, wall))
 			break;
@@ -227,7 +227,7 @@ static void writer_abandon(struct queue *q)
 {
 	struct entry *e;
 
-	for (e = q->pending_head; e != NULL; e = e->pnext)
+	for (e = q->pending_head; e; e = e->pnext)
 		qidx_waiter_finish(e, QUEUE_EIO);
 	pthread_cond_broadcast(&q->done_cv);
 }
@@ -311,7 +311,7 @@ void *qwriter_main(void *arg)
 			qnotify_unlock(q);
 			pthread_mutex_lock(&q->mu);
 		}
-		if (q->closing && (q->pending_head == NULL || close_failures >= CLOSE_ATTEMPTS))
+		if (q->closing && (!q->pending_head || close_failures >= CLOSE_ATTEMPTS))
 			break;
 		due = writer_due(q);
 		if (due > now) {

@@ -127,7 +127,7 @@ void log_event(enum log_level level, const char *event, const char *fmt, ...)
 /* Whether s has to be quoted to stay one logfmt value. */
 static int needs_quotes(const char *s)
 {
-	return !*s || strpbrk(s, " =\"") != NULL;
+	return !*s || strpbrk(s, " =\"");
 }
 
 const char *log_quote(const char *s, char *buf, unsigned size)

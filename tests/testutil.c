@@ -15,7 +15,7 @@ char *tmpdir_create(const char *prefix)
 {
 	char *dir = NULL;
 
-	if (asprintf(&dir, "/tmp/%s-XXXXXX", prefix) < 0 || mkdtemp(dir) == NULL) {
+	if (asprintf(&dir, "/tmp/%s-XXXXXX", prefix) < 0 || !mkdtemp(dir)) {
 		printf("Bail out! mkdtemp /tmp/%s-XXXXXX: %s\n", prefix, strerror(errno));
 		exit(1);
 	}
@@ -28,11 +28,11 @@ void tmpdir_remove(char *dir)
 	struct dirent *d;
 	DIR *dp;
 
-	if (dir == NULL)
+	if (!dir)
 		return;
 	dp = opendir(dir);
-	if (dp != NULL) {
-		while ((d = readdir(dp)) != NULL) {
+	if (dp) {
+		while ((d = readdir(dp))) {
 			if (strcmp(d->d_name, ".") == 0 || strcmp(d->d_name, "..") == 0)
 				continue;
 			snprintf(path, sizeof path, "%s/%s", dir, d->d_name);

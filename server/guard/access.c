@@ -346,7 +346,7 @@ bool access_key_allowed(struct access *a, const char *key)
 	pthread_mutex_lock(&a->keys_lock);
 	if (a->keys_on)
 		found = key && a->keys.n &&
-		        bsearch(&key, a->keys.keys, a->keys.n, sizeof *a->keys.keys, cmp_key) != NULL;
+(		        bsearch(&key, a->keys.keys, a->keys.n, sizeof *a->keys.keys, cmp_key));
 	pthread_mutex_unlock(&a->keys_lock);
 	return found;
 }

@@ -74,7 +74,7 @@ int cidr_parse(const char *s, size_t len, struct cidr *out)
 	size_t alen = slash ? (size_t)(slash - s) : len;
 	unsigned max, prefix = 0;
 	unsigned char cut[16] = { 0 };
-	bool v6text = memchr(s, ':', alen) != NULL;
+	bool v6text = memchr(s, ':', alen);
 
 	if (clientip_parse(s, alen, &out->family, out->addr) < 0)
 		return -1;
@@ -230,7 +230,7 @@ const char *clientip_resolve(const struct trusted_proxies *tp, const char *peer,
 void clientip_from_sockaddr(const struct sockaddr *sa, char *buf, size_t size)
 {
 	snprintf(buf, size, "unknown");
-	if (sa == NULL)
+	if (!sa)
 		return;
 	if (sa->sa_family == AF_INET) {
 		inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, buf, (socklen_t)size);

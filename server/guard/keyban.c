@@ -197,7 +197,7 @@ bool keyban_contains(struct keyban *kb, const char *key)
 		goto out;
 	purge_expired(kb, mono_ms());
 	e = lookup(kb, key, len, hash, &link);
-	found = e != NULL;
+	found = e;
 out:
 	pthread_mutex_unlock(&kb->lock);
 	return found;

@@ -49,7 +49,7 @@ static time_t mono_s(void)
 
 static void creds_free(struct tls_creds *c)
 {
-	if (c == NULL)
+	if (!c)
 		return;
 	for (unsigned i = 0; i < c->npcert; i++)
 		gnutls_pcert_deinit(&c->pcert[i]);
@@ -84,7 +84,7 @@ static int creds_create(struct tls_creds **out, const struct tls_pair *p, char *
 	int err = 0;
 
 	*out = NULL;
-	if (c == NULL)
+	if (!c)
 		goto fail;
 	c->npcert = TLS_CHAIN_MAX;
 	what = "the certificate chain";
@@ -148,10 +148,10 @@ int tls_creds_install(const struct tls_pair *p, char **cause)
 		return -1;
 	pthread_mutex_lock(&live.mu);
 	retired_sweep(now);
-	if (live.current != NULL && live.nretired == TLS_RETIRED_MAX) {
+	if (live.current && live.nretired == TLS_RETIRED_MAX) {
 		rc = -1;
 	} else {
-		if (live.current != NULL) {
+		if (live.current) {
 			live.current->retired_at = now;
 			live.retired[live.nretired++] = live.current;
 		}
@@ -185,7 +185,7 @@ int tls_creds_retrieve(gnutls_session_t session, const gnutls_datum_t *req_ca_dn
 	int rc = -1;
 
 	pthread_mutex_lock(&live.mu);
-	if (live.current != NULL) {
+	if (live.current) {
 		*pcert = live.current->pcert;
 		*pcert_length = live.current->npcert;
 		*pkey = live.current->key;

@@ -761,7 +761,7 @@ static void loop_serve_again(struct ws_loop *l)
 	struct ws_conn *list = l->again, *c;
 
 	l->again = NULL;
-	while ((c = list) != NULL) {
+	while ((c = list)) {
 		list = c->again_next;
 		c->in_again = false;
 		c->again_next = NULL;
@@ -813,7 +813,7 @@ static char *hello_text(const struct ws_server *s, const struct ws_conn *c)
 	if (!c->meta->key_rejected && o->project_id && *o->project_id &&
 	    json_object_set_new(obj, "projectId", json_string(o->project_id)) != 0)
 		goto out;
-	if (!c->meta->key_rejected && (learned = hello_learned(s, c)) != NULL &&
+	if (!c->meta->key_rejected && ((learned = hello_learned(s, c))) &&
 	    (json_object_update(obj, learned) != 0 ||
 	     json_object_set_new(obj, "connectionId", json_string(c->id)) != 0))
 		goto out;

@@ -53,7 +53,7 @@ static const char usage_text[] =
 
 static int usage(const char *why)
 {
-	if (why != NULL)
+	if (why)
 		fprintf(stderr, "watchrtc-relay queue: %s\n", why);
 	fputs(usage_text, stderr);
 	return 2;
@@ -61,7 +61,7 @@ static int usage(const char *why)
 
 static int failed(const char *cause, int err)
 {
-	fprintf(stderr, "watchrtc-relay queue: %s\n", cause != NULL ? cause : queue_strerror(err));
+	fprintf(stderr, "watchrtc-relay queue: %s\n", cause ? cause : queue_strerror(err));
 	return 1;
 }
 
@@ -72,7 +72,7 @@ static const char *fmt_time(int64_t ms, char *buf, size_t len)
 	time_t t = (time_t)(ms / 1000);
 	struct tm tm;
 
-	if (ms <= 0 || gmtime_r(&t, &tm) == NULL)
+	if (ms <= 0 || !gmtime_r(&t, &tm))
 		snprintf(buf, len, "-");
 	else
 		strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
@@ -100,7 +100,7 @@ static const char *printable(const char *s, char *buf, size_t len)
 {
 	size_t i;
 
-	for (i = 0; s != NULL && s[i] != '\0' && i + 1 < len; i++)
+	for (i = 0; s && s[i] != '\0' && i + 1 < len; i++)
 		buf[i] = (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
 	buf[i] = '\0';
 	return buf;
@@ -114,14 +114,14 @@ static const char *masked_target(const char *t, char *buf, size_t len)
 	const char *p = NULL, *k, *end;
 	size_t i, n, keep;
 
-	if (t == NULL)
+	if (!t)
 		return printable("", buf, len);
-	for (i = 0; i < sizeof names / sizeof names[0] && p == NULL; i++) {
+	for (i = 0; i < sizeof names / sizeof names[0] && !p; i++) {
 		k = strstr(t, names[i]);
-		if (k != NULL && (k == t || k[-1] == '?' || k[-1] == '&'))
+		if (k && (k == t || k[-1] == '?' || k[-1] == '&'))
 			p = k + strlen(names[i]);
 	}
-	if (p == NULL)
+	if (!p)
 		return printable(t, buf, len);
 	end = p + strcspn(p, "&");
 	keep = end - p > 4 ? 4 : (size_t)(end - p);
@@ -133,10 +133,10 @@ static const char *masked_target(const char *t, char *buf, size_t len)
 /* Prints doc as the whole output and frees it. */
 static int print_json(json_t *doc)
 {
-	char *text = doc != NULL ? json_dumps(doc, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
+	char *text = doc ? json_dumps(doc, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
 
 	json_decref(doc);
-	if (text == NULL)
+	if (!text)
 		return failed("out of memory", QUEUE_ENOMEM);
 	puts(text);
 	free(text);
@@ -158,7 +158,7 @@ static int on_head(void *arg, const struct queue_admin_row *r)
 
 	if (h->count++ >= (h->c->limit > 0 ? h->c->limit : CLI_HEADS_SHOWN))
 		return 0; /* counted, not shown */
-	if (h->list != NULL) {
+	if (h->list) {
 		json_array_append_new(h->list, json_pack("{s:I, s:s, s:s, s:I, s:I, s:I}",
 			"id", (json_int_t)r->id, "session", r->session ? r->session : "",
 			"target", masked_target(r->target, tgt, sizeof tgt),
@@ -178,7 +178,7 @@ static int on_reason(void *arg, const struct queue_admin_row *r)
 	json_t *obj = arg;
 	char why[CLI_FIELD_MAX];
 
-	if (obj != NULL)
+	if (obj)
 		json_object_set_new(obj, r->reason ? r->reason : "", json_integer((json_int_t)r->queued));
 	else
 		printf("  %8" PRIu64 "  %s\n", r->queued, printable(r->reason, why, sizeof why));
@@ -269,9 +269,9 @@ static int on_dead(void *arg, const struct queue_admin_row *r)
 			"detail", r->detail, "attempts", (json_int_t)r->attempts,
 			"bytes", (json_int_t)r->body_len, "received_ms", (json_int_t)r->received_ms,
 			"dead_ms", (json_int_t)r->dead_ms);
-		text = row != NULL ? json_dumps(row, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+		text = row ? json_dumps(row, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
 		json_decref(row);
-		if (text == NULL)
+		if (!text)
 			return -1;
 		printf("%s\n  %s", l->n == 0 ? "" : ",", text);
 		free(text);
@@ -281,7 +281,7 @@ static int on_dead(void *arg, const struct queue_admin_row *r)
 		       fmt_time(r->dead_ms, t, sizeof t), printable(r->reason, why, sizeof why),
 		       r->status, r->attempts, r->body_len, printable(r->session, sess, sizeof sess),
 		       tgt);
-		if (r->detail != NULL && r->detail[0] != '\0')
+		if (r->detail && r->detail[0] != '\0')
 			printf(" detail=\"%s\"", printable(r->detail, det, sizeof det));
 		putchar('\n');
 	}
@@ -455,13 +455,13 @@ static int parse(struct cli *c, int argc, char **argv)
 		} else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
 			fputs(usage_text, stdout);
 			return -1;
-		} else if ((v = opt_value(argc, argv, &i, "--state-dir", &missing)) != NULL) {
+		} else if ((v = opt_value(argc, argv, &i, "--state-dir", &missing))) {
 			c->state_dir = v;
-		} else if ((v = opt_value(argc, argv, &i, "--config", &missing)) != NULL) {
+		} else if ((v = opt_value(argc, argv, &i, "--config", &missing))) {
 			c->config_file = v;
-		} else if ((v = opt_value(argc, argv, &i, "--output", &missing)) != NULL) {
+		} else if ((v = opt_value(argc, argv, &i, "--output", &missing))) {
 			c->output = v;
-		} else if ((v = opt_value(argc, argv, &i, "--limit", &missing)) != NULL) {
+		} else if ((v = opt_value(argc, argv, &i, "--limit", &missing))) {
 			c->limit = strtoull(v, &end, 10);
 			if (*v == '\0' || *end != '\0' || *v == '-')
 				return usage("--limit takes a number");
@@ -469,9 +469,9 @@ static int parse(struct cli *c, int argc, char **argv)
 			fprintf(stderr, "watchrtc-relay queue: %s %s\n", a,
 			        missing ? "needs a value" : "is not an option");
 			return usage(NULL);
-		} else if (c->cmd == NULL) {
+		} else if (!c->cmd) {
 			c->cmd = a;
-		} else if (c->sub == NULL && !strcmp(c->cmd, "dead")) {
+		} else if (!c->sub && !strcmp(c->cmd, "dead")) {
 			c->sub = a;
 		} else if (parse_id(a, &c->ids[c->nids]) == 0) {
 			c->nids++;
@@ -480,7 +480,7 @@ static int parse(struct cli *c, int argc, char **argv)
 			return usage(NULL);
 		}
 	}
-	if (c->cmd == NULL)
+	if (!c->cmd)
 		return usage("which command?");
 	return 0;
 }
@@ -492,11 +492,11 @@ static int find_db(struct cli *c, struct config *cfg)
 	char *args[5] = { "watchrtc-relay" }, *cause = NULL;
 	int n = 1;
 
-	if (c->config_file != NULL) {
+	if (c->config_file) {
 		args[n++] = "--config";
 		args[n++] = (char *)c->config_file;
 	}
-	if (c->state_dir != NULL) {
+	if (c->state_dir) {
 		args[n++] = "--state-dir";
 		args[n++] = (char *)c->state_dir;
 	}
@@ -532,7 +532,7 @@ int cli_queue_main(int argc, char **argv)
 	int rc;
 
 	c.ids = calloc((size_t)argc, sizeof *c.ids);
-	if (c.ids == NULL)
+	if (!c.ids)
 		return failed("out of memory", QUEUE_ENOMEM);
 	rc = parse(&c, argc, argv);
 	if (rc != 0) {
@@ -541,7 +541,7 @@ int cli_queue_main(int argc, char **argv)
 	}
 	if ((rc = find_db(&c, &cfg)) != 0)
 		goto out;
-	if (c.nids > 0 && (c.sub == NULL || strcmp(c.cmd, "dead") || !strcmp(c.sub, "list"))) {
+	if (c.nids > 0 && (!c.sub || strcmp(c.cmd, "dead") || !strcmp(c.sub, "list"))) {
 		rc = usage("only dead replay and dead purge take ids");
 		goto out;
 	}
@@ -553,7 +553,7 @@ int cli_queue_main(int argc, char **argv)
 	}
 	for (i = 0; i < sizeof commands / sizeof commands[0]; i++) {
 		if (strcmp(commands[i].cmd, c.cmd) != 0 ||
-		    (commands[i].sub != NULL && (c.sub == NULL || strcmp(commands[i].sub, c.sub))))
+		    (commands[i].sub && (!c.sub || strcmp(commands[i].sub, c.sub))))
 			continue;
 		rc = queue_admin_open(&a, c.db, commands[i].write, &cause);
 		if (rc != QUEUE_OK) {

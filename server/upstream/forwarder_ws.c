@@ -337,7 +337,7 @@ static void on_open(struct upstream_ws *ws, const char *hello, size_t len, void 
 	if (f->o.seen)
 		f->o.seen(f->o.seen_arg, true, 101, NULL);
 	/* Later SDK connections of this key get the backend's own settings. */
-	if (s->api_key && (learned = fws_hello_learnable(hello)) != NULL) {
+	if (s->api_key && ((learned = fws_hello_learnable(hello)))) {
 		if (queue_hello_set(f->q, s->api_key, learned) != QUEUE_OK)
 			log_warn("upstream_hello_not_stored", "session=%s", s->name);
 		free(learned);

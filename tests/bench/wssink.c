@@ -96,7 +96,7 @@ static const char *header(const char *head, const char *name, char *out, size_t 
 	const char *p = head;
 	size_t n = strlen(name), v;
 
-	while ((p = strstr(p, "\r\n")) != NULL) {
+	while ((p = strstr(p, "\r\n"))) {
 		p += 2;
 		if (strncasecmp(p, name, n) != 0 || p[n] != ':')
 			continue;

@@ -77,13 +77,13 @@ static void check_resolve(const char *list, const char *peer, const char *xff)
 	char *cause = NULL, out[CLIENTIP_SIZE], want[CLIENTIP_SIZE];
 
 	if (trusted_proxies_create(&tp, list, &cause) < 0) {
-		CHECK(tp == NULL && cause != NULL);
+		CHECK(!tp && cause);
 		free(cause);
 		return;
 	}
-	CHECK(cause == NULL);
+	CHECK(!cause);
 	clientip_resolve(tp, peer, xff, out);
-	CHECK(memchr(out, '\0', CLIENTIP_SIZE) != NULL);
+	CHECK(memchr(out, '\0', CLIENTIP_SIZE));
 	canonical(peer, want);
 	if (!want[0]) {
 		/* A peer that is no address is kept as it is (cut to fit). */

@@ -30,7 +30,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	CHECK(config_load(&c, 1, argv, &cause) == CONFIG_RUN);
 	if (config_apply_file_text(&c, "fuzz", text, &cause) == 0) {
 		/* Whatever was accepted is within the table's ranges. */
-		CHECK(cause == NULL);
+		CHECK(!cause);
 		CHECK(c.port >= 1 && c.port <= 65535);
 		CHECK(c.queue_high_water_pct >= 1 && c.queue_high_water_pct <= 100);
 		CHECK(c.http_threads >= 1 && c.http_threads <= 256);

@@ -19,10 +19,10 @@ static void check_member(json_t *doc, const char *name, const char *got)
 	json_t *v = json_object_get(doc, name);
 
 	if (!json_is_string(v)) {
-		CHECK(got == NULL);
+		CHECK(!got);
 		return;
 	}
-	CHECK(got != NULL);
+	CHECK(got);
 	CHECK(strlen(got) == json_string_length(v));
 	CHECK(!memcmp(got, json_string_value(v), json_string_length(v)));
 }
@@ -48,7 +48,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		/* Every refusal says why, and holds nothing. */
 		CHECK(rc == -1 || rc == -2);
 		CHECK(reason[0] != '\0' && memchr(reason, '\0', sizeof reason));
-		CHECK(f.session == NULL && f.project_id == NULL);
+		CHECK(!f.session && !f.project_id);
 	}
 	body_fields_release(&f);
 	return 0;

@@ -28,7 +28,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	r = proxyproto_parse(buf, size, &h, &why);
 	CHECK(r == PROXYPROTO_NOT || r == PROXYPROTO_MORE || r == PROXYPROTO_OK ||
 	      r == PROXYPROTO_BAD);
-	CHECK((r == PROXYPROTO_BAD) == (why != NULL));
+	CHECK((r == PROXYPROTO_BAD) == !!why);
 	if (r == PROXYPROTO_OK) {
 		CHECK(h.len > 0 && h.len <= size && h.len <= PROXYPROTO_MAX);
 		CHECK(h.version == 1 || h.version == 2);

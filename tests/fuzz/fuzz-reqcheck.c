@@ -120,7 +120,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	buf[size] = '\0';
 
 	why = query_check(buf);
-	CHECK((why == NULL) == reference_query_ok(buf));
+	CHECK((!why) == reference_query_ok(buf));
 	if (!reqcheck_query(buf)) {
 		char *k = query_get(buf, "apiKey"), *t = query_get(buf, "token");
 
@@ -139,7 +139,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if ((c < 0x20 && c != '\t') || c == 0x7f)
 			plain = false;
 	}
-	CHECK((reqcheck_header(buf) == NULL) == plain);
+	CHECK((!reqcheck_header(buf)) == plain);
 
 	status = reqcheck_session(buf, 64, &why);
 	if (strlen(buf) > 64) {

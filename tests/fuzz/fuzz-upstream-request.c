@@ -68,7 +68,7 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 	            (!r.xff || value_bytes_ok(r.xff)) &&
 	            r.path[0] == '/' && target_bytes_ok(r.path) && !strchr(r.path, '?');
 	req = uphs_build_request(&r, &len, &why);
-	assert((req != NULL) == expect_ok);
+	assert(!!req == expect_ok);
 	assert(req || why);
 	if (req) {
 		assert(len == strlen(req));
@@ -83,7 +83,7 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 				assert(req[i] != '\n');
 			}
 		}
-		want_lines = 1 + 7 + (r.user_agent != NULL) + (r.origin != NULL) + (r.xff != NULL) + 1;
+		want_lines = 1 + 7 + !!r.user_agent + !!r.origin + !!r.xff + 1;
 		assert(lines == want_lines);
 		/* The request line has exactly two spaces: method, target, version. */
 		{
@@ -95,7 +95,7 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 			assert(spaces == 2);
 		}
 		if (r.query && *r.query) {
-			assert(strstr(req, r.query) != NULL);
+			assert(strstr(req, r.query));
 		}
 		free(req);
 	}

@@ -46,7 +46,7 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 		       again.retry_after_s == r.retry_after_s);
 		break;
 	case UPHS_BAD:
-		assert(r.why != NULL);
+		assert(r.why);
 		break;
 	}
 	free(buf);

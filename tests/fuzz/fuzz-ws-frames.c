@@ -55,7 +55,7 @@ static void on_control(struct side *s, const struct wslay_event_on_msg_recv_arg 
 {
 	bool ping = arg->opcode == WSLAY_PING;
 
-	if (s->mark != NULL) {
+	if (s->mark) {
 		CHECK(!ping);           /* every ping was shown as a pong */
 		ping = ws_textmark_pop_ping(s->mark);
 	}
@@ -83,7 +83,7 @@ static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
 		n = 7;
 	memcpy(buf, s->data + s->off, n);
 	s->off += n;
-	if (s->mark != NULL)
+	if (s->mark)
 		CHECK(ws_textmark_feed(s->mark, buf, n));
 	return (ssize_t)n;
 }
@@ -113,7 +113,7 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
 	}
 	if (arg->opcode != WSLAY_TEXT_FRAME && arg->opcode != WSLAY_BINARY_FRAME)
 		return;
-	if (s->mark != NULL) {
+	if (s->mark) {
 		CHECK(!text);           /* every text frame was shown as binary */
 		text = ws_textmark_pop(s->mark);
 		if (text && !utf8_valid(arg->msg, arg->msg_length)) {

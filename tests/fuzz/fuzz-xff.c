@@ -19,7 +19,7 @@ static void check_chain(const char *incoming, const char *peer)
 	char *out = xff_forward_chain(incoming, peer), *copy, *entry, *save = NULL;
 	size_t n = 0, plen;
 
-	CHECK(out != NULL);
+	CHECK(out);
 	/* Only address characters and the ", " separator ever go upstream. */
 	CHECK(strspn(out, "0123456789abcdefABCDEF.:, ") == strlen(out));
 	CHECK(strlen(out) <= strlen(incoming) + 2 * MAX_ENTRIES + (peer ? strlen(peer) : 0));
@@ -28,7 +28,7 @@ static void check_chain(const char *incoming, const char *peer)
 		CHECK(strlen(out) >= plen && !strcmp(out + strlen(out) - plen, peer));
 	}
 	copy = strdup(out);
-	CHECK(copy != NULL);
+	CHECK(copy);
 	for (entry = strtok_r(copy, ",", &save); entry; entry = strtok_r(NULL, ",", &save)) {
 		if (n > 0)
 			CHECK(*entry++ == ' ');

@@ -126,9 +126,9 @@ static void test_defaults(void)
 	is_str(c.config_file, "", "no config file");
 	ok(!c.check_config, "check-config default");
 	config_release(&c);
-	ok(c.port == 8443 && c.listen_address == NULL, "release clears strings");
+	ok(c.port == 8443 && !c.listen_address, "release clears strings");
 	config_release(&c);
-	ok(c.port == 8443 && c.listen_address == NULL && c.log_level == NULL,
+	ok(c.port == 8443 && !c.listen_address && !c.log_level,
 	   "release twice is safe and leaves the struct cleared");
 	{
 		struct config zero = { 0 }, untouched = { 0 };

@@ -476,7 +476,7 @@ static void case_in_order(struct env *e)
 			ok_put = 0;
 	ok(ok_put, "three messages queued");
 	f = start(e);
-	ok(f != NULL, "forwarder started");
+	ok(f, "forwarder started");
 	ok(wait_drained(e, 10000) == 0, "the queue drains");
 	forwarder_stop(f, 2000);
 
@@ -496,7 +496,7 @@ static void case_in_order(struct env *e)
 		is_str(rec_header(r, "Content-Type"), "application/json", "request %zu Content-Type", i);
 		is_str(rec_header(r, "User-Agent"), "test-agent/1.0", "request %zu User-Agent", i);
 		is_str(rec_header(r, "Origin"), "https://app.example", "request %zu Origin", i);
-		ok(rec_header(r, "Expect") == NULL, "request %zu has no Expect", i);
+		ok(!rec_header(r, "Expect"), "request %zu has no Expect", i);
 	}
 	json_decref(reqs);
 	is_int(stats(e).depth, 0, "nothing left queued");
@@ -515,7 +515,7 @@ static void case_retry_in_order(struct env *e)
 	mock_reset(&e->mock);
 	ok(mock_behave(&e->mock, "{\"status\": 503, \"count\": 2}") == 0, "mock answers 503 twice");
 	f = start(e);
-	ok(f != NULL, "forwarder started");
+	ok(f, "forwarder started");
 	sleep_ms(300);          /* let the workers go to sleep in their poll */
 	put_at = mono_ms();
 	ok(put(e, "session-2", "/trace", "a", "good-key", NULL) == QUEUE_OK &&
@@ -681,7 +681,7 @@ static void case_two_forwarders(struct env *e)
 	}
 	mock_reset(&e->mock);
 	f1 = start(e);
-	ok(f1 != NULL, "a forwarder on the first queue started");
+	ok(f1, "a forwarder on the first queue started");
 	ok(forwarder_start(&f2, q2, e->kb, &e->fo, &cause) == 0 && f2,
 	   "a second forwarder, on a second queue, started beside it (%s)", cause ? cause : "ok");
 	free(cause);
@@ -948,7 +948,7 @@ static void test_round_trips(void)
 		goto out;
 	}
 	e.kb = keyban_create(60);
-	ok(e.kb != NULL, "keyban_create");
+	ok(e.kb, "keyban_create");
 	ok(mock_start(&e.mock) == 0, "mock upstream started (python3 %s/mock_upstream.py)",
 	   tests_srcdir());
 	if (e.mock.port <= 0 || !e.kb)
@@ -991,13 +991,13 @@ static void test_hello_learnable(void)
 	       "hello: connection, session and socket fields are left out, the rest kept in order");
 	free(h);
 	h = fws_hello_learnable("{\"error\":\"bad key\"}");
-	ok(h == NULL, "hello: an error is not learned");
+	ok(!h, "hello: an error is not learned");
 	free(h);
 	h = fws_hello_learnable("[1,2]");
-	ok(h == NULL, "hello: not an object: nothing");
+	ok(!h, "hello: not an object: nothing");
 	free(h);
 	h = fws_hello_learnable("{\"projectId\":");
-	ok(h == NULL, "hello: not JSON: nothing");
+	ok(!h, "hello: not JSON: nothing");
 	free(h);
 	h = fws_hello_learnable("{}");
 	is_str(h, "{}", "hello: an empty object stays one");

@@ -13,7 +13,7 @@ static void test_keyban(void)
 	char key[32];
 	int all = 1;
 
-	ok(kb != NULL, "keyban_create");
+	ok(kb, "keyban_create");
 	ok(!keyban_contains(kb, "k1"), "empty set contains nothing");
 	keyban_add(kb, "k1");
 	ok(keyban_contains(kb, "k1"), "added key is contained");

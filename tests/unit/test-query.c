@@ -77,7 +77,7 @@ int main(void)
 			check(q, "z", "end", "a parameter after 100000 bytes");
 			free(q);
 		}
-		ok(q != NULL, "long query allocated");
+		ok(q, "long query allocated");
 	}
 	return done_testing();
 }

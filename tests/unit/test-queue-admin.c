@@ -86,7 +86,7 @@ static struct queue_msg *lease1(struct queue *q)
 
 static bool body_is(const struct queue_msg *m, const char *s)
 {
-	return m != NULL && m->body_len == strlen(s) && memcmp(m->body, s, m->body_len) == 0;
+	return m && m->body_len == strlen(s) && memcmp(m->body, s, m->body_len) == 0;
 }
 
 /* --- queue_set_notify waits for a callback that is running ------------------------- */
@@ -106,8 +106,8 @@ static void test_notify_unregister(void)
 	struct queue_msg *m;
 	int64_t end;
 
-	ok(q != NULL, "notify: open");
-	if (q == NULL)
+	ok(q, "notify: open");
+	if (!q)
 		return;
 	queue_set_notify(q, slow_notify, NULL);
 	put(q, "N", "x", false);
@@ -117,7 +117,7 @@ static void test_notify_unregister(void)
 	queue_set_notify(q, NULL, NULL);
 	is_int(atomic_load(&cb_state), 2, "notify: set_notify(NULL) returned after the callback did");
 	m = lease1(q);
-	if (m != NULL)
+	if (m)
 		queue_ack(q, m->id);
 	queue_msg_free(m);
 	queue_close(q);
@@ -131,10 +131,10 @@ static void test_lock(void)
 	char *cause = NULL;
 	int rc;
 
-	ok(q != NULL, "lock: open");
+	ok(q, "lock: open");
 	rc = queue_open(&q2, db_path("lock"), NULL, &cause);
 	is_int(rc, QUEUE_EBUSY, "lock: a second open of the same database is refused");
-	ok(cause != NULL && strstr(cause, "in use") != NULL, "lock: saying why (%s)",
+	ok(cause && strstr(cause, "in use"), "lock: saying why (%s)",
 	   cause ? cause : "");
 	free(cause);
 	ok(queue_admin_in_use(db_path("lock")), "lock: the CLI sees it in use");
@@ -160,7 +160,7 @@ static int first_reason(void *arg, const struct queue_admin_row *r)
 {
 	struct queue_dead_reason *d = arg;
 
-	snprintf(d->reason, sizeof d->reason, "%s", r->reason != NULL ? r->reason : "");
+	snprintf(d->reason, sizeof d->reason, "%s", r->reason ? r->reason : "");
 	d->count = r->queued;
 	return 1;
 }
@@ -178,22 +178,22 @@ static void test_replay_running(void)
 	size_t nr = 0;
 	char *cause = NULL;
 
-	ok(q != NULL, "replay: open");
-	if (q == NULL)
+	ok(q, "replay: open");
+	if (!q)
 		return;
 	a_id = put(q, "S", "first", true);
 	b_id = put(q, "S", "second", true);
 	m = lease1(q);
-	ok(m != NULL && m->id == a_id, "replay: the first message is leased");
-	if (m == NULL)
+	ok(m && m->id == a_id, "replay: the first message is leased");
+	if (!m)
 		goto out;
 	queue_dead(q, m->id, "http 400", 400, "bad request");
 	queue_msg_free(m);
 	put(q, "other", "sync", true); /* the dead letter is committed with it */
 
 	a = open_admin("replay", false);
-	ok(a != NULL, "replay: the CLI opens the database of a running queue");
-	if (a == NULL)
+	ok(a, "replay: the CLI opens the database of a running queue");
+	if (!a)
 		goto out;
 	ok(queue_admin_stats(a, &ast, NULL) == QUEUE_OK, "replay: stats");
 	is_int(ast.depth, 2, "replay: stats count the queued messages");
@@ -210,7 +210,7 @@ static void test_replay_running(void)
 	a = open_admin("replay", true);
 	ids[0] = a_id;
 	ids[1] = 999999; /* not a dead letter: skipped */
-	ok(a != NULL && queue_admin_dead_replay(a, ids, 2, &moved, &cause) == QUEUE_OK,
+	ok(a && queue_admin_dead_replay(a, ids, 2, &moved, &cause) == QUEUE_OK,
 	   "replay: dead replay %s", cause ? cause : "");
 	is_int(moved, 1, "replay: one row moved");
 	queue_admin_close(a);
@@ -227,8 +227,8 @@ static void test_replay_running(void)
 	 * replayed one (a replayed message never jumps a head). */
 	m = lease1(q);
 	m2 = lease1(q);
-	ok(m != NULL && m2 != NULL, "replay: two sessions due");
-	if (m != NULL && m2 != NULL) {
+	ok(m && m2, "replay: two sessions due");
+	if (m && m2) {
 		struct queue_msg *s = body_is(m, "second") ? m : m2;
 
 		ok(body_is(s, "second") && s->id == b_id, "replay: S's head is still the second");
@@ -239,19 +239,19 @@ static void test_replay_running(void)
 		m = lease1(q);
 		ok(body_is(m, "first") && m->id == a_id && m->attempts == 0,
 		   "replay: then the replayed one, with its id and its attempts reset");
-		if (m != NULL) {
+		if (m) {
 			queue_dead(q, m->id, "expired", 0, NULL);
 			queue_msg_free(m);
 		}
 	}
 	put(q, "other", "sync2", true);
 	m = lease1(q);
-	if (m != NULL)
+	if (m)
 		queue_ack(q, m->id);
 	queue_msg_free(m);
 
 	a = open_admin("replay", true);
-	ok(a != NULL && queue_admin_dead_purge(a, NULL, 0, &purged, NULL) == QUEUE_OK,
+	ok(a && queue_admin_dead_purge(a, NULL, 0, &purged, NULL) == QUEUE_OK,
 	   "replay: dead purge");
 	is_int(purged, 1, "replay: purged one");
 	queue_admin_close(a);
@@ -275,18 +275,18 @@ static void test_retry_heads(void)
 	struct queue_msg *m;
 	int64_t rows[3] = { 0 };
 
-	ok(q != NULL, "heads: open");
-	if (q == NULL)
+	ok(q, "heads: open");
+	if (!q)
 		return;
 	put(q, "R", "one", true);
 	put(q, "R", "two", true);
 	m = lease1(q);
-	if (m != NULL)
+	if (m)
 		queue_retry(q, m->id, 60000);
 	queue_msg_free(m);
 	put(q, "other", "sync", true);
 	a = open_admin("heads", false);
-	ok(a != NULL && queue_admin_retry_heads(a, 0, count_row, rows, NULL) == QUEUE_OK,
+	ok(a && queue_admin_retry_heads(a, 0, count_row, rows, NULL) == QUEUE_OK,
 	   "heads: retry heads");
 	is_int(rows[0], 1, "heads: one session waits for a retry");
 	is_int(rows[2], 1, "heads: its head has one attempt");
@@ -307,7 +307,7 @@ static size_t db_page_size(const char *name, uint32_t *pages)
 	if (fd >= 0 && pread(fd, hdr, sizeof hdr, 0) == (ssize_t)sizeof hdr) {
 		page = (size_t)(hdr[16] << 8 | hdr[17]);
 		page = page == 1 ? 65536 : page;
-		if (pages != NULL)
+		if (pages)
 			*pages = (uint32_t)hdr[28] << 24 | (uint32_t)hdr[29] << 16 |
 			         (uint32_t)hdr[30] << 8 | hdr[31];
 	}
@@ -324,8 +324,8 @@ static void test_page_size(void)
 	struct queue_msg *m = NULL;
 	sqlite3 *db = NULL;
 
-	ok(q != NULL, "pages: open");
-	if (q != NULL) {
+	ok(q, "pages: open");
+	if (q) {
 		put(q, "P", "one", true);
 		queue_close(q);
 	}
@@ -337,13 +337,13 @@ static void test_page_size(void)
 	   "pages: a 4 KB database made");
 	sqlite3_close(db);
 	q = open_q("old4k");
-	ok(q != NULL, "pages: the queue opens it");
-	if (q == NULL)
+	ok(q, "pages: the queue opens it");
+	if (!q)
 		return;
 	put(q, "P", "kept", true);
 	m = lease1(q);
-	ok(m != NULL && body_is(m, "kept"), "pages: and queues in it");
-	if (m != NULL) {
+	ok(m && body_is(m, "kept"), "pages: and queues in it");
+	if (m) {
 		queue_ack(q, m->id);
 		queue_msg_free(m);
 	}
@@ -357,7 +357,7 @@ static bool check_ok(const char *name)
 	char report[1024];
 	bool good = false;
 
-	if (a != NULL && queue_admin_check(a, &good, report, sizeof report, NULL) != QUEUE_OK)
+	if (a && queue_admin_check(a, &good, report, sizeof report, NULL) != QUEUE_OK)
 		good = false;
 	queue_admin_close(a);
 	return good;
@@ -378,8 +378,8 @@ static void test_salvage(void)
 	int i, fd, rc;
 	ssize_t w = -1;
 
-	ok(q != NULL, "salvage: open");
-	if (q == NULL)
+	ok(q, "salvage: open");
+	if (!q)
 		return;
 	snprintf(instance, sizeof instance, "%s", queue_instance_id(q));
 	memset(body, 'x', sizeof body - 1);
@@ -387,7 +387,7 @@ static void test_salvage(void)
 	for (i = 0; i < 300; i++)
 		last = put(q, "V", body, i == 299);
 	m = lease1(q);
-	if (m != NULL) {
+	if (m) {
 		queue_ack(q, m->id); /* the highest id stays known: sqlite_sequence */
 		queue_msg_free(m);
 	}
@@ -417,7 +417,7 @@ static void test_salvage(void)
 	ok(page > 0 && w == (ssize_t)page, "salvage: clobbered a page in the middle (%zu bytes at %lld)",
 	   page, (long long)middle);
 	ok(!check_ok("salvage"), "salvage: check finds the damage");
-	ok(open_q("salvage") == NULL, "salvage: the queue refuses to open it");
+	ok(!open_q("salvage"), "salvage: the queue refuses to open it");
 
 	rc = queue_admin_salvage(db_path("salvage"), NULL, &res, &cause);
 	is_int(rc, QUEUE_OK, "salvage: salvage runs %s", cause ? cause : "");
@@ -431,8 +431,8 @@ static void test_salvage(void)
 	ok(check_ok("salvage"), "salvage: the new file checks ok");
 
 	q = open_q("salvage");
-	ok(q != NULL, "salvage: the queue opens the salvaged file");
-	if (q == NULL)
+	ok(q, "salvage: the queue opens the salvaged file");
+	if (!q)
 		return;
 	is_str(queue_instance_id(q), instance, "salvage: same instance id");
 	queue_stats(q, &st);

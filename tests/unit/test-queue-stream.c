@@ -362,7 +362,7 @@ static void test_hellos(void)
 
 	if (!q)
 		return;
-	ok(queue_hello_get(q, "k") == NULL, "hello: none known at first");
+	ok(!queue_hello_get(q, "k"), "hello: none known at first");
 	is_int(queue_hello_set(q, "k", "{\"projectId\":\"p1\"}"), QUEUE_OK, "hello: set");
 	is_int(queue_hello_set(q, "k2", "{\"projectId\":\"p2\"}"), QUEUE_OK, "hello: another key");
 	h = queue_hello_get(q, "k");

@@ -41,7 +41,7 @@ static struct queue *open_q(const char *name, const struct queue_options *o)
 	char *cause = NULL;
 	int rc;
 
-	if (o == NULL) {
+	if (!o) {
 		queue_options_init(&def);
 		o = &def;
 	}
@@ -139,12 +139,12 @@ static void test_dup(void)
 	m.xff = NULL;
 	m.seq = 42;
 	d = queue_msg_dup(&m);
-	ok(d != NULL, "dup: copies");
-	if (d == NULL)
+	ok(d, "dup: copies");
+	if (!d)
 		return;
 	is_str(d->session, "s1", "dup: session");
 	ok(d->session != m.session, "dup: strings are copied");
-	ok(d->xff == NULL && d->api_key == NULL, "dup: NULL strings stay NULL");
+	ok(!d->xff && !d->api_key, "dup: NULL strings stay NULL");
 	ok(body_is(d, "hello") && ((const char *)d->body)[5] == '\0', "dup: body, NUL after it");
 	is_int(d->seq, 42, "dup: scalars");
 	queue_msg_free(d);
@@ -160,8 +160,8 @@ static void test_order(void)
 	struct stat sb;
 	size_t n;
 
-	ok(q != NULL, "order: open");
-	if (q == NULL)
+	ok(q, "order: open");
+	if (!q)
 		return;
 	ok(stat(db_path("order"), &sb) == 0 && (sb.st_mode & 0777) == 0600,
 	   "order: database file is mode 0600");
@@ -210,8 +210,8 @@ static void test_parallel_retry(void)
 	int64_t a1, a2, b1, b2, b3;
 	size_t n;
 
-	ok(q != NULL, "parallel: open");
-	if (q == NULL)
+	ok(q, "parallel: open");
+	if (!q)
 		return;
 	a1 = put(q, "A", "a1", false);
 	a2 = put(q, "A", "a2", false);
@@ -259,8 +259,8 @@ static void test_retry_delay(void)
 	long due;
 	size_t n;
 
-	ok(q != NULL, "retry: open");
-	if (q == NULL)
+	ok(q, "retry: open");
+	if (!q)
 		return;
 	is_int(queue_next_due_ms(q), -1, "retry: nothing waits: -1");
 	id = put(q, "R", "r1", true);
@@ -295,8 +295,8 @@ static void test_dead(void)
 	char sql[256];
 	size_t n;
 
-	ok(q != NULL, "dead: open");
-	if (q == NULL)
+	ok(q, "dead: open");
+	if (!q)
 		return;
 	a1 = put(q, "A", "a1", false);
 	a2 = put(q, "A", "a2", true);
@@ -320,7 +320,7 @@ static void test_dead(void)
 	is_int(sql_int("dead", sql), 1, "dead: row in dead_letters with reason, status, detail");
 
 	q = open_q("dead", NULL);
-	if (q != NULL) {
+	if (q) {
 		queue_stats(q, &st);
 		is_int(st.dead, 1, "dead: count loaded at open");
 	}
@@ -340,8 +340,8 @@ static void test_dead_key(void)
 	queue_options_init(&o);
 	o.commit_window_ms = 300; /* so that d1 is still uncommitted below */
 	q = open_q("deadkey", &o);
-	ok(q != NULL, "dead_key: open");
-	if (q == NULL)
+	ok(q, "dead_key: open");
+	if (!q)
 		return;
 	x = msg("A", "a1");
 	x.api_key = "K1";
@@ -437,8 +437,8 @@ static void test_dead_reasons(void)
 	char session[16];
 	size_t n, i;
 
-	ok(q != NULL, "reasons: open");
-	if (q == NULL)
+	ok(q, "reasons: open");
+	if (!q)
 		return;
 	ok(queue_dead_reasons(q, d, 8, &n) == QUEUE_OK && n == 0, "reasons: none at first");
 	is_int(queue_dead_reasons(q, d, 0, &n), QUEUE_EINVAL, "reasons: max 0 is invalid");
@@ -480,8 +480,8 @@ static void test_ids_never_reused(void)
 	int i;
 	size_t n;
 
-	ok(q != NULL, "ids: open");
-	if (q == NULL)
+	ok(q, "ids: open");
+	if (!q)
 		return;
 	for (i = 0; i < 3; i++) {
 		id = put(q, "S", "x", true);
@@ -496,8 +496,8 @@ static void test_ids_never_reused(void)
 	is_int(sql_int("ids", "SELECT count(*) FROM messages"), 0, "ids: table empty");
 
 	q = open_q("ids", NULL);
-	ok(q != NULL, "ids: reopen");
-	if (q == NULL)
+	ok(q, "ids: reopen");
+	if (!q)
 		return;
 	id = put(q, "S", "y", true);
 	ok(id > last, "ids: after reopen of an empty table: %lld > %lld", (long long)id,
@@ -514,8 +514,8 @@ static void test_reopen(void)
 	int64_t id1 = 0, id2;
 	size_t n;
 
-	ok(q != NULL, "reopen: open");
-	if (q == NULL)
+	ok(q, "reopen: open");
+	if (!q)
 		return;
 	snprintf(instance, sizeof instance, "%s", queue_instance_id(q));
 	memset(&full, 0, sizeof full);
@@ -537,8 +537,8 @@ static void test_reopen(void)
 	queue_close(q);
 
 	q = open_q("reopen", NULL);
-	ok(q != NULL, "reopen: reopened");
-	if (q == NULL)
+	ok(q, "reopen: reopened");
+	if (!q)
 		return;
 	is_str(queue_instance_id(q), instance, "reopen: same instance id");
 	queue_stats(q, &st);
@@ -564,7 +564,7 @@ static void test_reopen(void)
 		ok(a->body_len == 8 && memcmp(a->body, full.body, 8) == 0, "reopen: binary body");
 		is_int(b->id, id2, "reopen: second id");
 		ok(body_is(b, "plain"), "reopen: second body");
-		ok(b->xff == NULL && b->api_key == NULL && b->conn_id == NULL,
+		ok(!b->xff && !b->api_key && !b->conn_id,
 		   "reopen: NULL fields stay NULL");
 		queue_ack(q, a->id);
 		queue_ack(q, b->id);
@@ -580,8 +580,8 @@ static void test_leased_survives(void)
 	int64_t id;
 	size_t n;
 
-	ok(q != NULL, "leased: open");
-	if (q == NULL)
+	ok(q, "leased: open");
+	if (!q)
 		return;
 	id = put(q, "L", "in flight", true);
 	n = lease(q, m, 4);
@@ -590,8 +590,8 @@ static void test_leased_survives(void)
 	queue_close(q); /* no ack: the relay died mid-delivery */
 
 	q = open_q("leased", NULL);
-	ok(q != NULL, "leased: reopen");
-	if (q == NULL)
+	ok(q, "leased: reopen");
+	if (!q)
 		return;
 	n = lease(q, m, 4);
 	ok(n == 1 && m[0]->id == id && body_is(m[0], "in flight"),
@@ -656,8 +656,8 @@ static void test_group_commit(void)
 	o.commit_window_ms = 2;
 	o.on_commit = gc_on_commit;
 	q = open_q("group", &o);
-	ok(q != NULL, "group: open");
-	if (q == NULL)
+	ok(q, "group: open");
+	if (!q)
 		return;
 	t0 = mono_ms();
 	for (i = 0; i < GC_THREADS; i++) {
@@ -720,8 +720,8 @@ static void test_limits(void)
 	queue_options_init(&o);
 	o.max_messages = 3;
 	q = open_q("limits-n", &o);
-	ok(q != NULL, "limits: open");
-	if (q == NULL)
+	ok(q, "limits: open");
+	if (!q)
 		return;
 	ok(put(q, "A", "1", false) > 0 && put(q, "B", "2", false) > 0 && put(q, "C", "3", true) > 0,
 	   "limits: three fit");
@@ -737,8 +737,8 @@ static void test_limits(void)
 	queue_options_init(&o);
 	o.max_bytes = 100;
 	q = open_q("limits-b", &o);
-	ok(q != NULL, "limits: open (bytes)");
-	if (q == NULL)
+	ok(q, "limits: open (bytes)");
+	if (!q)
 		return;
 	x = msg("A", "");
 	x.body = "0123456789012345678901234567890123456789012345678901234567890123456789";
@@ -768,8 +768,8 @@ static void test_expiry(void)
 	queue_options_init(&o);
 	o.max_age_ms = 1000;
 	q = open_q("expiry", &o);
-	ok(q != NULL, "expiry: open");
-	if (q == NULL)
+	ok(q, "expiry: open");
+	if (!q)
 		return;
 	x = msg("A", "old");
 	x.received_ms = wall_ms() - 10000;
@@ -816,8 +816,8 @@ static void test_notify(void)
 	int before;
 	size_t n;
 
-	ok(q != NULL, "notify: open");
-	if (q == NULL)
+	ok(q, "notify: open");
+	if (!q)
 		return;
 	queue_set_notify(q, on_notify, NULL);
 	put(q, "N", "n1", false);
@@ -846,8 +846,8 @@ static void test_uncached(void)
 	queue_options_init(&o);
 	o.cache_bytes = 0; /* every lease reads the body back from SQLite */
 	q = open_q("uncached", &o);
-	ok(q != NULL, "uncached: open");
-	if (q == NULL)
+	ok(q, "uncached: open");
+	if (!q)
 		return;
 	id = put(q, "U", "from disk", true);
 	n = lease(q, m, 4);
@@ -871,8 +871,8 @@ static void test_corruption(void)
 	int i, fd, rc;
 	ssize_t w = -1;
 
-	ok(q != NULL, "corrupt: open");
-	if (q == NULL)
+	ok(q, "corrupt: open");
+	if (!q)
 		return;
 	memset(body, 'x', sizeof body - 1);
 	body[sizeof body - 1] = '\0';
@@ -894,8 +894,8 @@ static void test_corruption(void)
 	q = NULL;
 	rc = queue_open(&q, db_path("corrupt"), &o, &cause);
 	is_int(rc, QUEUE_ECORRUPT, "corrupt: queue_open says QUEUE_ECORRUPT");
-	ok(q == NULL, "corrupt: no queue");
-	ok(cause != NULL && strstr(cause, "salvage") != NULL && strstr(cause, "aside") != NULL,
+	ok(!q, "corrupt: no queue");
+	ok(cause && strstr(cause, "salvage") && strstr(cause, "aside"),
 	   "corrupt: the cause says what to do");
 	diag("cause: %s", cause ? cause : "(null)");
 	free(cause);
@@ -917,8 +917,8 @@ static void test_disk_full(void)
 	queue_options_init(&o);
 	o.max_db_pages = 48; /* about 190 KiB: the "disk" */
 	q = open_q("full", &o);
-	ok(q != NULL, "full: open");
-	if (q == NULL)
+	ok(q, "full: open");
+	if (!q)
 		return;
 	x = msg("F", "");
 	x.body = big;

@@ -128,11 +128,11 @@ static void test_tokens(void)
 	r.connection = "UPGRADE";
 	is_str(ws_handshake_check(&r, accept, &p20), NULL, "tokens are case-insensitive");
 	r.connection = "keep-alive";
-	ok(ws_handshake_check(&r, accept, &p20) != NULL, "Connection without Upgrade refused");
+	ok(ws_handshake_check(&r, accept, &p20), "Connection without Upgrade refused");
 	r.connection = "upgraded";
-	ok(ws_handshake_check(&r, accept, &p20) != NULL, "a token that only starts with upgrade");
+	ok(ws_handshake_check(&r, accept, &p20), "a token that only starts with upgrade");
 	r.connection = NULL;
-	ok(ws_handshake_check(&r, accept, &p20) != NULL, "missing Connection refused");
+	ok(ws_handshake_check(&r, accept, &p20), "missing Connection refused");
 
 	r = good_req();
 	r.upgrade = "h2c, WebSocket";
@@ -140,15 +140,15 @@ static void test_tokens(void)
 	ok(ws_handshake_is_upgrade(&r), "is_upgrade sees WebSocket in a list");
 	r.upgrade = "websockets";
 	ok(!ws_handshake_is_upgrade(&r), "websockets is not websocket");
-	ok(ws_handshake_check(&r, accept, &p20) != NULL, "Upgrade: websockets refused");
+	ok(ws_handshake_check(&r, accept, &p20), "Upgrade: websockets refused");
 	r.upgrade = NULL;
 	ok(!ws_handshake_is_upgrade(&r), "no Upgrade header: not an upgrade");
 
 	r = good_req();
 	r.method = "POST";
-	ok(ws_handshake_check(&r, accept, &p20) != NULL, "POST refused");
+	ok(ws_handshake_check(&r, accept, &p20), "POST refused");
 	r.method = "get";
-	ok(ws_handshake_check(&r, accept, &p20) != NULL, "method is case-sensitive");
+	ok(ws_handshake_check(&r, accept, &p20), "method is case-sensitive");
 }
 
 static void test_version_and_key(void)
@@ -164,26 +164,26 @@ static void test_version_and_key(void)
 	r.version = "13 ";
 	is_str(ws_handshake_check(&r, accept, &p20), NULL, "version with trailing space");
 	r.version = "130";
-	ok(ws_handshake_check(&r, accept, &p20) != NULL, "version 130 refused");
+	ok(ws_handshake_check(&r, accept, &p20), "version 130 refused");
 	r.version = NULL;
-	ok(ws_handshake_check(&r, accept, &p20) != NULL, "missing version refused");
+	ok(ws_handshake_check(&r, accept, &p20), "missing version refused");
 
 	r = good_req();
 	r.key = NULL;
 	why = ws_handshake_check(&r, accept, &p20);
 	ok(why && strstr(why, "missing"), "missing key refused (%s)", why ? why : "accepted");
 	r.key = "dGhlIHNhbXBsZSBub25j";           /* 15 bytes, unpadded */
-	ok(ws_handshake_check(&r, accept, &p20) != NULL, "key of 15 bytes refused");
+	ok(ws_handshake_check(&r, accept, &p20), "key of 15 bytes refused");
 	r.key = "dGhlIHNhbXBsZSBub25jZTE=";       /* 17 bytes */
-	ok(ws_handshake_check(&r, accept, &p20) != NULL, "key of 17 bytes refused");
+	ok(ws_handshake_check(&r, accept, &p20), "key of 17 bytes refused");
 	r.key = "dGhlIHNhbXBsZSBub25jZTEy";       /* 18 bytes */
-	ok(ws_handshake_check(&r, accept, &p20) != NULL, "key of 18 bytes refused");
+	ok(ws_handshake_check(&r, accept, &p20), "key of 18 bytes refused");
 	r.key = "dGhlIHNhbXBsZSBub25jZ!==";
-	ok(ws_handshake_check(&r, accept, &p20) != NULL, "key with a non-base64 character refused");
+	ok(ws_handshake_check(&r, accept, &p20), "key with a non-base64 character refused");
 	r.key = "dGhlIHNhbXBsZSBub25jZR==";
-	ok(ws_handshake_check(&r, accept, &p20) != NULL, "key with stray low bits refused");
+	ok(ws_handshake_check(&r, accept, &p20), "key with stray low bits refused");
 	r.key = "";
-	ok(ws_handshake_check(&r, accept, &p20) != NULL, "empty key refused");
+	ok(ws_handshake_check(&r, accept, &p20), "empty key refused");
 	r.key = " dGhlIHNhbXBsZSBub25jZQ== ";
 	is_str(ws_handshake_check(&r, accept, &p20), NULL, "key with surrounding spaces accepted");
 	is_str(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", "accept computed over the trimmed key");
