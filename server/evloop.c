@@ -329,7 +329,7 @@ static void run_deferred(struct evloop *l)
 
 /* --- the loop ------------------------------------------------------------------ */
 
-int evloop_new(struct evloop **out, char **cause)
+int evloop_create(struct evloop **out, char **cause)
 {
 	struct evloop *l = calloc(1, sizeof *l);
 
@@ -349,14 +349,14 @@ int evloop_new(struct evloop **out, char **cause)
 	if (l->epfd < 0 || l->evfd < 0 || evloop_io_set(l, &l->wake, EPOLLIN) < 0) {
 		if (asprintf(cause, "event loop: %s", strerror(errno)) < 0)
 			*cause = NULL;
-		evloop_free(l);
+		evloop_destroy(l);
 		return -1;
 	}
 	*out = l;
 	return 0;
 }
 
-void evloop_free(struct evloop *l)
+void evloop_destroy(struct evloop *l)
 {
 	if (!l)
 		return;

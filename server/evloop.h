@@ -7,10 +7,10 @@
  * own objects.
  *
  * Thread contract:
- *  - evloop_new and evloop_free: the owner, with no evloop_run in progress.
+ *  - evloop_create and evloop_destroy: the owner, with no evloop_run in progress.
  *  - evloop_run: one thread at a time, "the loop thread".
- *  - evloop_post and evloop_stop: any thread, at any time between evloop_new
- *    and evloop_free.
+ *  - evloop_post and evloop_stop: any thread, at any time between evloop_create
+ *    and evloop_destroy.
  *  - everything else (watchers, timers, deferred frees, evloop_now): the loop
  *    thread only, from a callback or before evloop_run / after it returned.
  * A loop owns no thread of its own: whoever owns it runs evloop_run on the
@@ -69,13 +69,13 @@ struct ev_deferred {
 };
 
 /* Creates a loop (epoll set, eventfd).  -1 with *cause malloc'd on failure. */
-int evloop_new(struct evloop **out, char **cause) __attribute__((warn_unused_result));
+int evloop_create(struct evloop **out, char **cause) __attribute__((warn_unused_result));
 
 /* Frees the loop after evloop_run returned (or never ran).  Inbox callbacks
  * still pending are run first, on the calling thread, so that what their
  * arguments own is released; deferred frees too.  Watchers and timers still
  * registered are forgotten, not called.  Accepts NULL. */
-void evloop_free(struct evloop *l);
+void evloop_destroy(struct evloop *l);
 
 /* Dispatches events until evloop_stop.  Before it returns it runs the inbox
  * once more and the deferred frees; evloop_post refuses from then on. */
@@ -90,7 +90,7 @@ bool evloop_stopping(const struct evloop *l);
 /*
  * Runs fn(l, arg) on the loop thread, in the order posted, and wakes the loop.
  * Any thread.  0: fn will run exactly once (from evloop_run, or from
- * evloop_free if the loop stops first).  -1: out of memory or the loop has
+ * evloop_destroy if the loop stops first).  -1: out of memory or the loop has
  * finished running; fn will not run and the caller still owns arg.
  */
 int evloop_post(struct evloop *l, ev_post_cb fn, void *arg) __attribute__((warn_unused_result));

@@ -15,7 +15,7 @@
  * interval-ms, or all at once), a fence after every K and one after the
  * last; once the last fence is answered it waits hold-ms and closes with
  * CODE (default 1000), unless --close 0.  Lines printed:
- *   refused-request <why>         upstream_ws_new refused the request
+ *   refused-request <why>         upstream_ws_create refused the request
  *   open <hello>
  *   text <message>
  *   sent <n>                      message n handed to upstream_ws_send_text
@@ -136,7 +136,7 @@ static void on_hold(struct evloop *l, struct ev_timer *t)
 	struct driver *d = (struct driver *)((char *)t - offsetof(struct driver, hold));
 
 	(void)l;
-	if (!d->ended && d->close_code > 0 && upstream_ws_close(d->ws, (uint16_t)d->close_code,
+	if (!d->ended && d->close_code > 0 && upstream_ws_send_close(d->ws, (uint16_t)d->close_code,
 	                                                        d->reason) < 0)
 		out(d, "close-refused\n");
 }
@@ -190,7 +190,7 @@ static void cb_end(struct upstream_ws *ws, const struct upws_result *r, void *ar
 	       upws_class_name(r->cls), r->opened, r->http_status, r->retry_after_s, r->close_code,
 	       r->reason);
 	d->ended = true;
-	upstream_ws_free(ws);
+	upstream_ws_destroy(ws);
 	d->ws = NULL;
 	if (--live == 0)
 		evloop_stop(d->loop);
@@ -267,12 +267,12 @@ int main(int argc, char **argv)
 		fprintf(stderr, "upwsc: --url is required\n");
 		return 2;
 	}
-	if (upstream_client_new(&c, &o, &cause) < 0) {
+	if (upstream_client_create(&c, &o, &cause) < 0) {
 		printf("client-error %s\n", cause ? cause : "?");
 		free(cause);
 		return 1;
 	}
-	if (evloop_new(&d.loop, &cause) < 0 || nconns == 0 || !(all = calloc(nconns, sizeof *all))) {
+	if (evloop_create(&d.loop, &cause) < 0 || nconns == 0 || !(all = calloc(nconns, sizeof *all))) {
 		fprintf(stderr, "upwsc: %s\n", cause ? cause : "bad --conns");
 		return 1;
 	}
@@ -286,7 +286,7 @@ int main(int argc, char **argv)
 		ev_timer_init(&x->tick, on_tick);
 		ev_timer_init(&x->hold, on_hold);
 		ev_timer_init(&x->run, on_run);
-		if (upstream_ws_new(&x->ws, c, x->loop, &req, &callbacks, x, &cause) < 0) {
+		if (upstream_ws_create(&x->ws, c, x->loop, &req, &callbacks, x, &cause) < 0) {
 			out(x, "refused-request %s\n", cause ? cause : "?");
 			free(cause);
 			cause = NULL;
@@ -298,13 +298,13 @@ int main(int argc, char **argv)
 	if (live && evloop_timer_start(d.loop, &all[0].run, run_ms) == 0)
 		evloop_run(d.loop);
 	for (unsigned i = 0; i < nconns; i++) {
-		upstream_ws_free(all[i].ws);
+		upstream_ws_destroy(all[i].ws);
 		free(all[i].fence_msgs);
 		if (all[i].exit_code)
 			status = all[i].exit_code;
 	}
-	evloop_free(d.loop);
-	upstream_client_free(c);
+	evloop_destroy(d.loop);
+	upstream_client_destroy(c);
 	free(all);
 	return status;
 }

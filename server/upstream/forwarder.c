@@ -754,7 +754,7 @@ static void forwarder_free(struct forwarder *f)
 		for (unsigned i = 0; i < f->nworkers; i++)
 			worker_release(&f->workers[i], f->o.inflight);
 	free(f->workers);
-	upstream_client_free(f->client);
+	upstream_client_destroy(f->client);
 	curl_share_cleanup(f->share);
 	for (unsigned i = 0; i < f->nshare_locks; i++)
 		pthread_mutex_destroy(&f->share_locks[i]);
@@ -865,7 +865,7 @@ static int ws_start(struct forwarder *f, const struct forwarder_options *o, char
 			*cause = NULL;
 		return -1;
 	}
-	if (upstream_client_new(&f->client, &co, cause) < 0)
+	if (upstream_client_create(&f->client, &co, cause) < 0)
 		return -1;
 	return fws_start(&f->ws, f->q, f->kb, f->client, &wo, cause);
 }

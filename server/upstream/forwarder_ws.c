@@ -459,7 +459,7 @@ static void on_end(struct upstream_ws *ws, const struct upws_result *r, void *ar
 
 	log_debug("upstream_ws_end", "session=%s class=%s opened=%d", s->name, upws_class_name(r->cls),
 	          r->opened);
-	upstream_ws_free(ws);
+	upstream_ws_destroy(ws);
 	s->ws = NULL;
 	s->open = s->closing = false;
 	s->unfenced = 0;
@@ -547,7 +547,7 @@ static void sess_connect(struct fsess *s, const struct queue_msg *m)
 	s->conn_id = strdup(m->conn_id);
 	s->api_key = m->api_key ? strdup(m->api_key) : NULL;
 	if (!s->conn_id || (m->api_key && !s->api_key) ||
-	    upstream_ws_new(&s->ws, f->client, s->t->loop, &req, &fws_callbacks, s, &cause) < 0) {
+	    upstream_ws_create(&s->ws, f->client, s->t->loop, &req, &fws_callbacks, s, &cause) < 0) {
 		/* A request that cannot be written never will be. */
 		log_warn("forward_dead", "session=%s reason=unsendable detail=%s", s->name,
 		         log_quote(cause ? cause : "out of memory", ebuf, sizeof ebuf));
@@ -577,7 +577,7 @@ static void sess_close(struct fsess *s, const struct queue_msg *m, unsigned code
 	}
 	if (code < 1000 || code == 1005 || code == 1006 || code == 1015 || code >= 5000)
 		code = 1000;
-	if (upstream_ws_close(s->ws, (uint16_t)code, reason) == 0)
+	if (upstream_ws_send_close(s->ws, (uint16_t)code, reason) == 0)
 		s->closing = true;
 }
 
@@ -823,7 +823,7 @@ int fws_start(struct fws **out, struct queue *q, struct keyban *kb, struct upstr
 		t->mask = FWS_TABLE_MIN - 1;
 		if (!t->table)
 			goto nomem;
-		if (evloop_new(&t->loop, cause) < 0)
+		if (evloop_create(&t->loop, cause) < 0)
 			goto fail;
 		ev_timer_init(&t->tick, on_tick);
 		if (evloop_timer_start(t->loop, &t->tick, 0) < 0)
@@ -871,7 +871,7 @@ void fws_stop(struct fws *f, unsigned deadline_ms)
 
 		if (t->running)
 			pthread_join(t->thread, NULL);
-		evloop_free(t->loop);
+		evloop_destroy(t->loop);
 		free(t->table);
 	}
 	free(f->threads);

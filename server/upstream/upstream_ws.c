@@ -61,7 +61,7 @@ struct connector {
 	struct evloop *loop;
 	CURLM *multi;
 	struct ev_timer timer;
-	bool dying;              /* upstream_client_free: touch no loop any more */
+	bool dying;              /* upstream_client_destroy: touch no loop any more */
 };
 
 /* A socket libcurl asked the loop to watch. */
@@ -154,7 +154,7 @@ static void ws_arm(struct upstream_ws *ws);
 
 /*
  * Ends ws: no more I/O, the socket closed, on_end called.  The memory stays
- * until upstream_ws_free's deferred free, so callers up the stack (wslay,
+ * until upstream_ws_destroy's deferred free, so callers up the stack (wslay,
  * curl's message loop) may still look at ws->ended.
  */
 static void ws_end(struct upstream_ws *ws, enum upws_class cls, int status, int retry_after,
@@ -1016,7 +1016,7 @@ static void ws_free_now(struct ev_deferred *d)
 	free(ws);
 }
 
-void upstream_ws_free(struct upstream_ws *ws)
+void upstream_ws_destroy(struct upstream_ws *ws)
 {
 	if (!ws || ws->freed)
 		return;
@@ -1053,7 +1053,7 @@ static int ws_make_request(struct upstream_ws *ws, const struct upstream_ws_requ
 	return 0;
 }
 
-int upstream_ws_new(struct upstream_ws **out, struct upstream_client *c, struct evloop *loop,
+int upstream_ws_create(struct upstream_ws **out, struct upstream_client *c, struct evloop *loop,
                     const struct upstream_ws_request *req, const struct upstream_ws_callbacks *cb,
                     void *arg, char **cause)
 {
@@ -1186,7 +1186,7 @@ int upstream_ws_fence(struct upstream_ws *ws, uint64_t *id)
 	return 0;
 }
 
-int upstream_ws_close(struct upstream_ws *ws, uint16_t code, const char *reason)
+int upstream_ws_send_close(struct upstream_ws *ws, uint16_t code, const char *reason)
 {
 	size_t rlen = reason ? strlen(reason) : 0;
 
@@ -1271,7 +1271,7 @@ out:
 	return rc;
 }
 
-int upstream_client_new(struct upstream_client **out, const struct upstream_client_options *o,
+int upstream_client_create(struct upstream_client **out, const struct upstream_client_options *o,
                         char **cause)
 {
 	struct upstream_client *c = calloc(1, sizeof *c);
@@ -1331,11 +1331,11 @@ int upstream_client_new(struct upstream_client **out, const struct upstream_clie
 	*out = c;
 	return 0;
 fail:
-	upstream_client_free(c);
+	upstream_client_destroy(c);
 	return -1;
 }
 
-void upstream_client_free(struct upstream_client *c)
+void upstream_client_destroy(struct upstream_client *c)
 {
 	if (!c)
 		return;

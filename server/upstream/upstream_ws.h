@@ -16,16 +16,16 @@
  *    request the relay writes itself, the 101 checked, the backend's hello
  *    read, and wslay's client context (masking) for frames.
  *
- * Thread contract: upstream_client_new/free on any one thread while no
+ * Thread contract: upstream_client_create/destroy on any one thread while no
  * websocket uses the client; everything about an upstream_ws on the thread
  * running its evloop (see evloop.h), callbacks included.
  *
- * Life of a websocket: upstream_ws_new starts connecting at once.  Exactly one
+ * Life of a websocket: upstream_ws_create starts connecting at once.  Exactly one
  * of on_open or on_end follows first; after on_open come any number of
  * on_text and on_fence, then exactly one on_end.  After on_end nothing more is
- * called; the owner frees the websocket with upstream_ws_free (allowed inside
+ * called; the owner frees the websocket with upstream_ws_destroy (allowed inside
  * any callback; the memory goes at the end of the loop's batch).  on_end is
- * called from inside upstream_ws_abort, and from upstream_ws_close before
+ * called from inside upstream_ws_abort, and from upstream_ws_send_close before
  * on_open; every other callback comes from the loop.
  */
 #ifndef WATCHRTC_UPSTREAM_WS_H
@@ -59,15 +59,15 @@ struct upstream_client_options {
 };
 
 /* Loads the credentials once.  -1 with *cause malloc'd (bad URL, CA file). */
-int upstream_client_new(struct upstream_client **out, const struct upstream_client_options *o,
+int upstream_client_create(struct upstream_client **out, const struct upstream_client_options *o,
                         char **cause) __attribute__((warn_unused_result));
 /* After every websocket using it is freed and the evloops they ran on have
  * returned from evloop_run (their loops may be freed before or after).
  * Accepts NULL. */
-void upstream_client_free(struct upstream_client *c);
+void upstream_client_destroy(struct upstream_client *c);
 
 /* What the SDK's connection gave us, replayed in the upgrade request.
- * Strings are copied by upstream_ws_new. */
+ * Strings are copied by upstream_ws_create. */
 struct upstream_ws_request {
 	const char *query;          /* the SDK's query without '?', byte for byte; NULL/"" = none */
 	const char *user_agent;     /* NULL: header left out */
@@ -88,7 +88,7 @@ enum upws_class {
 	UPWS_TIMEOUT,           /* connect, handshake, hello, pong or close took too long */
 	UPWS_BACKEND_CLOSED,    /* the backend sent a close first (close_code, reason) */
 	UPWS_DROPPED,           /* the connection ended without a close */
-	UPWS_ABORTED,           /* upstream_ws_abort, or upstream_ws_close before on_open */
+	UPWS_ABORTED,           /* upstream_ws_abort, or upstream_ws_send_close before on_open */
 };
 
 struct upws_result {
@@ -128,17 +128,17 @@ struct upstream_ws_callbacks {
  * other control bytes, a space in the query) or out of resources; nothing
  * was sent and no callback will be called.
  */
-int upstream_ws_new(struct upstream_ws **out, struct upstream_client *c, struct evloop *loop,
+int upstream_ws_create(struct upstream_ws **out, struct upstream_client *c, struct evloop *loop,
                     const struct upstream_ws_request *req, const struct upstream_ws_callbacks *cb,
                     void *arg, char **cause) __attribute__((warn_unused_result));
 
 /* Frees the websocket, closing its socket without a close handshake if it
  * has not ended (no on_end then).  Accepts NULL. */
-void upstream_ws_free(struct upstream_ws *ws);
+void upstream_ws_destroy(struct upstream_ws *ws);
 
 /*
  * Queues one text frame (copied).  Only after on_open and before
- * upstream_ws_close / on_end.  -1: not open, or the frame would take the
+ * upstream_ws_send_close / on_end.  -1: not open, or the frame would take the
  * queued bytes past max_send_bytes (wait for a fence, or for
  * upstream_ws_queued to fall).
  */
@@ -163,12 +163,12 @@ int upstream_ws_fence(struct upstream_ws *ws, uint64_t *id) __attribute__((warn_
  * report.  Before on_open it abandons the connection: on_end(UPWS_ABORTED).
  * -1 if already closing or ended.
  */
-int upstream_ws_close(struct upstream_ws *ws, uint16_t code, const char *reason);
+int upstream_ws_send_close(struct upstream_ws *ws, uint16_t code, const char *reason);
 
 /* Drops the connection now: on_end(UPWS_ABORTED) unless already ended. */
 void upstream_ws_abort(struct upstream_ws *ws);
 
-/* True between on_open and the first of upstream_ws_close / on_end. */
+/* True between on_open and the first of upstream_ws_send_close / on_end. */
 bool upstream_ws_is_open(const struct upstream_ws *ws);
 
 #endif

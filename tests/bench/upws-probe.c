@@ -138,7 +138,7 @@ static int run_shared(const char *url, const char *ca, unsigned n)
 	double cpu0, t0;
 
 	/* The baseline includes the credentials: loaded once, whatever n. */
-	if (!ws || upstream_client_new(&c, &o, &cause) < 0 || evloop_new(&r.loop, &cause) < 0) {
+	if (!ws || upstream_client_create(&c, &o, &cause) < 0 || evloop_create(&r.loop, &cause) < 0) {
 		fprintf(stderr, "upws-probe: %s\n", cause ? cause : "out of memory");
 		return 1;
 	}
@@ -146,7 +146,7 @@ static int run_shared(const char *url, const char *ca, unsigned n)
 	cpu0 = bench_cpu_s();
 	t0 = bench_now_s();
 	for (unsigned i = 0; i < n; i++) {
-		if (upstream_ws_new(&ws[i], c, r.loop, &req, &cb, &r, &cause) < 0) {
+		if (upstream_ws_create(&ws[i], c, r.loop, &req, &cb, &r, &cause) < 0) {
 			fprintf(stderr, "upws-probe: %s\n", cause);
 			return 1;
 		}
@@ -154,9 +154,9 @@ static int run_shared(const char *url, const char *ca, unsigned n)
 	evloop_run(r.loop);
 	report("shared", ca, n, r.opened, rss0, rss_kb(), bench_cpu_s() - cpu0, bench_now_s() - t0);
 	for (unsigned i = 0; i < n; i++)
-		upstream_ws_free(ws[i]);
-	evloop_free(r.loop);
-	upstream_client_free(c);
+		upstream_ws_destroy(ws[i]);
+	evloop_destroy(r.loop);
+	upstream_client_destroy(c);
 	free(ws);
 	return r.opened == n ? 0 : 1;
 }

@@ -44,7 +44,8 @@ def width(line):
 
 
 def main():
-    top = sys.argv[1] if len(sys.argv) > 1 else \
+    args = [a for a in sys.argv[1:] if a != "--all"]
+    top = args[0] if args else \
         os.path.join(os.environ.get("TESTS_SRCDIR", "tests"), "..")
     found = {"width": [], "blanks": [], "null": [], "lifecycle": []}
     decls = {}
@@ -79,9 +80,9 @@ def main():
         n += 1
         print("%s %d - %s (%d found)" % ("not ok" if problems else "ok", n, rule,
                                           len(problems)))
-        for p in problems[:40]:
+        for p in (problems if "--all" in sys.argv else problems[:40]):
             print("#   " + p)
-        if len(problems) > 40:
+        if len(problems) > 40 and "--all" not in sys.argv:
             print("#   ... and %d more" % (len(problems) - 40))
     print("1..%d" % n)
     return 1 if any(found.values()) else 0

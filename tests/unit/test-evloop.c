@@ -50,8 +50,8 @@ static void test_timers(void)
 	int64_t start;
 	static const int after[5] = { 30, 10, 20, 5, 40 };
 
-	if (evloop_new(&l, &cause) < 0) {
-		ok(0, "evloop_new: %s", cause);
+	if (evloop_create(&l, &cause) < 0) {
+		ok(0, "evloop_create: %s", cause);
 		return;
 	}
 	for (int i = 0; i < 5; i++) {
@@ -73,7 +73,7 @@ static void test_timers(void)
 	is_int(r.order[2], 1, "then 10 ms");
 	is_int(r.order[3], 0, "then 30 ms");
 	ok(mono_ms() - start >= 55, "evloop_run slept until the last timer");
-	evloop_free(l);
+	evloop_destroy(l);
 }
 
 struct spin {
@@ -99,8 +99,8 @@ static void test_zero_rearm(void)
 	struct ev_timer stop;
 	int64_t start = mono_ms();
 
-	if (evloop_new(&l, &cause) < 0) {
-		ok(0, "evloop_new");
+	if (evloop_create(&l, &cause) < 0) {
+		ok(0, "evloop_create");
 		return;
 	}
 	ev_timer_init(&sp.t, on_spin);
@@ -110,7 +110,7 @@ static void test_zero_rearm(void)
 	evloop_run(l);
 	ok(sp.fired > 1 && sp.fired < 1000, "a 0 ms re-arm from its own callback waits for the "
 	   "next pass (%d passes in %lld ms)", sp.fired, (long long)(mono_ms() - start));
-	evloop_free(l);
+	evloop_destroy(l);
 }
 
 struct io_case {
@@ -171,7 +171,7 @@ static void test_io(void)
 	struct io_case c;
 
 	memset(&c, 0, sizeof c);
-	if (evloop_new(&l, &cause) < 0 || socketpair(AF_UNIX, SOCK_STREAM, 0, c.fd) < 0) {
+	if (evloop_create(&l, &cause) < 0 || socketpair(AF_UNIX, SOCK_STREAM, 0, c.fd) < 0) {
 		ok(0, "setup");
 		return;
 	}
@@ -190,7 +190,7 @@ static void test_io(void)
 	ok(!c.w.active && !c.other.active, "both watchers are out of the epoll set");
 	close(c.fd[0]);
 	close(c.fd[1]);
-	evloop_free(l);
+	evloop_destroy(l);
 }
 
 #define POSTERS 4
@@ -262,8 +262,8 @@ static void test_inbox(void)
 	memset(&pc, 0, sizeof pc);
 	pc.in_order = true;
 	pthread_mutex_init(&pc.lock, NULL);
-	if (evloop_new(&pc.l, &cause) < 0) {
-		ok(0, "evloop_new");
+	if (evloop_create(&pc.l, &cause) < 0) {
+		ok(0, "evloop_create");
 		return;
 	}
 	for (int i = 0; i < POSTERS; i++)
@@ -275,25 +275,25 @@ static void test_inbox(void)
 	ok(pc.in_order, "each thread's posts ran in the order posted");
 	ok(evloop_post(pc.l, count_late, &late) < 0, "a loop that finished refuses posts");
 	ok(evloop_stopping(pc.l), "and says it is stopping");
-	evloop_free(pc.l);
+	evloop_destroy(pc.l);
 	is_int(late, 0, "the refused post never ran");
 	pthread_mutex_destroy(&pc.lock);
 }
 
-/* A post made before evloop_free (loop never run) runs in evloop_free. */
+/* A post made before evloop_destroy (loop never run) runs in evloop_destroy. */
 static void test_free_runs_posts(void)
 {
 	struct evloop *l;
 	char *cause = NULL;
 	int n = 0;
 
-	if (evloop_new(&l, &cause) < 0) {
-		ok(0, "evloop_new");
+	if (evloop_create(&l, &cause) < 0) {
+		ok(0, "evloop_create");
 		return;
 	}
 	ok(evloop_post(l, count_late, &n) == 0, "posted to an idle loop");
-	evloop_free(l);
-	is_int(n, 1, "evloop_free ran the pending post");
+	evloop_destroy(l);
+	is_int(n, 1, "evloop_destroy ran the pending post");
 }
 
 static void *stopper(void *arg)
@@ -311,15 +311,15 @@ static void test_stop_wakes(void)
 	pthread_t th;
 	int64_t start = mono_ms();
 
-	if (evloop_new(&l, &cause) < 0) {
-		ok(0, "evloop_new");
+	if (evloop_create(&l, &cause) < 0) {
+		ok(0, "evloop_create");
 		return;
 	}
 	pthread_create(&th, NULL, stopper, l);
 	evloop_run(l);
 	pthread_join(th, NULL);
 	ok(mono_ms() - start < 5000, "evloop_stop from another thread ended evloop_run");
-	evloop_free(l);
+	evloop_destroy(l);
 }
 
 int main(void)
