@@ -122,8 +122,8 @@ const char *queue_instance_id(const struct queue *q);
  * committed (fsync'd) or failed.  Without wait, returns once the message is
  * accepted for the next commit; while two commit batches (2 x
  * commit_batch_max operations) already wait, that first waits for a commit,
- * so a producer faster than the disk is slowed to its pace.  QUEUE_EFULL / QUEUE_EIO / QUEUE_ECLOSED mean
- * the message was not taken.  If id is not NULL it receives the message id.
+ * so a producer faster than the disk is slowed to its pace.  QUEUE_EFULL / QUEUE_EIO /
+ * QUEUE_ECLOSED mean the message was not taken.  If id is not NULL it receives the message id.
  */
 int queue_put(struct queue *q, const struct queue_msg *m, bool wait, int64_t *id)
 	__attribute__((warn_unused_result));

@@ -127,7 +127,8 @@ int queue_admin_stats(struct queue_admin *a, struct queue_admin_stats *st, char 
 	if (rc != SQLITE_OK)
 		goto out;
 	what = "upstream sessions";
-	rc = qstore_query_int(a->db, "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'streams'",
+	rc = qstore_query_int(a->db,
+	                      "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'streams'",
 	                      (int64_t *)&st->sessions_upstream);
 out:
 	if (rc != SQLITE_OK && rc != SQLITE_ROW)

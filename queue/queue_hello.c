@@ -147,8 +147,10 @@ int queue_hello_set(struct queue *q, const char *key, const char *text)
 	 * commit. */
 	pthread_mutex_lock(&q->hello_db_mu);
 	pthread_mutex_unlock(&q->hello_mu);
-	rc = sqlite3_prepare_v2(q->hdb, "INSERT OR REPLACE INTO hellos (api_key, hello, updated_ms) "
-	                        "VALUES (?1, ?2, ?3)", -1, &st, NULL);
+	rc = sqlite3_prepare_v2(q->hdb,
+	                        "INSERT OR REPLACE INTO hellos (api_key, hello, updated_ms) "
+	                        "VALUES (?1, ?2, ?3)",
+	                        -1, &st, NULL);
 	if (rc == SQLITE_OK) {
 		sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
 		sqlite3_bind_text(st, 2, text, -1, SQLITE_STATIC);

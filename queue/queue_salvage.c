@@ -148,9 +148,11 @@ static int copy_meta(struct copier *c, int64_t seq, bool keep_id)
 	int rc;
 
 	/* sqlite_sequence has no key on name: update the row, or add it. */
-	rc = sqlite3_exec(c->dst, "INSERT INTO sqlite_sequence (name, seq) SELECT 'messages', 0 "
-	                  "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'messages')",
-	                  NULL, NULL, NULL);
+	rc = sqlite3_exec(
+	        c->dst,
+	        "INSERT INTO sqlite_sequence (name, seq) SELECT 'messages', 0 "
+	        "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'messages')",
+	        NULL, NULL, NULL);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_prepare_v2(c->dst, "UPDATE sqlite_sequence SET seq = ?1 "
 		                        "WHERE name = 'messages' AND seq < ?1", -1, &wr, NULL);
@@ -210,8 +212,9 @@ static int create_output(const char *path, const char *out, sqlite3 **dst, char 
 			rc = fchmod(fd, st.st_mode & 0777) < 0 ? errno : 0;
 		if (rc) {
 			close(fd);
-			return cause_set(cause, QUEUE_EIO, "cannot give %s the owner and mode of %s: %s",
-			                 out, path, strerror(rc));
+			return cause_set(cause, QUEUE_EIO,
+			                 "cannot give %s the owner and mode of %s: %s", out, path,
+			                 strerror(rc));
 		}
 	}
 	close(fd);
@@ -254,7 +257,8 @@ static int copy_all(struct copier *c, struct queue_admin_salvage *res, const cha
 	if (rc != 0) {
 		if (!sqlite3_get_autocommit(c->dst))
 			(void)sqlite3_exec(c->dst, "ROLLBACK", NULL, NULL, NULL);
-		return cause_set(cause, QUEUE_EIO, "cannot write %s: %s", out, sqlite3_errmsg(c->dst));
+		return cause_set(cause, QUEUE_EIO, "cannot write %s: %s", out,
+		                 sqlite3_errmsg(c->dst));
 	}
 	return QUEUE_OK;
 }
@@ -273,7 +277,8 @@ static int move_aside(const char *path, char *moved, size_t len, char **cause)
 	if (snprintf(moved, len, "%s.corrupt-%s", path, stamp) >= (int)len)
 		return cause_set(cause, QUEUE_EINVAL, "path too long: %s", path);
 	if (rename(path, moved) < 0)
-		return cause_set(cause, QUEUE_EIO, "cannot move %s aside: %s", path, strerror(errno));
+		return cause_set(cause, QUEUE_EIO, "cannot move %s aside: %s", path,
+		                 strerror(errno));
 	for (i = 0; i < sizeof sfx / sizeof sfx[0]; i++) {
 		snprintf(from, sizeof from, "%s%s", path, sfx[i]);
 		snprintf(to, sizeof to, "%s%s", moved, sfx[i]);
@@ -326,7 +331,8 @@ int queue_admin_salvage(const char *path, const char *output, struct queue_admin
 	if (!output)
 		(void)unlink(res->output); /* what a salvage that died before left */
 	if (sqlite3_open_v2(path, &c.src, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
-		err = cause_set(cause, QUEUE_EIO, "cannot open %s: %s", path, sqlite3_errmsg(c.src));
+		err = cause_set(cause, QUEUE_EIO, "cannot open %s: %s", path,
+		                sqlite3_errmsg(c.src));
 		goto out;
 	}
 	err = create_output(path, res->output, &c.dst, cause);

@@ -52,7 +52,9 @@ static size_t batch_done(struct queue *q, struct entry *batch, int64_t end_us)
 			q->committed_total++;
 			us = end_us - e->put_us;
 			if (nlat < q->lat_cap)
-				q->lat[nlat++] = us < 0 ? 0 : us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
+				q->lat[nlat++] = us < 0            ? 0
+				                 : us > UINT32_MAX ? UINT32_MAX
+				                                   : (uint32_t)us;
 			qidx_waiter_finish(e, QUEUE_OK);
 			if (op == OP_INSERT && e->live) {
 				qidx_commit(q, e);
@@ -285,7 +287,8 @@ static void streams_publish(struct queue *q)
 	if (!q->streams_on || !q->writable || q->closing || n == q->streams_published)
 		return;
 	pthread_mutex_unlock(&q->mu);
-	snprintf(sql, sizeof sql, "INSERT OR REPLACE INTO meta (key, value) VALUES ('streams', '%llu')",
+	snprintf(sql, sizeof sql,
+	         "INSERT OR REPLACE INTO meta (key, value) VALUES ('streams', '%llu')",
 	         (unsigned long long)n);
 	if (sqlite3_exec(q->db, sql, NULL, NULL, NULL) == SQLITE_OK)
 		q->streams_published = n;

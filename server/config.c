@@ -262,8 +262,8 @@ static const struct setting settings[] = {
 	  "read settings from FILE; the command line overrides it", NULL, NULL,
 	  "process", true },
 	{ "check-config", T_BOOL, F(check_config), "false", 0, 1,
-	  "check the settings and the files they name, print \"configuration ok\" and exit", NULL, NULL,
-	  "process", true },
+	  "check the settings and the files they name, print \"configuration ok\" and exit",
+	  NULL, NULL, "process", true },
 };
 
 #define NSETTINGS (sizeof settings / sizeof settings[0])
@@ -459,11 +459,13 @@ static int validate(const struct config *c, char **cause)
 		return -1;
 	}
 	if (strncmp(c->upstream, "https://", 8) && strncmp(c->upstream, "http://", 7)) {
-		cause_set(cause, -1, "upstream: \"%s\" is not an http:// or https:// URL", c->upstream);
+		cause_set(cause, -1, "upstream: \"%s\" is not an http:// or https:// URL",
+		          c->upstream);
 		return -1;
 	}
 	if (strpbrk(c->upstream_proxy, " \t\r\n")) {
-		cause_set(cause, -1, "upstream-proxy: \"%s\" is not a proxy URL", c->upstream_proxy);
+		cause_set(cause, -1, "upstream-proxy: \"%s\" is not a proxy URL",
+		          c->upstream_proxy);
 		return -1;
 	}
 	if (!c->tls_metrics && !*c->admin_listen) {
@@ -822,7 +824,8 @@ void config_print_help(FILE *out)
 			fprintf(out, "\n%s:\n", group);
 		}
 		snprintf(opt, sizeof opt, "--%s %s", s->name,
-		         s->offset == offsetof(struct config, config_file) ? "FILE" : meta[s->type]);
+		         s->offset == offsetof(struct config, config_file) ? "FILE"
+		                                                           : meta[s->type]);
 		if (s->type == T_SIZE) {
 			format_size(s->min, lo, sizeof lo);
 			format_size(s->max, hi, sizeof hi);

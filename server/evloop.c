@@ -18,6 +18,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "cause.h"
 #include "clock.h"
 
 #define EVLOOP_MAX_EVENTS 64
@@ -347,8 +348,7 @@ int evloop_create(struct evloop **out, char **cause)
 	l->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	ev_io_init(&l->wake, l->evfd, wake_cb);
 	if (l->epfd < 0 || l->evfd < 0 || evloop_io_set(l, &l->wake, EPOLLIN) < 0) {
-		if (asprintf(cause, "event loop: %s", strerror(errno)) < 0)
-			*cause = NULL;
+		cause_set(cause, -1, "event loop: %s", strerror(errno));
 		evloop_destroy(l);
 		return -1;
 	}

@@ -6,7 +6,8 @@
  * Signals are blocked in every thread and taken here with sigwait(), so no
  * handler ever runs inside library code: SIGTERM/SIGINT shut down cleanly,
  * SIGHUP reads the configuration again and applies what can change live
- * (API keys, origins, log level, the TLS certificate and key).  `watchrtc-relay queue ...` is the queue CLI (cli.c).
+ * (API keys, origins, log level, the TLS certificate and key).  `watchrtc-relay queue ...` is the
+ * queue CLI (cli.c).
  */
 #include <curl/curl.h>
 #include <errno.h>
@@ -58,7 +59,8 @@ static void on_writable(void *arg, bool writable, const char *error)
 	char quoted[256];
 
 	if (writable)
-		log_info("queue_writable", "msg=\"the database takes writes again: ingest resumes\"");
+		log_info("queue_writable",
+		         "msg=\"the database takes writes again: ingest resumes\"");
 	else
 		log_error("queue_unwritable", "reason=%s msg=\"new messages are refused (503, "
 		          "close 1013) until it takes writes again\"",
@@ -126,17 +128,17 @@ static int fit_max_connections(struct config *cfg, unsigned long long nofile, ch
 		return 0;
 	fit = nofile > reserved ? (nofile - reserved) / FDS_PER_CONNECTION : 0;
 	if (fit < 1) {
-		if (asprintf(cause, "the open-file limit (%llu) leaves no room for connections: "
-		             "%llu are kept for the queue, upstream and threads; raise LimitNOFILE",
-		             nofile, reserved) < 0)
-			*cause = NULL;
+		cause_set(cause, -1, "the open-file limit (%llu) leaves no room for connections: "
+		          "%llu are kept for the queue, upstream and threads; raise LimitNOFILE",
+		          nofile, reserved);
 		return -1;
 	}
 	if (cfg->max_connections > fit) {
-		log_warn("max_connections_lowered", "from=%u to=%llu nofile=%llu reserved=%llu "
+		log_warn("max_connections_lowered",
+		         "from=%u to=%llu nofile=%llu reserved=%llu "
 		         "fds_per_connection=%d detail=\"the open-file limit cannot hold more: "
-		         "raise LimitNOFILE for more\"", cfg->max_connections, fit, nofile, reserved,
-		         FDS_PER_CONNECTION);
+		         "raise LimitNOFILE for more\"",
+		         cfg->max_connections, fit, nofile, reserved, FDS_PER_CONNECTION);
 		cfg->max_connections = (unsigned)fit;
 	} else {
 		log_info("max_connections", "max_connections=%u nofile=%llu reserved=%llu "
@@ -233,9 +235,8 @@ static int check_settings(const struct config *cfg, char **cause)
 	if (rc < 0)
 		return -1;
 	if ((rc = gnutls_priority_init(&prio, cfg->tls_priorities, &err_pos)) < 0) {
-		if (asprintf(cause, "tls-priorities: %s at \"%s\"", gnutls_strerror(rc),
-		             err_pos ? err_pos : "") < 0)
-			*cause = NULL;
+		cause_set(cause, -1, "tls-priorities: %s at \"%s\"", gnutls_strerror(rc),
+		          err_pos ? err_pos : "");
 		return -1;
 	}
 	gnutls_priority_deinit(prio);
@@ -313,7 +314,8 @@ static void reload_config(struct relay *r, int argc, char **argv)
 
 	if (config_load(&fresh, argc, argv, &cause) != CONFIG_RUN ||
 	    check_settings(&fresh, &cause) < 0) {
-		log_error("config_reload_failed", "reason=%s msg=\"the configuration in force stays\"",
+		log_error("config_reload_failed",
+		          "reason=%s msg=\"the configuration in force stays\"",
 		          log_quote(cause ? cause : "bad configuration", quoted, sizeof quoted));
 		free(cause);
 		config_release(&fresh);
@@ -407,7 +409,8 @@ int main(int argc, char **argv)
 		if (r.cfg.check_config)
 			fprintf(stderr, "watchrtc-relay: %s\n", cause ? cause : "out of memory");
 		else
-			log_error("startup_failed", "reason=\"%s\" status=2 msg=\"bad configuration\"",
+			log_error("startup_failed",
+			          "reason=\"%s\" status=2 msg=\"bad configuration\"",
 			          cause ? cause : "out of memory");
 		free(cause);
 		config_release(&r.cfg);
@@ -490,26 +493,27 @@ int main(int argc, char **argv)
 	if (upstream_ca_file(&r.cfg, ca_path, sizeof ca_path, &cause) < 0)
 		goto out;
 	fo = (struct forwarder_options){
-		.upstream = r.cfg.upstream,
-		.ca_file = ca_path,
-		.proxy = r.cfg.upstream_proxy,
-		.insecure = r.cfg.upstream_insecure,
-		.workers = r.cfg.forward_workers,
-		.inflight = r.cfg.forward_inflight,
-		.timeout_ms = r.cfg.upstream_timeout_ms,
-		.connect_timeout_ms = r.cfg.upstream_connect_timeout_ms,
-		.retry_base_ms = r.cfg.retry_base_ms,
-		.retry_max_ms = r.cfg.retry_max_ms,
-		/* config.c accepts only "1.1" and "2" */
-		.http_version = strcmp(r.cfg.upstream_http_version, "2") ? FWD_HTTP_1_1 : FWD_HTTP_2,
-		.websocket = wo.upstream_ws,
-		.ws_threads = r.cfg.upstream_ws_threads,
-		.fence_messages = r.cfg.upstream_fence_messages,
-		.fence_ms = r.cfg.upstream_fence_ms,
-		.max_message_bytes = r.cfg.max_message_bytes,
-		.ping_interval_ms = r.cfg.ws_ping_interval_s * 1000,
-		.backend_text = backend_text,
-		.backend_text_arg = r.ws,
+	        .upstream = r.cfg.upstream,
+	        .ca_file = ca_path,
+	        .proxy = r.cfg.upstream_proxy,
+	        .insecure = r.cfg.upstream_insecure,
+	        .workers = r.cfg.forward_workers,
+	        .inflight = r.cfg.forward_inflight,
+	        .timeout_ms = r.cfg.upstream_timeout_ms,
+	        .connect_timeout_ms = r.cfg.upstream_connect_timeout_ms,
+	        .retry_base_ms = r.cfg.retry_base_ms,
+	        .retry_max_ms = r.cfg.retry_max_ms,
+	        /* config.c accepts only "1.1" and "2" */
+	        .http_version =
+	                strcmp(r.cfg.upstream_http_version, "2") ? FWD_HTTP_1_1 : FWD_HTTP_2,
+	        .websocket = wo.upstream_ws,
+	        .ws_threads = r.cfg.upstream_ws_threads,
+	        .fence_messages = r.cfg.upstream_fence_messages,
+	        .fence_ms = r.cfg.upstream_fence_ms,
+	        .max_message_bytes = r.cfg.max_message_bytes,
+	        .ping_interval_ms = r.cfg.ws_ping_interval_s * 1000,
+	        .backend_text = backend_text,
+	        .backend_text_arg = r.ws,
 	};
 	if (forwarder_start(&fwd, r.queue, r.keyban, &fo, &cause) < 0)
 		goto out;

@@ -118,7 +118,8 @@ static void send_some(struct driver *d)
 		if (d->sent == before || d->interval_ms)
 			break;
 	}
-	if (d->sent < d->send && evloop_timer_start(d->loop, &d->tick, d->interval_ms ? d->interval_ms : 10) < 0)
+	if (d->sent < d->send &&
+	    evloop_timer_start(d->loop, &d->tick, d->interval_ms ? d->interval_ms : 10) < 0)
 		exit(1);
 }
 
@@ -272,7 +273,8 @@ int main(int argc, char **argv)
 		free(cause);
 		return 1;
 	}
-	if (evloop_create(&d.loop, &cause) < 0 || nconns == 0 || !(all = calloc(nconns, sizeof *all))) {
+	if (evloop_create(&d.loop, &cause) < 0 || nconns == 0 ||
+	    !(all = calloc(nconns, sizeof *all))) {
 		fprintf(stderr, "upwsc: %s\n", cause ? cause : "bad --conns");
 		return 1;
 	}

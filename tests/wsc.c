@@ -90,8 +90,8 @@ static bool utf8_ok(const uint8_t *s, size_t n)
 				return false;
 			cp = cp << 6 | (s[i + k] & 0x3f);
 		}
-		if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
-		    cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+		if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) ||
+		    (len == 4 && cp < 0x10000) || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
 			return false;
 		i += len;
 	}
@@ -409,7 +409,8 @@ static void run_action(struct script *s, char *line)
 
 		if (sscanf(arg, "%i %u %u %4095s", &op, &fin, &masked, payload) < 3 ||
 		    !(p = parse_payload(payload, &len))) {
-			print_event("error", "message", "usage: send-frame OP FIN MASKED HEX|@FILE|-");
+			print_event("error", "message",
+			            "usage: send-frame OP FIN MASKED HEX|@FILE|-");
 			s->failures++;
 			return;
 		}
@@ -495,7 +496,8 @@ static void *load_main(void *arg)
 		snprintf(path, sizeof path, "%s%ssessionId=%s%u", o.path,
 		         strchr(o.path, '?') ? "&" : "?", ld->prefix, i);
 		o.path = path;
-		if (wsclient_connect(&cs[k], &o, NULL, 0) != WSC_OK || wsclient_status(cs[k]) != 101) {
+		if (wsclient_connect(&cs[k], &o, NULL, 0) != WSC_OK ||
+		    wsclient_status(cs[k]) != 101) {
 			atomic_fetch_add(&ld->errors, 1);
 			continue;
 		}
@@ -515,7 +517,8 @@ static void *load_main(void *arg)
 
 			if (!cs[k])
 				continue;
-			n = snprintf(msg, sizeof msg, "[\"seq\",%u,%u]", w->index + k * ld->threads, j);
+			n = snprintf(msg, sizeof msg, "[\"seq\",%u,%u]", w->index + k * ld->threads,
+			             j);
 			if (wsclient_send_message(cs[k], 0x1, msg, (size_t)n, 0) == WSC_OK) {
 				atomic_fetch_add(&ld->msgs, 1);
 			} else {
@@ -639,7 +642,7 @@ static void usage(FILE *out)
 	        "           [--header 'Name: value']... [--timeout-ms MS] [--expect-status N]\n"
 	        "           [--no-auto-pong] [--early-wire FILE] [ACTION...]\n"
 	        "       wsc --port P --path P --load N --messages M --session-prefix X [--threads T]\n"
-	        "Actions (from the arguments, else one per line on stdin): see the top of wsc.c.\n");
+	        "Actions (from the arguments, else one per line on stdin): see wsc.c's top.\n");
 }
 
 int main(int argc, char **argv)

@@ -275,15 +275,17 @@ static int send_request(struct wsclient *c, const struct wsclient_opts *o, const
 	             "Connection: Upgrade\r\n"
 	             "Sec-WebSocket-Key: %s\r\n"
 	             "Sec-WebSocket-Version: %s\r\n"
-	             "%s%s%s" "%s%s%s" "%s%s%s" "%s%s%s"
+	             "%s%s%s"
+	             "%s%s%s"
+	             "%s%s%s"
+	             "%s%s%s"
 	             "%s"
 	             "\r\n",
-	             o->path ? o->path : "/", host, o->port, c->key,
-	             o->version ? o->version : "13",
+	             o->path ? o->path : "/", host, o->port, c->key, o->version ? o->version : "13",
 	             *proto ? "Sec-WebSocket-Protocol: " : "", proto, *proto ? "\r\n" : "",
-	             o->origin ? "Origin: " : "", o->origin ? o->origin : "", o->origin ? "\r\n" : "",
-	             o->user_agent ? "User-Agent: " : "", o->user_agent ? o->user_agent : "",
-	             o->user_agent ? "\r\n" : "",
+	             o->origin ? "Origin: " : "", o->origin ? o->origin : "",
+	             o->origin ? "\r\n" : "", o->user_agent ? "User-Agent: " : "",
+	             o->user_agent ? o->user_agent : "", o->user_agent ? "\r\n" : "",
 	             o->xff ? "X-Forwarded-For: " : "", o->xff ? o->xff : "", o->xff ? "\r\n" : "",
 	             o->extra_headers ? o->extra_headers : "");
 	if (n < 0)
@@ -451,7 +453,8 @@ int wsclient_send_message(struct wsclient *c, unsigned opcode, const void *paylo
 		return wsclient_send_frame(c, opcode, true, true, payload, len);
 	while (off < len) {
 		size_t n = len - off < fragment ? len - off : fragment;
-		int r = wsclient_send_frame(c, off == 0 ? opcode : 0, off + n == len, true, p + off, n);
+		int r = wsclient_send_frame(c, off == 0 ? opcode : 0, off + n == len, true, p + off,
+		                            n);
 
 		if (r < 0)
 			return r;

@@ -274,7 +274,8 @@ int access_reload(struct access *a)
 		in_force = a->keys.n;
 		pthread_mutex_unlock(&a->keys_lock);
 		log_error("keys_reload_failed", "file=%s keys_in_force=%zu reason=%s", a->keys_file,
-		          in_force, log_quote(cause ? cause : "out of memory", quoted, sizeof quoted));
+		          in_force,
+		          log_quote(cause ? cause : "out of memory", quoted, sizeof quoted));
 		free(cause);
 		return -1;
 	}
@@ -371,7 +372,8 @@ const char *access_verdict_reason(enum access_verdict v)
 {
 	switch (v) {
 	case ACCESS_OK: return "ok";
-	case ACCESS_TOO_MANY: return "too many connections from this address (max-connections-per-ip)";
+	case ACCESS_TOO_MANY:
+		return "too many connections from this address (max-connections-per-ip)";
 	case ACCESS_TABLE_FULL: return "too many client addresses at once (ip-table-size)";
 	}
 	return "refused";

@@ -89,8 +89,10 @@ static void *timer_main(void *arg)
 			unlink_locked(d, dl);
 			dl->fired = true;
 			shutdown(dl->fd, SHUT_RDWR);
-			log_info("request_timeout", "peer=%s timeout_s=%u reason=\"request not in within "
-			         "request-timeout-s: connection closed\"", dl->peer, d->timeout_s);
+			log_info("request_timeout",
+			         "peer=%s timeout_s=%u reason=\"request not in within "
+			         "request-timeout-s: connection closed\"",
+			         dl->peer, d->timeout_s);
 		}
 		clock_gettime(CLOCK_MONOTONIC, &ts);
 		ts.tv_nsec += DEADLINE_TICK_MS * 1000000L;

@@ -376,8 +376,9 @@ static void conn_attach_http(struct lconn *c)
 	c->http_attached = true;
 	if (MHD_add_connection(l->mhd, c->mhd_fd, (const struct sockaddr *)&c->client,
 	                       c->client_len) != MHD_YES) {
-		log_warn("connection_refused", "peer=%s reason=\"the HTTP server cannot take it: %s\"",
-		         c->peer, strerror(errno));
+		log_warn("connection_refused",
+		         "peer=%s reason=\"the HTTP server cannot take it: %s\"", c->peer,
+		         strerror(errno));
 		conn_close(c, "refused by the HTTP server");
 		return;
 	}
@@ -495,7 +496,8 @@ static void conn_pump(struct lconn *c)
 			n = recv(c->mfd, c->m2c.data, LISTENER_BUF_BYTES, MSG_DONTWAIT);
 			if (n > 0) {
 				c->m2c.len = (size_t)n;
-			} else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+			} else if (n == 0 ||
+			           (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
 				conn_close(c, "request deadline during the TLS handshake");
 				return;
 			}
@@ -524,7 +526,8 @@ static void conn_pump(struct lconn *c)
 				c->c2m.off = 0;
 				c->c2m.len = (size_t)n;
 				progress = true;
-			} else if (n == 0 || (n < 0 && n != GNUTLS_E_AGAIN && n != GNUTLS_E_INTERRUPTED)) {
+			} else if (n == 0 ||
+			           (n < 0 && n != GNUTLS_E_AGAIN && n != GNUTLS_E_INTERRUPTED)) {
 				if (n < 0 && n != GNUTLS_E_PREMATURE_TERMINATION) {
 					/* Renegotiation among others: refused by ending it. */
 					log_debug("tls_error", "peer=%s reason=\"%s\"", c->peer,
@@ -538,11 +541,13 @@ static void conn_pump(struct lconn *c)
 			}
 		}
 		if (c->mfd >= 0 && c->c2m.off < c->c2m.len) {
-			n = send(c->mfd, c->c2m.data + c->c2m.off, c->c2m.len - c->c2m.off, MSG_NOSIGNAL);
+			n = send(c->mfd, c->c2m.data + c->c2m.off, c->c2m.len - c->c2m.off,
+			         MSG_NOSIGNAL);
 			if (n > 0) {
 				c->c2m.off += (size_t)n;
 				progress = true;
-			} else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+			} else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK &&
+			           errno != EINTR) {
 				conn_close(c, "the HTTP side closed");
 				return;
 			}
@@ -554,14 +559,16 @@ static void conn_pump(struct lconn *c)
 				c->m2c.off = 0;
 				c->m2c.len = (size_t)n;
 				progress = true;
-			} else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+			} else if (n == 0 ||
+			           (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
 				c->mhd_eof = true;
 			}
 		}
 		if (c->m2c.off < c->m2c.len) {
 			/* A send that said AGAIN is repeated with the same bytes, as
 			 * GnuTLS requires: nothing is appended until the buffer empties. */
-			n = gnutls_record_send(c->tls, c->m2c.data + c->m2c.off, c->m2c.len - c->m2c.off);
+			n = gnutls_record_send(c->tls, c->m2c.data + c->m2c.off,
+			                       c->m2c.len - c->m2c.off);
 			if (n > 0) {
 				c->m2c.off += (size_t)n;
 				progress = true;
@@ -731,7 +738,8 @@ static void loop_accept(struct lloop *lp)
 	for (int i = 0; i < LISTENER_ACCEPT_BATCH; i++) {
 		struct sockaddr_storage ss;
 		socklen_t sslen = sizeof ss;
-		int fd = accept4(l->lfd, (struct sockaddr *)&ss, &sslen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		int fd = accept4(l->lfd, (struct sockaddr *)&ss, &sslen,
+		                 SOCK_NONBLOCK | SOCK_CLOEXEC);
 
 		if (fd < 0) {
 			if (errno == EINTR || errno == ECONNABORTED)

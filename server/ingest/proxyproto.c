@@ -74,7 +74,8 @@ static enum proxyproto_result parse_v1(const unsigned char *buf, size_t len,
 		if (buf[end] == '\r' && buf[end + 1] == '\n')
 			break;
 	if (end + 1 >= limit)
-		return len < V1_MAX ? PROXYPROTO_MORE : bad(why, "v1 line without CRLF in 107 bytes");
+		return len < V1_MAX ? PROXYPROTO_MORE
+		                    : bad(why, "v1 line without CRLF in 107 bytes");
 	out->version = 1;
 	out->len = end + 2;
 	if (memchr(buf, '\0', end))
@@ -101,7 +102,8 @@ static enum proxyproto_result parse_v1(const unsigned char *buf, size_t len,
 		struct sockaddr_in *sin = (struct sockaddr_in *)&out->source;
 		struct in_addr d;
 
-		if (inet_pton(AF_INET, src, &sin->sin_addr) != 1 || inet_pton(AF_INET, dst, &d) != 1)
+		if (inet_pton(AF_INET, src, &sin->sin_addr) != 1 ||
+		    inet_pton(AF_INET, dst, &d) != 1)
 			return bad(why, "v1 TCP4 address is not IPv4");
 		sin->sin_family = AF_INET;
 		sin->sin_port = htons((unsigned short)sp);

@@ -23,24 +23,11 @@
 #include <gnutls/gnutls.h>
 #include <gnutls/x509.h>
 
+#include "cause.h"
 #include "log.h"
 
 #define TLS_FILE_MAX (1024 * 1024)        /* a PEM file larger than this is refused */
 #define TLS_SELF_SIGNED_DAYS (10 * 365)
-
-/* A malloc'd message for *cause (NULL if even that fails). */
-__attribute__((format(printf, 1, 2)))
-static char *cause_printf(const char *fmt, ...)
-{
-	va_list ap;
-	char *s = NULL;
-
-	va_start(ap, fmt);
-	if (vasprintf(&s, fmt, ap) < 0)
-		s = NULL;
-	va_end(ap);
-	return s;
-}
 
 /* Reads a whole file into a NUL-terminated buffer (caller frees). */
 static char *read_file(const char *path, char **cause)
@@ -52,11 +39,11 @@ static char *read_file(const char *path, char **cause)
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 
 	if (fd < 0) {
-		*cause = cause_printf("cannot open %s: %s", path, strerror(errno));
+		cause_set(cause, -1, "cannot open %s: %s", path, strerror(errno));
 		return NULL;
 	}
 	if (fstat(fd, &st) < 0 || st.st_size > TLS_FILE_MAX) {
-		*cause = cause_printf("%s is not a readable PEM file of at most 1 MiB", path);
+		cause_set(cause, -1, "%s is not a readable PEM file of at most 1 MiB", path);
 		goto out;
 	}
 	buf = malloc((size_t)st.st_size + 1);
@@ -65,7 +52,7 @@ static char *read_file(const char *path, char **cause)
 	while ((got = read(fd, buf + len, (size_t)st.st_size - len)) > 0)
 		len += (size_t)got;
 	if (got < 0) {
-		*cause = cause_printf("cannot read %s: %s", path, strerror(errno));
+		cause_set(cause, -1, "cannot read %s: %s", path, strerror(errno));
 		free(buf);
 		buf = NULL;
 		goto out;
@@ -139,7 +126,8 @@ static int generate_pair(char **cert_pem, char **key_pem, char **cause)
 
 	if ((err = gnutls_x509_privkey_init(&key)) < 0 ||
 	    (err = gnutls_x509_privkey_generate(key, GNUTLS_PK_ECDSA,
-	                                        GNUTLS_CURVE_TO_BITS(GNUTLS_ECC_CURVE_SECP256R1), 0)) < 0 ||
+	                                        GNUTLS_CURVE_TO_BITS(GNUTLS_ECC_CURVE_SECP256R1),
+	                                        0)) < 0 ||
 	    (err = gnutls_x509_crt_init(&crt)) < 0 ||
 	    (err = gnutls_rnd(GNUTLS_RND_NONCE, serial, sizeof serial)) < 0)
 		goto fail;
@@ -147,10 +135,14 @@ static int generate_pair(char **cert_pem, char **key_pem, char **cause)
 	if ((err = gnutls_x509_crt_set_version(crt, 3)) < 0 ||
 	    (err = gnutls_x509_crt_set_serial(crt, serial, sizeof serial)) < 0 ||
 	    (err = gnutls_x509_crt_set_activation_time(crt, now - 3600)) < 0 ||
-	    (err = gnutls_x509_crt_set_expiration_time(crt, now + (time_t)TLS_SELF_SIGNED_DAYS * 86400)) < 0 ||
-	    (err = gnutls_x509_crt_set_dn_by_oid(crt, GNUTLS_OID_X520_COMMON_NAME, 0, "watchrtc-relay", 14)) < 0 ||
-	    (err = gnutls_x509_crt_set_subject_alt_name(crt, GNUTLS_SAN_DNSNAME, "localhost", 9, GNUTLS_FSAN_APPEND)) < 0 ||
-	    (err = gnutls_x509_crt_set_subject_alt_name(crt, GNUTLS_SAN_IPADDRESS, "\x7f\0\0\x01", 4, GNUTLS_FSAN_APPEND)) < 0 ||
+	    (err = gnutls_x509_crt_set_expiration_time(crt, now + (time_t)TLS_SELF_SIGNED_DAYS *
+	                                                                    86400)) < 0 ||
+	    (err = gnutls_x509_crt_set_dn_by_oid(crt, GNUTLS_OID_X520_COMMON_NAME, 0,
+	                                         "watchrtc-relay", 14)) < 0 ||
+	    (err = gnutls_x509_crt_set_subject_alt_name(crt, GNUTLS_SAN_DNSNAME, "localhost", 9,
+	                                                GNUTLS_FSAN_APPEND)) < 0 ||
+	    (err = gnutls_x509_crt_set_subject_alt_name(crt, GNUTLS_SAN_IPADDRESS, "\x7f\0\0\x01",
+	                                                4, GNUTLS_FSAN_APPEND)) < 0 ||
 	    (err = gnutls_x509_crt_set_key(crt, key)) < 0 ||
 	    (err = gnutls_x509_crt_set_basic_constraints(crt, 0, -1)) < 0 ||
 	    (err = gnutls_x509_crt_set_key_usage(crt, GNUTLS_KEY_DIGITAL_SIGNATURE)) < 0 ||
@@ -171,7 +163,7 @@ static int generate_pair(char **cert_pem, char **key_pem, char **cause)
 	rc = 0;
 	goto out;
 fail:
-	*cause = cause_printf("cannot generate a certificate: %s", gnutls_strerror(err));
+	cause_set(cause, -1, "cannot generate a certificate: %s", gnutls_strerror(err));
 out:
 	if (k.data)
 		gnutls_memset(k.data, 0, k.size);
@@ -192,12 +184,12 @@ static int check_key_mode(const char *path, char **cause)
 	struct stat st;
 
 	if (stat(path, &st) < 0) {
-		*cause = cause_printf("cannot stat %s: %s", path, strerror(errno));
+		cause_set(cause, -1, "cannot stat %s: %s", path, strerror(errno));
 		return -1;
 	}
 	if (st.st_mode & 007) {
-		*cause = cause_printf("%s is accessible by others (mode %04o): chmod 600 or 640 it",
-		                      path, (unsigned)(st.st_mode & 07777));
+		cause_set(cause, -1, "%s is accessible by others (mode %04o): chmod 600 or 640 it",
+		          path, (unsigned)(st.st_mode & 07777));
 		return -1;
 	}
 	return 0;
@@ -247,22 +239,24 @@ static int load_pair(struct tls_pair *p, const char *cert_file, const char *key_
 			 * on the next start and fail there. */
 			if (write_file(key_path, p->key_pem, strlen(p->key_pem), 0600) < 0 ||
 			    write_file(cert_path, p->cert_pem, strlen(p->cert_pem), 0644) < 0) {
-				*cause = cause_printf("cannot write %s: %s", key_path, strerror(errno));
+				cause_set(cause, -1, "cannot write %s: %s", key_path,
+				          strerror(errno));
 				goto fail;
 			}
 			p->generated = 1;
 		}
 	}
 	if (fingerprint_of(p->cert_pem, p->fingerprint, sizeof p->fingerprint) < 0) {
-		*cause = cause_printf("%s is not a PEM certificate",
-		                      have_cert ? cert_file : cert_path);
+		cause_set(cause, -1, "%s is not a PEM certificate",
+		          have_cert ? cert_file : cert_path);
 		goto fail;
 	}
 	if (!have_cert && may_generate)
-		log_warn("tls_self_signed",
-		         "cert=%s sha256=%s msg=\"SELF-SIGNED CERTIFICATE in use: browsers will refuse it "
-		         "unless trusted; give --tls-cert and --tls-key for production\"",
-		         cert_path, p->fingerprint);
+		log_warn(
+		        "tls_self_signed",
+		        "cert=%s sha256=%s msg=\"SELF-SIGNED CERTIFICATE in use: browsers will refuse it "
+		        "unless trusted; give --tls-cert and --tls-key for production\"",
+		        cert_path, p->fingerprint);
 	return 0;
 fail:
 	tls_pair_release(p);

@@ -56,8 +56,10 @@ static enum MHD_Result refuse(struct relay *r, struct MHD_Connection *c,
 	bool later = status == MHD_HTTP_SERVICE_UNAVAILABLE || status == MHD_HTTP_TOO_MANY_REQUESTS;
 
 	metrics_add(M_WS_REFUSED, 1);
-	return route_refuse(c, ri, ROUTE_WEBSOCKET, &(struct refusal){
-		.status = status, .reason = reason, .retry_after_s = later ? r->cfg.retry_after_s : 0 });
+	return route_refuse(c, ri, ROUTE_WEBSOCKET,
+	                    &(struct refusal){.status = status,
+	                                      .reason = reason,
+	                                      .retry_after_s = later ? r->cfg.retry_after_s : 0});
 }
 
 /* Runs on MHD's thread once the 101 is out: the connection is ours now. */
@@ -132,8 +134,10 @@ static struct ws_conn_meta *meta_create(struct relay *r, const struct request_in
 	if (!m->key_rejected && !access_key_allowed(r->access, api_key)) {
 		char kbuf[16];
 
-		log_info("ws_key_refused", "peer=%s client=%s key=%s reason=\"api key not in "
-		         "allowed-keys\"", m->peer_ip, m->client_ip, log_key(api_key, kbuf, sizeof kbuf));
+		log_info("ws_key_refused",
+		         "peer=%s client=%s key=%s reason=\"api key not in "
+		         "allowed-keys\"",
+		         m->peer_ip, m->client_ip, log_key(api_key, kbuf, sizeof kbuf));
 		m->key_rejected = true;
 		m->key_reason = "api key not allowed";
 	}
@@ -218,7 +222,8 @@ enum MHD_Result route_upgrade(struct relay *r, struct MHD_Connection *c,
 	/* MHD adds "Connection: Upgrade" itself when the app sets Upgrade.  No
 	 * Sec-WebSocket-Extensions: permessage-deflate is never accepted. */
 	resp = MHD_create_response_for_upgrade(on_upgraded, t);
-	if (!resp || MHD_add_response_header(resp, MHD_HTTP_HEADER_UPGRADE, "websocket") != MHD_YES ||
+	if (!resp ||
+	    MHD_add_response_header(resp, MHD_HTTP_HEADER_UPGRADE, "websocket") != MHD_YES ||
 	    MHD_add_response_header(resp, "Sec-WebSocket-Accept", accept) != MHD_YES ||
 	    (proto20 && MHD_add_response_header(resp, "Sec-WebSocket-Protocol", "2.0") != MHD_YES))
 		goto out;
@@ -230,7 +235,8 @@ enum MHD_Result route_upgrade(struct relay *r, struct MHD_Connection *c,
 	}
 out:
 	if (ret != MHD_YES)
-		log_error("ws_error", "peer=%s reason=\"cannot queue the 101 answer\"", ri->peer_ip);
+		log_error("ws_error", "peer=%s reason=\"cannot queue the 101 answer\"",
+		          ri->peer_ip);
 	if (resp)
 		MHD_destroy_response(resp);
 	if (t)

@@ -430,7 +430,8 @@ static ssize_t on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
 	if (len > c->rx_budget)
 		len = c->rx_budget;
 	if (c->extra_off < c->extra_len) {
-		n = (ssize_t)(c->extra_len - c->extra_off < len ? c->extra_len - c->extra_off : len);
+		n = (ssize_t)(c->extra_len - c->extra_off < len ? c->extra_len - c->extra_off
+		                                                : len);
 		memcpy(buf, c->extra + c->extra_off, (size_t)n);
 		c->extra_off += (size_t)n;
 	} else {
@@ -496,8 +497,9 @@ static void conn_take_message(struct ws_conn *c, const struct wslay_event_on_msg
 	if (c->refuse_data)
 		return;
 	if (text && !utf8_valid(arg->msg, arg->msg_length)) {
-		log_info("ws_protocol_error", "conn=%s code=%u reason=\"invalid UTF-8 in a text message\"",
-		         c->id, WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA);
+		log_info("ws_protocol_error",
+		         "conn=%s code=%u reason=\"invalid UTF-8 in a text message\"", c->id,
+		         WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA);
 		c->refuse_data = true;
 		conn_close(c, WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA, "invalid UTF-8");
 		wslay_event_shutdown_read(c->ctx);
@@ -730,9 +732,10 @@ static void conn_service(struct ws_conn *c, uint32_t events)
 		uint16_t code = wslay_event_get_status_code_sent(ctx);
 
 		log_info("ws_protocol_error", "conn=%s code=%u reason=\"%s\"", c->id, code,
-		         code == WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA ? "invalid UTF-8 in a close reason"
+		         code == WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA
+		                 ? "invalid UTF-8 in a close reason"
 		         : code == WSLAY_CODE_MESSAGE_TOO_BIG ? "message over max-message-bytes"
-		         : "protocol error");
+		                                              : "protocol error");
 		conn_note_close(c, code, true);
 	}
 
@@ -800,7 +803,8 @@ static char *hello_text(const struct ws_server *s, const struct ws_conn *c)
 
 	if (c->meta->key_rejected)
 		obj = json_pack("{s:s}", "error",
-		                c->meta->key_reason ? c->meta->key_reason : "api key rejected by upstream");
+		                c->meta->key_reason ? c->meta->key_reason
+		                                    : "api key rejected by upstream");
 	else
 		obj = json_pack("{s:s, s:I, s:I, s:b, s:s}", "connectionId", c->id,
 		                "interval", (json_int_t)o->interval_ms,
@@ -856,7 +860,8 @@ static void conn_start(struct ws_loop *l, struct ws_conn *c)
 	} else if (!(hello = hello_text(s, c))) {
 		conn_close(c, WSLAY_CODE_INTERNAL_SERVER_ERROR, "internal error");
 	} else {
-		struct wslay_event_msg msg = { WSLAY_TEXT_FRAME, (const uint8_t *)hello, strlen(hello) };
+		struct wslay_event_msg msg = {WSLAY_TEXT_FRAME, (const uint8_t *)hello,
+		                              strlen(hello)};
 
 		wslay_event_queue_msg(c->ctx, &msg);
 		free(hello);
@@ -897,10 +902,12 @@ static void loop_deliver_mail(struct ws_loop *l)
 		live = *pp && (*pp)->conn == m->conn && m->conn->loop == l;
 		pthread_mutex_unlock(&s->reg_lock);
 		if (live && !m->conn->deadline_ms) {
-			struct wslay_event_msg msg = { WSLAY_TEXT_FRAME, (const uint8_t *)m->text, m->len };
+			struct wslay_event_msg msg = {WSLAY_TEXT_FRAME, (const uint8_t *)m->text,
+			                              m->len};
 
 			if (wslay_event_queue_msg(m->conn->ctx, &msg) == 0) {
-				log_debug("ws_backend_text", "conn=%s bytes=%zu", m->conn->id, m->len);
+				log_debug("ws_backend_text", "conn=%s bytes=%zu", m->conn->id,
+				          m->len);
 				conn_service(m->conn, EPOLLOUT);
 			}
 		} else {
@@ -933,7 +940,8 @@ int ws_server_send_text(struct ws_server *s, const char *session, const char *te
 	pp = s->reg ? reg_find(s, session, reg_hash(session)) : NULL;
 	if (!pp || !*pp) {
 		pthread_mutex_unlock(&s->reg_lock);
-		log_debug("backend_text_dropped", "session=%s bytes=%zu reason=\"no live connection\"",
+		log_debug("backend_text_dropped",
+		          "session=%s bytes=%zu reason=\"no live connection\"",
 		          log_quote(session, sess, sizeof sess), len);
 		free(m->session);
 		free(m);

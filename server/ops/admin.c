@@ -107,8 +107,10 @@ static int resolve_listen(const char *spec, bool allow_remote, struct sockaddr_s
 		return -1;
 	}
 	if (!is_loopback(ss) && !allow_remote) {
-		cause_set(cause, -1, "admin-listen %s is not a loopback address: the admin listener is "
-		          "plain HTTP; set admin-allow-remote to serve it anyway", spec);
+		cause_set(cause, -1,
+		          "admin-listen %s is not a loopback address: the admin listener is "
+		          "plain HTTP; set admin-allow-remote to serve it anyway",
+		          spec);
 		return -1;
 	}
 	return 0;
@@ -158,7 +160,8 @@ int admin_server_start(struct admin_server **out, struct relay *r, char **cause)
 		return -1;
 	}
 	if (!is_loopback(&ss))
-		log_warn("admin_listening", "addr=%s msg=\"plain HTTP admin listener on a non-loopback address\"",
+		log_warn("admin_listening",
+		         "addr=%s msg=\"plain HTTP admin listener on a non-loopback address\"",
 		         r->cfg.admin_listen);
 	else
 		log_info("admin_listening", "addr=%s", r->cfg.admin_listen);

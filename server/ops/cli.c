@@ -39,17 +39,17 @@ struct cli {
 };
 
 static const char usage_text[] =
-	"usage: watchrtc-relay queue [--state-dir DIR | --config FILE] [--json] COMMAND\n"
-	"  stats                       depth, bytes, oldest age, sessions waiting for a retry,\n"
-	"                              dead letters by reason\n"
-	"  dead list [--limit N]       the dead letters, oldest first\n"
-	"  dead replay --all | ID...   move dead letters back into the queue (ids and order kept)\n"
-	"  dead purge [--all | ID...]  delete dead letters (all of them without IDs)\n"
-	"  check                       full integrity check of the database\n"
-	"  salvage [--output FILE]     copy every readable row of a corrupt database into a new\n"
-	"                              one and move the bad file aside (the relay must be stopped)\n"
-	"It works while the relay runs (except salvage).  Exit status: 0 done, 1 failed\n"
-	"(check: the database is damaged), 2 bad usage.\n";
+        "usage: watchrtc-relay queue [--state-dir DIR | --config FILE] [--json] COMMAND\n"
+        "  stats                       depth, bytes, oldest age, sessions waiting for a retry,\n"
+        "                              dead letters by reason\n"
+        "  dead list [--limit N]       the dead letters, oldest first\n"
+        "  dead replay --all | ID...   move dead letters back into the queue (ids and order kept)\n"
+        "  dead purge [--all | ID...]  delete dead letters (all of them without IDs)\n"
+        "  check                       full integrity check of the database\n"
+        "  salvage [--output FILE]     copy every readable row of a corrupt database into a new\n"
+        "                              one and move the bad file aside (the relay must be stopped)\n"
+        "It works while the relay runs (except salvage).  Exit status: 0 done, 1 failed\n"
+        "(check: the database is damaged), 2 bad usage.\n";
 
 static int usage(const char *why)
 {
@@ -179,7 +179,8 @@ static int on_reason(void *arg, const struct queue_admin_row *r)
 	char why[CLI_FIELD_MAX];
 
 	if (obj)
-		json_object_set_new(obj, r->reason ? r->reason : "", json_integer((json_int_t)r->queued));
+		json_object_set_new(obj, r->reason ? r->reason : "",
+		                    json_integer((json_int_t)r->queued));
 	else
 		printf("  %8" PRIu64 "  %s\n", r->queued, printable(r->reason, why, sizeof why));
 	return 0;
@@ -202,13 +203,15 @@ static int cmd_stats(struct cli *c, struct queue_admin *a)
 		printf("database      %s (schema %" PRId64 ")\n", c->db, st.schema_version);
 		printf("instance      %s\n", st.instance_id[0] ? st.instance_id : "-");
 		printf("relay         %s\n", c->relay_running ? "running" : "not running");
-		printf("queued        %" PRIu64 " messages, %" PRIu64 " bytes, %" PRIu64 " sessions\n",
+		printf("queued        %" PRIu64 " messages, %" PRIu64 " bytes, %" PRIu64
+		       " sessions\n",
 		       st.depth, st.bytes, st.sessions);
 		if (c->relay_running)
 			printf("upstream      %" PRIu64 " sessions on upstream websockets\n",
 			       st.sessions_upstream);
 		if (st.oldest_ms > 0)
-			printf("oldest        received %s, %s ago\n", fmt_time(st.oldest_ms, t, sizeof t),
+			printf("oldest        received %s, %s ago\n",
+			       fmt_time(st.oldest_ms, t, sizeof t),
 			       fmt_age(wall_ms() - st.oldest_ms, age, sizeof age));
 		printf("retrying      sessions whose head waits for a retry:\n");
 	}
@@ -234,8 +237,9 @@ static int cmd_stats(struct cli *c, struct queue_admin *a)
 		"waiting_retry", h.list, "sessions_waiting_retry", (json_int_t)h.count,
 		"dead_letters", (json_int_t)st.dead, "dead_by_reason", reasons);
 	if (doc)
-		json_object_set_new(doc, "sessions_upstream",
-		                    json_integer(c->relay_running ? (json_int_t)st.sessions_upstream : 0));
+		json_object_set_new(
+		        doc, "sessions_upstream",
+		        json_integer(c->relay_running ? (json_int_t)st.sessions_upstream : 0));
 	return print_json(doc);
 fail:
 	json_decref(h.list);
@@ -277,10 +281,10 @@ static int on_dead(void *arg, const struct queue_admin_row *r)
 		free(text);
 	} else {
 		printf("#%" PRId64 "  dead %s  reason=\"%s\" status=%d attempts=%" PRIu32
-		       " bytes=%" PRIu64 " session=%s target=%s", r->id,
-		       fmt_time(r->dead_ms, t, sizeof t), printable(r->reason, why, sizeof why),
-		       r->status, r->attempts, r->body_len, printable(r->session, sess, sizeof sess),
-		       tgt);
+		       " bytes=%" PRIu64 " session=%s target=%s",
+		       r->id, fmt_time(r->dead_ms, t, sizeof t),
+		       printable(r->reason, why, sizeof why), r->status, r->attempts, r->body_len,
+		       printable(r->session, sess, sizeof sess), tgt);
 		if (r->detail && r->detail[0] != '\0')
 			printf(" detail=\"%s\"", printable(r->detail, det, sizeof det));
 		putchar('\n');
@@ -336,11 +340,13 @@ static int cmd_dead_move(struct cli *c, struct queue_admin *a)
 	} else {
 		printf("moved %" PRIu64 " dead letters back into the queue\n", n);
 		if (n > 0)
-			printf("%s\n", c->relay_running ? "the running relay sends them within a second"
-			                                : "the relay sends them when it starts");
+			printf("%s\n", c->relay_running
+			                       ? "the running relay sends them within a second"
+			                       : "the relay sends them when it starts");
 	}
 	if (c->nids > n)
-		printf("%" PRIu64 " of the ids given are not dead letters\n", (uint64_t)c->nids - n);
+		printf("%" PRIu64 " of the ids given are not dead letters\n",
+		       (uint64_t)c->nids - n);
 	return 0;
 }
 
@@ -384,11 +390,12 @@ static int cmd_salvage(struct cli *c)
 		return err;
 	}
 	if (c->json)
-		return print_json(json_pack("{s:s, s:s, s:s?, s:I, s:I, s:I, s:b}", "database", c->db,
-			"output", res.output, "moved_to", res.moved_to[0] ? res.moved_to : NULL,
-			"messages", (json_int_t)res.messages, "dead_letters", (json_int_t)res.dead,
-			"read_errors", (json_int_t)res.read_errors,
-			"kept_instance_id", res.kept_instance_id));
+		return print_json(json_pack(
+		        "{s:s, s:s, s:s?, s:I, s:I, s:I, s:b}", "database", c->db, "output",
+		        res.output, "moved_to", res.moved_to[0] ? res.moved_to : NULL, "messages",
+		        (json_int_t)res.messages, "dead_letters", (json_int_t)res.dead,
+		        "read_errors", (json_int_t)res.read_errors, "kept_instance_id",
+		        res.kept_instance_id));
 	printf("salvaged %" PRIu64 " queued messages and %" PRIu64 " dead letters into %s\n",
 	       res.messages, res.dead, res.output);
 	if (res.read_errors > 0)

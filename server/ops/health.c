@@ -113,7 +113,8 @@ static enum MHD_Result route_health(struct relay *r, struct MHD_Connection *c,
 
 		json_object_set_new(obj, "upstream", json_string(down_since > 0 ? "down" : "up"));
 		if (down_since > 0)
-			json_object_set_new(obj, "upstream_down_ms", json_integer(wall_ms() - down_since));
+			json_object_set_new(obj, "upstream_down_ms",
+			                    json_integer(wall_ms() - down_since));
 		json_object_set_new(obj, "upstream_websockets",
 		                    json_integer(metrics_gauge_get(G_UPWS_OPEN)));
 		json_object_set_new(obj, "sessions_upstream", json_integer((json_int_t)st.streams));

@@ -118,7 +118,8 @@ void metrics_observe(enum metric_hist h, double value)
 	atomic_fetch_add_explicit(&s->buckets[i], 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&s->count, 1, memory_order_relaxed);
 	if (value > 0)
-		atomic_fetch_add_explicit(&s->sum_micro, (uint64_t)(value * 1e6), memory_order_relaxed);
+		atomic_fetch_add_explicit(&s->sum_micro, (uint64_t)(value * 1e6),
+		                          memory_order_relaxed);
 }
 
 void metrics_http(enum route route, unsigned status)
@@ -329,7 +330,8 @@ static void render_process(struct out *o)
 	if (p && ticks > 0 && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu "
 	                             "%*d %*d %*d %*d %*d %*d %llu %llu %lld",
 	                             &utime, &stime, &start, &vsize, &rss) == 5) {
-		one(o, "process_cpu_seconds_total", "counter", "User and system CPU time spent, in seconds.",
+		one(o, "process_cpu_seconds_total", "counter",
+		    "User and system CPU time spent, in seconds.",
 		    (double)(utime + stime) / (double)ticks);
 		one(o, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
 		    (double)rss * (double)page);
@@ -345,7 +347,8 @@ static void render_process(struct out *o)
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
 		one(o, "process_max_fds", "gauge", "Most file descriptors the process may open.",
 		    (double)rl.rlim_cur);
-	head(o, "watchrtc_relay_build_info", "gauge", "The relay's version; the value is always 1.");
+	head(o, "watchrtc_relay_build_info", "gauge",
+	     "The relay's version; the value is always 1.");
 	out_printf(o, "watchrtc_relay_build_info{version=\"%s\"} 1\n", PACKAGE_VERSION);
 }
 
@@ -402,9 +405,12 @@ char *metrics_render(const struct queue_stats *qs, const struct queue_dead_reaso
 	    (double)atomic_load_explicit(&gauges[G_UPWS_OPEN], memory_order_relaxed));
 	head(&o, "watchrtc_relay_upstream_upgrades_total", "counter",
 	     "Upstream websocket upgrades by result.");
-	static const struct { const char *label; enum metric_counter c; } upgrades[] = {
-		{ "open", M_UPWS_UPGRADE_OK }, { "refused", M_UPWS_UPGRADE_REFUSED },
-		{ "key_rejected", M_UPWS_UPGRADE_KEY_REJECTED }, { "failed", M_UPWS_UPGRADE_FAILED },
+	static const struct { const char *label; enum metric_counter c;
+	} upgrades[] = {
+	        {"open", M_UPWS_UPGRADE_OK},
+	        {"refused", M_UPWS_UPGRADE_REFUSED},
+	        {"key_rejected", M_UPWS_UPGRADE_KEY_REJECTED},
+	        {"failed", M_UPWS_UPGRADE_FAILED},
 	};
 	for (size_t i = 0; i < sizeof upgrades / sizeof upgrades[0]; i++)
 		out_printf(&o, "watchrtc_relay_upstream_upgrades_total{result=\"%s\"} %llu\n",
@@ -427,11 +433,16 @@ char *metrics_render(const struct queue_stats *qs, const struct queue_dead_reaso
 			if (!n)
 				continue;
 			if (c < N_CODES)
-				out_printf(&o, "watchrtc_relay_http_requests_total{route=\"%s\",code=\"%u\"} %llu\n",
-				           route_name((enum route)r), http_codes[c], (unsigned long long)n);
+				out_printf(
+				        &o,
+				        "watchrtc_relay_http_requests_total{route=\"%s\",code=\"%u\"} %llu\n",
+				        route_name((enum route)r), http_codes[c],
+				        (unsigned long long)n);
 			else
-				out_printf(&o, "watchrtc_relay_http_requests_total{route=\"%s\",code=\"other\"} %llu\n",
-				           route_name((enum route)r), (unsigned long long)n);
+				out_printf(
+				        &o,
+				        "watchrtc_relay_http_requests_total{route=\"%s\",code=\"other\"} %llu\n",
+				        route_name((enum route)r), (unsigned long long)n);
 		}
 
 	for (int h = 0; h < H_HIST_COUNT; h++)

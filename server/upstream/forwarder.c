@@ -34,6 +34,8 @@
 
 #include <curl/curl.h>
 
+#include "cause.h"
+#include "clock.h"
 #include "forwarder_ws.h"
 #include "keyban.h"
 #include "log.h"
@@ -104,14 +106,6 @@ struct forwarder {
 	struct upstream_client *client; /* upstream-protocol websocket */
 	struct fws *ws;
 };
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 enum forward_verdict forward_classify(long http_status, int curl_code)
 {
@@ -468,8 +462,9 @@ static void transfer_done(struct worker *w, struct transfer *t, CURLcode rc)
 		break;
 	case FWD_RETRY:
 		delay = retry_delay(w, m, t->retry_after_s);
-		log_debug("forward_retry", "id=%" PRId64 " status=%ld error=%s attempt=%u delay_ms=%u",
-		          m->id, status, log_quote(rc != CURLE_OK ? error : "", ebuf, sizeof ebuf),
+		log_debug("forward_retry",
+		          "id=%" PRId64 " status=%ld error=%s attempt=%u delay_ms=%u", m->id,
+		          status, log_quote(rc != CURLE_OK ? error : "", ebuf, sizeof ebuf),
 		          m->attempts + 1, delay);
 		queue_retry(f->q, m->id, delay);
 		metrics_add(M_ATTEMPT_RETRY, 1);
@@ -484,8 +479,9 @@ static void transfer_done(struct worker *w, struct transfer *t, CURLcode rc)
 		/* refused, but no key to blame: a dead letter */
 		__attribute__((fallthrough));
 	case FWD_DEAD:
-		log_warn("forward_dead", "id=%" PRId64 " reason=rejected status=%ld key=%s answer=%s",
-		         m->id, status, log_key(m->api_key ? m->api_key : "", kbuf, sizeof kbuf),
+		log_warn("forward_dead",
+		         "id=%" PRId64 " reason=rejected status=%ld key=%s answer=%s", m->id,
+		         status, log_key(m->api_key ? m->api_key : "", kbuf, sizeof kbuf),
 		         log_quote(t->answer, ebuf, sizeof ebuf));
 		queue_dead(f->q, m->id, "rejected", (int)status, t->answer);
 		metrics_add(M_ATTEMPT_DEAD, 1);
@@ -564,7 +560,7 @@ static void *worker_main(void *arg)
 		long timeout = FWD_POLL_MAX_MS;
 
 		if (stopping) {
-			int64_t left = atomic_load(&f->deadline_ms) - now_ms();
+			int64_t left = atomic_load(&f->deadline_ms) - mono_ms();
 
 			if (!busy)
 				break;
@@ -701,7 +697,7 @@ static int worker_setup(struct forwarder *f, struct worker *w, unsigned index)
 	unsigned n = f->o.inflight;
 
 	w->f = f;
-	w->rng = ((uint64_t)now_ms() * 0x9E3779B97F4A7C15ull) ^ (((uint64_t)index + 1) << 32) ^
+	w->rng = ((uint64_t)mono_ms() * 0x9E3779B97F4A7C15ull) ^ (((uint64_t)index + 1) << 32) ^
 	         (uint64_t)(uintptr_t)w;
 	if (!w->rng)
 		w->rng = 1;
@@ -815,17 +811,6 @@ fail:
 	return NULL;
 }
 
-__attribute__((format(printf, 2, 3)))
-static int fail_with(char **cause, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	if (vasprintf(cause, fmt, ap) < 0)
-		*cause = NULL;
-	va_end(ap);
-	return -1;
-}
 
 /* upstream-protocol websocket: the queue's streams, the shared client
  * (one set of TLS credentials), the threads. */
@@ -861,8 +846,7 @@ static int ws_start(struct forwarder *f, const struct forwarder_options *o, char
 	int err = queue_stream_init(f->q, wo.threads, fws_window(wo.fence_messages));
 
 	if (err != QUEUE_OK) {
-		if (asprintf(cause, "upstream websockets: %s", queue_strerror(err)) < 0)
-			*cause = NULL;
+		cause_set(cause, -1, "upstream websockets: %s", queue_strerror(err));
 		return -1;
 	}
 	if (upstream_client_create(&f->client, &co, cause) < 0)
@@ -879,20 +863,20 @@ int forwarder_start(struct forwarder **out, struct queue *q, struct keyban *kb,
 
 	*out = NULL;
 	if (!o->upstream || !*o->upstream)
-		return fail_with(cause, "no upstream URL");
+		return cause_set(cause, -1, "no upstream URL");
 	if (o->workers < 1 || o->workers > FWD_WORKERS_MAX ||
 	    o->inflight < 1 || o->inflight > FWD_INFLIGHT_MAX)
-		return fail_with(cause, "forward workers must be 1..%d and in-flight requests 1..%d",
+		return cause_set(cause, -1,
+		                 "forward workers must be 1..%d and in-flight requests 1..%d",
 		                 FWD_WORKERS_MAX, FWD_INFLIGHT_MAX);
 	/* Without this, every attempt would fail the same way, forever. */
 	if (!o->insecure && access(ca, R_OK) < 0) {
-		if (asprintf(cause, "cannot read the CA bundle %s: %s", ca, strerror(errno)) < 0)
-			*cause = NULL;
+		cause_set(cause, -1, "cannot read the CA bundle %s: %s", ca, strerror(errno));
 		return -1;
 	}
 	f = forwarder_create(q, kb, o, ca);
 	if (!f)
-		return fail_with(cause, "cannot set up the forwarders (out of memory?)");
+		return cause_set(cause, -1, "cannot set up the forwarders (out of memory?)");
 	if (o->websocket && ws_start(f, o, cause) < 0) {
 		forwarder_free(f);
 		return -1;
@@ -901,7 +885,7 @@ int forwarder_start(struct forwarder **out, struct queue *q, struct keyban *kb,
 	for (unsigned i = 0; i < f->nworkers; i++) {
 		if (pthread_create(&f->workers[i].thread, NULL, worker_main, &f->workers[i])) {
 			forwarder_stop(f, 0);   /* joins the ones already running */
-			return fail_with(cause, "cannot start a forwarder thread");
+			return cause_set(cause, -1, "cannot start a forwarder thread");
 		}
 		f->workers[i].running = true;
 	}
@@ -912,11 +896,11 @@ int forwarder_start(struct forwarder **out, struct queue *q, struct keyban *kb,
 		log_warn("upstream_tls_unverified", "upstream=%s detail=\"the upstream's "
 		         "certificate is NOT verified: anyone on the path can read and alter "
 		         "the telemetry\"", log_quote(f->upstream, ubuf, sizeof ubuf));
-	log_info("forwarder_started", "upstream=%s protocol=%s http=%s workers=%u inflight=%u ca=%s",
+	log_info("forwarder_started",
+	         "upstream=%s protocol=%s http=%s workers=%u inflight=%u ca=%s",
 	         log_quote(f->upstream, ubuf, sizeof ubuf),
-	         o->websocket ? "websocket" : "http-post", use_http2(f) ? "2" : "1.1",
-	         o->workers, o->inflight,
-	         o->insecure ? "none" : log_quote(f->ca_file, cbuf, sizeof cbuf));
+	         o->websocket ? "websocket" : "http-post", use_http2(f) ? "2" : "1.1", o->workers,
+	         o->inflight, o->insecure ? "none" : log_quote(f->ca_file, cbuf, sizeof cbuf));
 	*out = f;
 	return 0;
 }
@@ -929,7 +913,7 @@ void forwarder_stop(struct forwarder *f, unsigned deadline_ms)
 	queue_set_notify(f->q, NULL, NULL);
 	fws_stop(f->ws, deadline_ms);
 	f->ws = NULL;
-	atomic_store(&f->deadline_ms, now_ms() + deadline_ms);
+	atomic_store(&f->deadline_ms, mono_ms() + deadline_ms);
 	atomic_store(&f->stopping, true);
 	wake_workers(f);
 	for (unsigned i = 0; i < f->nworkers; i++)

@@ -457,8 +457,8 @@ static void on_end(struct upstream_ws *ws, const struct upws_result *r, void *ar
 	char ebuf[160];
 	unsigned delay;
 
-	log_debug("upstream_ws_end", "session=%s class=%s opened=%d", s->name, upws_class_name(r->cls),
-	          r->opened);
+	log_debug("upstream_ws_end", "session=%s class=%s opened=%d", s->name,
+	          upws_class_name(r->cls), r->opened);
 	upstream_ws_destroy(ws);
 	s->ws = NULL;
 	s->open = s->closing = false;
@@ -478,8 +478,9 @@ static void on_end(struct upstream_ws *ws, const struct upws_result *r, void *ar
 		sess_settle(s);
 		return;
 	}
-	if (!r->opened && ((r->cls == UPWS_REFUSED && (r->http_status == 401 || r->http_status == 403)) ||
-	                   r->cls == UPWS_HELLO_ERROR)) {
+	if (!r->opened &&
+	    ((r->cls == UPWS_REFUSED && (r->http_status == 401 || r->http_status == 403)) ||
+	     r->cls == UPWS_HELLO_ERROR)) {
 		if (f->o.seen)
 			f->o.seen(f->o.seen_arg, true, r->http_status, NULL);
 		sess_reject_key(s, r->http_status, r->reason ? r->reason : "");
@@ -506,7 +507,8 @@ static void on_end(struct upstream_ws *ws, const struct upws_result *r, void *ar
 		f->o.seen(f->o.seen_arg, r->cls == UPWS_REFUSED && r->http_status < 500,
 		          r->http_status, r->reason ? r->reason : upws_class_name(r->cls));
 	if (!r->opened)
-		metrics_add(r->cls == UPWS_REFUSED ? M_UPWS_UPGRADE_REFUSED : M_UPWS_UPGRADE_FAILED, 1);
+		metrics_add(r->cls == UPWS_REFUSED ? M_UPWS_UPGRADE_REFUSED : M_UPWS_UPGRADE_FAILED,
+		            1);
 	else if (r->cls != UPWS_ABORTED)
 		metrics_add(M_UPWS_DROPPED, 1);
 	/* What was written and not fenced goes out again on the next one. */
@@ -547,7 +549,8 @@ static void sess_connect(struct fsess *s, const struct queue_msg *m)
 	s->conn_id = strdup(m->conn_id);
 	s->api_key = m->api_key ? strdup(m->api_key) : NULL;
 	if (!s->conn_id || (m->api_key && !s->api_key) ||
-	    upstream_ws_create(&s->ws, f->client, s->t->loop, &req, &fws_callbacks, s, &cause) < 0) {
+	    upstream_ws_create(&s->ws, f->client, s->t->loop, &req, &fws_callbacks, s, &cause) <
+	            0) {
 		/* A request that cannot be written never will be. */
 		log_warn("forward_dead", "session=%s reason=unsendable detail=%s", s->name,
 		         log_quote(cause ? cause : "out of memory", ebuf, sizeof ebuf));
@@ -630,7 +633,8 @@ static void sess_pump(struct fsess *s)
 			s->nsent++;
 			return;
 		}
-		if (strcmp(m->content_type ? m->content_type : "", "application/octet-stream") == 0) {
+		if (strcmp(m->content_type ? m->content_type : "", "application/octet-stream") ==
+		    0) {
 			/* The SDK sends only text; the backend's protocol has no
 			 * binary message.  Acked with the next fence, not sent. */
 			log_warn("forward_binary_skipped", "session=%s id=%" PRId64 " bytes=%zu",
@@ -704,7 +708,8 @@ static void thread_fill(struct fws_thread *t)
 
 static void on_tick(struct evloop *l, struct ev_timer *tm)
 {
-	struct fws_thread *t = (struct fws_thread *)((char *)tm - offsetof(struct fws_thread, tick));
+	struct fws_thread *t =
+	        (struct fws_thread *)((char *)tm - offsetof(struct fws_thread, tick));
 	long due;
 
 	thread_fill(t);
@@ -766,7 +771,8 @@ static bool thread_fenced(const struct fws_thread *t)
 
 static void on_drain_check(struct evloop *l, struct ev_timer *tm)
 {
-	struct fws_thread *t = (struct fws_thread *)((char *)tm - offsetof(struct fws_thread, tick));
+	struct fws_thread *t =
+	        (struct fws_thread *)((char *)tm - offsetof(struct fws_thread, tick));
 
 	if (!thread_fenced(t) && mono_ms() < t->drain_deadline_ms &&
 	    evloop_timer_start(l, &t->tick, FWS_DRAIN_CHECK_MS) == 0)

@@ -78,11 +78,10 @@ char *uphs_build_request(const struct uphs_request *r, size_t *len, const char *
 	             "%s%s%s"
 	             "X-Forwarded-Proto: https\r\n"
 	             "\r\n",
-	             r->path, has_query ? "?" : "", has_query ? r->query : "",
-	             r->host, r->key,
+	             r->path, has_query ? "?" : "", has_query ? r->query : "", r->host, r->key,
 	             r->user_agent ? "User-Agent: " : "", r->user_agent ? r->user_agent : "",
-	             r->user_agent ? "\r\n" : "",
-	             r->origin ? "Origin: " : "", r->origin ? r->origin : "", r->origin ? "\r\n" : "",
+	             r->user_agent ? "\r\n" : "", r->origin ? "Origin: " : "",
+	             r->origin ? r->origin : "", r->origin ? "\r\n" : "",
 	             r->xff ? "X-Forwarded-For: " : "", r->xff ? r->xff : "", r->xff ? "\r\n" : "");
 	if (n < 0) {
 		*why = "out of memory";
@@ -187,7 +186,8 @@ enum uphs_status uphs_parse_response(const char *buf, size_t len, const char *ac
 	memset(out, 0, sizeof *out);
 	out->retry_after_s = -1;
 	for (size_t i = 0; i + 3 < max; i++) {
-		if (buf[i] == '\r' && buf[i + 1] == '\n' && buf[i + 2] == '\r' && buf[i + 3] == '\n') {
+		if (buf[i] == '\r' && buf[i + 1] == '\n' && buf[i + 2] == '\r' &&
+		    buf[i + 3] == '\n') {
 			end = buf + i + 2;   /* the blank line's start */
 			out->head_len = i + 4;
 			break;

@@ -467,7 +467,8 @@ static int ws_tls_init(struct upstream_ws *ws)
 	}
 	if (gnutls_priority_set(ws->tls, c->prio) < 0 ||
 	    gnutls_credentials_set(ws->tls, GNUTLS_CRD_CERTIFICATE, c->cred) < 0 ||
-	    (c->sni && gnutls_server_name_set(ws->tls, GNUTLS_NAME_DNS, c->host, strlen(c->host)) < 0) ||
+	    (c->sni &&
+	     gnutls_server_name_set(ws->tls, GNUTLS_NAME_DNS, c->host, strlen(c->host)) < 0) ||
 	    gnutls_alpn_set_protocols(ws->tls, &http11, 1, 0) < 0)
 		return -1;
 	if (!c->o.insecure)
@@ -528,7 +529,8 @@ static int ws_do_upgrade(struct upstream_ws *ws)
 			return -1;
 		}
 		if (n < 0) {
-			ws_fail(ws, UPWS_NETWORK, "sending the upgrade: %s", gnutls_strerror((int)n));
+			ws_fail(ws, UPWS_NETWORK, "sending the upgrade: %s",
+			        gnutls_strerror((int)n));
 			return -1;
 		}
 		ws->req_off += (size_t)n;
@@ -538,7 +540,8 @@ static int ws_do_upgrade(struct upstream_ws *ws)
 		}
 	}
 	for (;;) {
-		n = gnutls_record_recv(ws->tls, ws->rx + ws->rx_len, UPHS_MAX_RESPONSE_HEAD - ws->rx_len);
+		n = gnutls_record_recv(ws->tls, ws->rx + ws->rx_len,
+		                       UPHS_MAX_RESPONSE_HEAD - ws->rx_len);
 		if (n == GNUTLS_E_INTERRUPTED)
 			continue;
 		if (n == GNUTLS_E_AGAIN) {
@@ -667,8 +670,9 @@ static void ws_hello(struct upstream_ws *ws, const struct wslay_event_on_msg_rec
 	err = json_object_get(obj, "error");
 	if (err) {
 		ws->hello_error = true;
-		ws->hello_reason = json_is_string(err) ? strdup(json_string_value(err))
-		                                       : json_dumps(err, JSON_COMPACT | JSON_ENCODE_ANY);
+		ws->hello_reason = json_is_string(err)
+		                           ? strdup(json_string_value(err))
+		                           : json_dumps(err, JSON_COMPACT | JSON_ENCODE_ANY);
 		json_decref(obj);
 		/* As the SDK does: close with 1000 and never come back. */
 		wslay_event_queue_close(ws->ctx, WSLAY_CODE_NORMAL_CLOSURE, NULL, 0);
@@ -866,7 +870,8 @@ static void ws_frames(struct upstream_ws *ws, uint32_t events)
 		ws_fail(ws, lost_class(ws), "connection closed");
 		return;
 	}
-	want = (wslay_event_want_read(ctx) ? EPOLLIN : 0) | (wslay_event_want_write(ctx) ? EPOLLOUT : 0);
+	want = (wslay_event_want_read(ctx) ? EPOLLIN : 0) |
+	       (wslay_event_want_write(ctx) ? EPOLLOUT : 0);
 	ws_set_interest(ws, want);
 	if (!ws->ended && ws->rx_more)
 		evloop_io_feed(ws->loop, &ws->io, EPOLLIN);
@@ -959,7 +964,8 @@ static void ws_timer_cb(struct evloop *l, struct ev_timer *t)
 	}
 	if (ws->state >= S_OPEN) {
 		if ((ws->fence_acked + 1 < ws->fence_next &&
-		     now >= ws->fence_at[(ws->fence_acked + 1) % ws->fence_cap] + o->pong_timeout_ms) ||
+		     now >= ws->fence_at[(ws->fence_acked + 1) % ws->fence_cap] +
+		                     o->pong_timeout_ms) ||
 		    (ws->keepalive_ms && now >= ws->keepalive_ms + o->pong_timeout_ms)) {
 			ws_fail(ws, UPWS_TIMEOUT, "no pong within %u ms", o->pong_timeout_ms);
 			return;
@@ -1036,7 +1042,8 @@ static int ws_make_request(struct upstream_ws *ws, const struct upstream_ws_requ
 		.user_agent = req->user_agent, .origin = req->origin, .xff = req->xff,
 	};
 
-	if (gnutls_rnd(GNUTLS_RND_NONCE, raw, sizeof raw) < 0 || gnutls_base64_encode2(&in, &key) < 0) {
+	if (gnutls_rnd(GNUTLS_RND_NONCE, raw, sizeof raw) < 0 ||
+	    gnutls_base64_encode2(&in, &key) < 0) {
 		*cause = strdup("cannot make a websocket key");
 		return -1;
 	}
@@ -1315,12 +1322,14 @@ int upstream_client_create(struct upstream_client **out, const struct upstream_c
 	}
 	/* Parsed once here, shared by every connection of the process. */
 	if (o->ca_file && *o->ca_file)
-		rc = gnutls_certificate_set_x509_trust_file(c->cred, o->ca_file, GNUTLS_X509_FMT_PEM);
+		rc = gnutls_certificate_set_x509_trust_file(c->cred, o->ca_file,
+		                                            GNUTLS_X509_FMT_PEM);
 	else
 		rc = gnutls_certificate_set_x509_system_trust(c->cred);
 	if (rc <= 0 && !o->insecure) {
-		*cause = dup_printf("upstream-ca %s: %s", o->ca_file && *o->ca_file ? o->ca_file
-		                    : "(system trust)", rc < 0 ? gnutls_strerror(rc) : "no certificate");
+		*cause = dup_printf("upstream-ca %s: %s",
+		                    o->ca_file && *o->ca_file ? o->ca_file : "(system trust)",
+		                    rc < 0 ? gnutls_strerror(rc) : "no certificate");
 		goto fail;
 	}
 	if ((rc = gnutls_priority_init2(&c->prio, NULL, NULL, 0)) < 0) {

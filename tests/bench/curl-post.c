@@ -128,7 +128,8 @@ int main(int argc, char **argv)
 	concurrency = h2 ? connections * streams : connections;
 	if (bad || optind != argc || !url || !ca || connections == 0 || streams == 0 ||
 	    seconds <= 0 || concurrency > CP_MAX_CONCURRENCY) {
-		fprintf(stderr, "usage: curl-post --url URL --cainfo CA [--http2] [--connections C] "
+		fprintf(stderr,
+		        "usage: curl-post --url URL --cainfo CA [--http2] [--connections C] "
 		        "[--streams S] [--seconds N] [--frame-log FILE]...\n");
 		goto out;
 	}
@@ -142,7 +143,8 @@ int main(int argc, char **argv)
 	multi = curl_multi_init();
 	xs = calloc(concurrency, sizeof *xs);
 	if (!multi || !xs ||
-	    curl_multi_setopt(multi, CURLMOPT_PIPELINING, h2 ? CURLPIPE_MULTIPLEX : CURLPIPE_NOTHING) ||
+	    curl_multi_setopt(multi, CURLMOPT_PIPELINING,
+	                      h2 ? CURLPIPE_MULTIPLEX : CURLPIPE_NOTHING) ||
 	    curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)connections) ||
 	    curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long)connections) ||
 	    curl_multi_setopt(multi, CURLMOPT_MAX_CONCURRENT_STREAMS, (long)streams))
@@ -153,8 +155,8 @@ int main(int argc, char **argv)
 	for (unsigned i = 0; i < concurrency; i++) {
 		xs[i].easy = curl_easy_init();
 		if (!xs[i].easy ||
-		    xfer_prepare(&xs[i], url, ca, h2, pool[i % CP_POOL].bytes, pool[i % CP_POOL].len,
-		                 next_id++) < 0 ||
+		    xfer_prepare(&xs[i], url, ca, h2, pool[i % CP_POOL].bytes,
+		                 pool[i % CP_POOL].len, next_id++) < 0 ||
 		    curl_multi_add_handle(multi, xs[i].easy) != CURLM_OK)
 			goto out;
 	}

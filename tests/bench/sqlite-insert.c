@@ -97,7 +97,8 @@ static int run(const char *path, const struct si_run *r, const struct sdk_body *
 	    exec(db, "PRAGMA synchronous = FULL") < 0 ||
 	    exec(db, "PRAGMA secure_delete = OFF") < 0 || exec(db, schema) < 0)
 		goto out;
-	if (sqlite3_prepare_v3(db, insert_sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) != SQLITE_OK) {
+	if (sqlite3_prepare_v3(db, insert_sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) !=
+	    SQLITE_OK) {
 		fprintf(stderr, "sqlite-insert: prepare: %s\n", sqlite3_errmsg(db));
 		goto out;
 	}
@@ -130,9 +131,11 @@ static int run(const char *path, const struct si_run *r, const struct sdk_body *
 			sqlite3_bind_text(st, 4, "text/plain; charset=utf-8", -1, SQLITE_STATIC);
 			sqlite3_bind_text(st, 5, "127.0.0.1", -1, SQLITE_STATIC);
 			sqlite3_bind_text(st, 6, "127.0.0.1", -1, SQLITE_STATIC);
-			sqlite3_bind_text(st, 7, "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 "
-			                  "(KHTML, like Gecko) HeadlessChrome/156.0.0.0 Safari/537.36",
-			                  -1, SQLITE_STATIC);
+			sqlite3_bind_text(
+			        st, 7,
+			        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 "
+			        "(KHTML, like Gecko) HeadlessChrome/156.0.0.0 Safari/537.36",
+			        -1, SQLITE_STATIC);
 			sqlite3_bind_text(st, 8, "https://app.example.com", -1, SQLITE_STATIC);
 			sqlite3_bind_text(st, 9, "benchkey", -1, SQLITE_STATIC);
 			sqlite3_bind_text(st, 10, conn, -1, SQLITE_STATIC);

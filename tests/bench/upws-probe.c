@@ -124,9 +124,14 @@ static void s_end(struct upstream_ws *ws, const struct upws_result *res, void *a
 static int run_shared(const char *url, const char *ca, unsigned n)
 {
 	struct upstream_client_options o = {
-		.url = url, .ca_file = ca, .connect_timeout_ms = 60000, .handshake_timeout_ms = 120000,
-		.pong_timeout_ms = 600000, .close_timeout_ms = 5000, .max_message_bytes = 1 << 20,
-		.max_send_bytes = 1 << 20,
+	        .url = url,
+	        .ca_file = ca,
+	        .connect_timeout_ms = 60000,
+	        .handshake_timeout_ms = 120000,
+	        .pong_timeout_ms = 600000,
+	        .close_timeout_ms = 5000,
+	        .max_message_bytes = 1 << 20,
+	        .max_send_bytes = 1 << 20,
 	};
 	struct upstream_ws_request req = { .query = PROBE_QUERY, .user_agent = "upws-probe" };
 	static const struct upstream_ws_callbacks cb = { .on_open = s_open, .on_end = s_end };
@@ -138,7 +143,8 @@ static int run_shared(const char *url, const char *ca, unsigned n)
 	double cpu0, t0;
 
 	/* The baseline includes the credentials: loaded once, whatever n. */
-	if (!ws || upstream_client_create(&c, &o, &cause) < 0 || evloop_create(&r.loop, &cause) < 0) {
+	if (!ws || upstream_client_create(&c, &o, &cause) < 0 ||
+	    evloop_create(&r.loop, &cause) < 0) {
 		fprintf(stderr, "upws-probe: %s\n", cause ? cause : "out of memory");
 		return 1;
 	}
@@ -205,7 +211,8 @@ static int curl_upgrade(CURL *e, const char *host)
 		got += n;
 		/* The head, then one unmasked text frame of at most 125 bytes. */
 		if (uphs_parse_response(buf, got, accept, &resp) == UPHS_UPGRADED &&
-		    got >= resp.head_len + 2 && got >= resp.head_len + 2 + (buf[resp.head_len + 1] & 0x7f))
+		    got >= resp.head_len + 2 &&
+		    got >= resp.head_len + 2 + (buf[resp.head_len + 1] & 0x7f))
 			return 0;
 		if (got == sizeof buf)
 			return -1;
@@ -249,7 +256,8 @@ static int run_curl_tls(const char *url, const char *ca, unsigned n, bool capath
 		if (curl_upgrade(e[i], host) == 0)
 			opened++;
 	}
-	report(capath_default ? "curl-tls+capath" : "curl-tls", ca, n, opened, rss0, rss_kb(), bench_cpu_s() - cpu0, bench_now_s() - t0);
+	report(capath_default ? "curl-tls+capath" : "curl-tls", ca, n, opened, rss0, rss_kb(),
+	       bench_cpu_s() - cpu0, bench_now_s() - t0);
 	for (unsigned i = 0; i < n; i++)
 		curl_easy_cleanup(e[i]);
 	free(e);
@@ -343,8 +351,9 @@ int main(int argc, char **argv)
 		}
 	}
 	if (!url) {
-		fprintf(stderr, "usage: upws-probe --mode shared|curl-tls|facts --url URL [--ca FILE] "
-		                "[--conns N]\n");
+		fprintf(stderr,
+		        "usage: upws-probe --mode shared|curl-tls|facts --url URL [--ca FILE] "
+		        "[--conns N]\n");
 		return 2;
 	}
 	bench_raise_nofile();

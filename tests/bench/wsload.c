@@ -325,7 +325,8 @@ static int conn_flush(struct conn *c)
 			c->out_off += (size_t)n;
 			if (c->out_off == c->out->len) {
 				atomic_fetch_add_explicit(&n_msgs, 1, memory_order_relaxed);
-				atomic_fetch_add_explicit(&n_bytes, c->out->len, memory_order_relaxed);
+				atomic_fetch_add_explicit(&n_bytes, c->out->len,
+				                          memory_order_relaxed);
 				c->out = NULL;
 				c->msgs++;
 			}
@@ -462,11 +463,13 @@ static int conn_read(struct conn *c, char *err, size_t errlen)
 		if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED)
 			return 0;
 		if (n <= 0) {
-			snprintf(err, errlen, "%s", n == 0 ? "connection closed" : gnutls_strerror((int)n));
+			snprintf(err, errlen, "%s",
+			         n == 0 ? "connection closed" : gnutls_strerror((int)n));
 			return -1;
 		}
 		if (c->st == C_RESPONSE) {
-			ssize_t used = bench_head_add(c->head, &c->head_len, WL_HEAD_MAX, p, (size_t)n);
+			ssize_t used =
+			        bench_head_add(c->head, &c->head_len, WL_HEAD_MAX, p, (size_t)n);
 
 			if (used < 0) {
 				snprintf(err, errlen, "answer head too long");
@@ -591,7 +594,8 @@ static void conn_handshake(struct conn *c)
 		/* fall through */
 	case C_REQUEST:
 		while (c->req_off < c->req_len) {
-			ssize_t n = gnutls_record_send(c->tls, c->req + c->req_off, c->req_len - c->req_off);
+			ssize_t n = gnutls_record_send(c->tls, c->req + c->req_off,
+			                               c->req_len - c->req_off);
 
 			if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED) {
 				set_events(c, EPOLLOUT);
@@ -687,7 +691,8 @@ static void *worker_main(void *arg)
 		int64_t now = now_us();
 		int timeout = WL_TICK_MS, n;
 
-		while (w->next_start < w->nconns && w->pending < g.handshakes && atomic_load(&phase) == 0)
+		while (w->next_start < w->nconns && w->pending < g.handshakes &&
+		       atomic_load(&phase) == 0)
 			conn_start(w, &w->conns[w->next_start++]);
 		if (atomic_load(&phase) >= 1 && !closing) {
 			closing = true;
@@ -699,7 +704,8 @@ static void *worker_main(void *arg)
 					send_close(c);
 					if (conn_write(c) < 0)
 						conn_end(c, false, "");
-				} else if (c->st != C_DONE && c->st != C_IDLE && c->st != C_CLOSING) {
+				} else if (c->st != C_DONE && c->st != C_IDLE &&
+				           c->st != C_CLOSING) {
 					conn_fail(c, "not open when the run ended");
 				}
 			}
@@ -717,7 +723,8 @@ static void *worker_main(void *arg)
 					conn_fail(c, "timed out");
 				else if (c->st == C_CLOSING && now > c->deadline_us)
 					conn_release(c);
-				else if (closing && (atomic_load(&phase) >= 2 || now > close_deadline))
+				else if (closing &&
+				         (atomic_load(&phase) >= 2 || now > close_deadline))
 					conn_release(c);
 				else
 					live++;
@@ -747,7 +754,8 @@ static void usage(void)
 	fprintf(stderr,
 	        "usage: wsload --port P [--host ADDR] [--path PATH] [--connections N] [--threads T]\n"
 	        "              [--duration S] [--rate R] [--frame-log FILE]... [--no-initial-batch]\n"
-	        "              [--big-every K] [--handshakes H] [--connect-timeout S] [--seed X]\n");
+	        "              [--big-every K] [--handshakes H] [--connect-timeout S]\n"
+	        "              [--seed X]\n");
 }
 
 static int parse_args(int argc, char **argv, struct sdk_logs *logs)
@@ -808,7 +816,8 @@ static void print_report(int64_t t0, int64_t t_ready, int64_t t_stop, uint64_t m
                          uint64_t msgs_stop, int64_t last_open)
 {
 	unsigned long long opened = atomic_load(&n_opened), failed = atomic_load(&n_failed);
-	unsigned long long errors = failed + atomic_load(&n_peer_closed) + atomic_load(&n_io_errors);
+	unsigned long long errors =
+	        failed + atomic_load(&n_peer_closed) + atomic_load(&n_io_errors);
 	double connect_s = (last_open > t0 ? last_open - t0 : 0) / 1e6;
 	double send_s = (t_stop - t_ready) / 1e6;
 	char quoted[2 * WL_ERR_MAX + 1];
@@ -830,7 +839,8 @@ static void print_report(int64_t t0, int64_t t_ready, int64_t t_stop, uint64_t m
 	       (unsigned long long)atomic_load(&n_bytes), send_s,
 	       (unsigned long long)(msgs_stop - msgs_ready),
 	       send_s > 0 ? (msgs_stop - msgs_ready) / send_s : 0.0,
-	       (unsigned long long)atomic_load(&n_late), (unsigned long long)atomic_load(&n_peer_closed),
+	       (unsigned long long)atomic_load(&n_late),
+	       (unsigned long long)atomic_load(&n_peer_closed),
 	       (unsigned long long)atomic_load(&n_io_errors), errors, quoted);
 	fflush(stdout);
 }
@@ -893,7 +903,8 @@ int main(int argc, char **argv)
 		usleep(WL_TICK_MS * 1000);
 	t_ready = now_us();
 	msgs_ready = atomic_load(&n_msgs);
-	fprintf(stderr, "ready opened=%llu failed=%llu\n", (unsigned long long)atomic_load(&n_opened),
+	fprintf(stderr, "ready opened=%llu failed=%llu\n",
+	        (unsigned long long)atomic_load(&n_opened),
 	        (unsigned long long)atomic_load(&n_failed));
 	while (now_us() - t_ready < (int64_t)(g.duration_s * 1e6))
 		usleep(WL_TICK_MS * 1000);
@@ -909,7 +920,10 @@ stop:
 	}
 	if (rc == 0) {
 		print_report(t0, t_ready, t_stop, msgs_ready, msgs_stop, last_open);
-		rc = atomic_load(&n_failed) + atomic_load(&n_peer_closed) + atomic_load(&n_io_errors) ? 1 : 0;
+		rc = atomic_load(&n_failed) + atomic_load(&n_peer_closed) +
+		                     atomic_load(&n_io_errors)
+		             ? 1
+		             : 0;
 	}
 	for (size_t i = 0; i < g.threads; i++) {
 		if (w[i].epfd >= 0)

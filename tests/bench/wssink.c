@@ -130,7 +130,8 @@ static int answer(struct sconn *c)
 		return -1;
 	}
 	if (!header(c->head, "Sec-WebSocket-Key", key, sizeof key) || wsf_accept(key, accept) < 0) {
-		dprintf(c->fd, "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+		dprintf(c->fd,
+		        "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
 		st.errors++;
 		return -1;
 	}
@@ -138,7 +139,8 @@ static int answer(struct sconn *c)
 	             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
 	             "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n"
 	             "Sec-WebSocket-Protocol: 2.0\r\n\r\n", accept);
-	hlen = wsf_build(hello, 0x1, true, NULL, (const uint8_t *)SINK_HELLO, sizeof SINK_HELLO - 1);
+	hlen = wsf_build(hello, 0x1, true, NULL, (const uint8_t *)SINK_HELLO,
+	                 sizeof SINK_HELLO - 1);
 	if (write_all(c->fd, buf, (size_t)n) < 0 || write_all(c->fd, hello, hlen) < 0)
 		return -1;
 	c->websocket = true;
@@ -301,7 +303,8 @@ int main(int argc, char **argv)
 	sfd = signalfd(-1, &mask, SFD_CLOEXEC);
 	lfd = listen_on(address, port);
 	if (!buf || epfd < 0 || sfd < 0 || lfd < 0) {
-		fprintf(stderr, "wssink: cannot listen on %s:%u: %s\n", address, port, strerror(errno));
+		fprintf(stderr, "wssink: cannot listen on %s:%u: %s\n", address, port,
+		        strerror(errno));
 		goto out;
 	}
 	e.data.ptr = &lfd;

@@ -117,7 +117,8 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
 		CHECK(!text);           /* every text frame was shown as binary */
 		text = ws_textmark_pop(s->mark);
 		if (text && !utf8_valid(arg->msg, arg->msg_length)) {
-			wslay_event_queue_close(ctx, WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA, NULL, 0);
+			wslay_event_queue_close(ctx, WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA, NULL,
+			                        0);
 			wslay_event_shutdown_read(ctx);
 			return;
 		}
@@ -132,7 +133,7 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
 
 static void run(struct side *s)
 {
-	struct wslay_event_callbacks cb = { recv_cb, send_cb, genmask_cb, NULL, NULL, NULL, on_msg };
+	struct wslay_event_callbacks cb = {recv_cb, send_cb, genmask_cb, NULL, NULL, NULL, on_msg};
 	wslay_event_context_ptr ctx;
 
 	if (wslay_event_context_server_init(&ctx, &cb, s) != 0)

@@ -134,13 +134,15 @@ static void test_connections(void)
 	       "the same client as IPv4-mapped IPv6: too many too");
 	is_int(access_conn_acquire(a, "192.0.2.2"), ACCESS_OK, "another client is not affected");
 	access_conn_release(a, "192.0.2.1");
-	is_int(access_conn_acquire(a, "192.0.2.1"), ACCESS_OK, "a released slot can be taken again");
+	is_int(access_conn_acquire(a, "192.0.2.1"), ACCESS_OK,
+	       "a released slot can be taken again");
 
 	is_int(access_conn_acquire(a, "2001:db8:1:2::1"), ACCESS_OK, "IPv6 client");
 	is_int(access_conn_acquire(a, "2001:db8:1:2:ffff::9"), ACCESS_OK, "same /64");
 	is_int(access_conn_acquire(a, "2001:db8:1:2:aaaa::7"), ACCESS_TOO_MANY,
 	       "a third address of the same /64 counts against the same limit");
-	is_int(access_conn_acquire(a, "2001:db8:1:3::1"), ACCESS_OK, "another /64 is another client");
+	is_int(access_conn_acquire(a, "2001:db8:1:3::1"), ACCESS_OK,
+	       "another /64 is another client");
 
 	/* 16 entries: 4 clients hold connections; fill the rest with held ones. */
 	for (int i = 0; i < 20; i++) {
@@ -154,7 +156,8 @@ static void test_connections(void)
 	access_conn_release(a, ip);
 	is_int(access_conn_acquire(a, "203.0.113.1"), ACCESS_OK,
 	       "an idle client's entry is reused for a new one");
-	is_int(access_conn_acquire(a, "203.0.113.2"), ACCESS_TABLE_FULL, "and then the table is full");
+	is_int(access_conn_acquire(a, "203.0.113.2"), ACCESS_TABLE_FULL,
+	       "and then the table is full");
 	ok(strlen(access_verdict_reason(ACCESS_TABLE_FULL)) > 0, "the refusal has a reason");
 	access_destroy(a);
 

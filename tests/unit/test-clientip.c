@@ -75,7 +75,8 @@ int main(void)
 	refused("[::1]/128", "brackets");
 	ok(cidr_parse("10.0.0.0/8", 4, &c) < 0, "len is honoured: \"10.0\" is no address");
 
-	ok(cidr_parse("10.0.0.0/8", 10, &c) == 0 && cidr_contains(&c, "10.255.1.2"), "10/8 has 10.255.1.2");
+	ok(cidr_parse("10.0.0.0/8", 10, &c) == 0 && cidr_contains(&c, "10.255.1.2"),
+	   "10/8 has 10.255.1.2");
 	ok(!cidr_contains(&c, "11.0.0.0"), "10/8 has not 11.0.0.0");
 	ok(cidr_contains(&c, "::ffff:10.1.2.3"), "an IPv4-mapped address matches its IPv4 block");
 	ok(!cidr_contains(&c, "::a01:203"), "an IPv4-compatible IPv6 address does not");
@@ -89,7 +90,8 @@ int main(void)
 	ok(trusted_proxies_create(&tp, "10.0.0.0/8, 192.0.2.1 ,2001:db8::/32,,", &cause) == 0,
 	   "a list with blanks and empty entries");
 	ok(trusted_proxies_contains(tp, "10.9.9.9") && trusted_proxies_contains(tp, "192.0.2.1") &&
-	   trusted_proxies_contains(tp, "2001:db8::5") && !trusted_proxies_contains(tp, "192.0.2.2"),
+	           trusted_proxies_contains(tp, "2001:db8::5") &&
+	           !trusted_proxies_contains(tp, "192.0.2.2"),
 	   "every entry is trusted, nothing else");
 	trusted_proxies_destroy(tp);
 	tp = NULL;
@@ -97,7 +99,8 @@ int main(void)
 	   strstr(cause, "nonsense"), "a bad entry is refused and named");
 	free(cause);
 	cause = NULL;
-	ok(trusted_proxies_create(&none, "", &cause) == 0 && !trusted_proxies_contains(none, "127.0.0.1"),
+	ok(trusted_proxies_create(&none, "", &cause) == 0 &&
+	           !trusted_proxies_contains(none, "127.0.0.1"),
 	   "an empty list trusts nobody");
 	ok(!trusted_proxies_contains(NULL, "127.0.0.1"), "a NULL list trusts nobody");
 
@@ -122,11 +125,13 @@ int main(void)
 	         "the walk stops at a malformed entry");
 	resolves(tp, "127.0.0.1", "203.0.113.9, , ", "203.0.113.9", "empty entries are skipped");
 	resolves(tp, "127.0.0.1", " \t203.0.113.9\t ", "203.0.113.9", "blanks are trimmed");
-	resolves(tp, "127.0.0.1", "203.0.113.9:443", "127.0.0.1", "a port makes the entry malformed");
+	resolves(tp, "127.0.0.1", "203.0.113.9:443", "127.0.0.1",
+	         "a port makes the entry malformed");
 	resolves(tp, "127.0.0.1", "::FFFF:203.0.113.9", "203.0.113.9",
 	         "the result is canonical (mapped IPv6 becomes IPv4)");
 	resolves(tp, "127.0.0.1", "2001:DB8:0:0::1", "2001:db8::1", "IPv6 is written canonically");
-	resolves(tp, "unknown", "203.0.113.9", "unknown", "a peer that is no address is kept as is");
+	resolves(tp, "unknown", "203.0.113.9", "unknown",
+	         "a peer that is no address is kept as is");
 	resolves(tp, "127.0.0.1", "203.0.113.9\r\nX-Evil: 1", "127.0.0.1",
 	         "header injection is malformed");
 

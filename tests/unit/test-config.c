@@ -90,7 +90,8 @@ static void test_defaults(void)
 	is_int(c.port, 8443, "port default");
 	is_str(c.tls_cert, "", "tls-cert default");
 	is_str(c.tls_key, "", "tls-key default");
-	is_str(c.tls_priorities, "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2", "tls-priorities default");
+	is_str(c.tls_priorities, "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2",
+	       "tls-priorities default");
 	is_int(c.http_threads, 4, "http-threads default");
 	is_int(c.max_connections, 10000, "max-connections default");
 	is_str(c.state_dir, "./var", "state-dir default");
@@ -187,8 +188,9 @@ static void test_command_line(void)
 	cli_error("--http-threads: 257 is out of range (1..256)", "threads", "--http-threads=257");
 	cli_error("--queue-high-water-pct: 101 is out of range (1..100)", "percent",
 	          "--queue-high-water-pct=101");
-	cli_error("--upstream-insecure: \"maybe\" is not a boolean (true/false, yes/no, on/off, 1/0)",
-	          "bad boolean", "--upstream-insecure=maybe");
+	cli_error(
+	        "--upstream-insecure: \"maybe\" is not a boolean (true/false, yes/no, on/off, 1/0)",
+	        "bad boolean", "--upstream-insecure=maybe");
 	cli_error("--log-level: \"loud\" is not debug, info, warn or error", "bad log level",
 	          "--log-level", "loud");
 	cli_error("--help takes no value", "--help=x", "--help=x");
@@ -200,7 +202,8 @@ static void test_command_line(void)
 		cli_error("tls-cert and tls-key must be given together", "cert without key",
 		          "--tls-cert", cert);
 		cli_error("tls-key: cannot read /nonexistent/key.pem: No such file or directory",
-		          "unreadable key", "--tls-cert", cert, "--tls-key", "/nonexistent/key.pem");
+		          "unreadable key", "--tls-cert", cert, "--tls-key",
+		          "/nonexistent/key.pem");
 		is_int(load(&c, &cause, "--tls-cert", cert, "--tls-key", cert, NULL), CONFIG_RUN,
 		       "readable cert and key are accepted");
 		config_release(&c);
@@ -370,7 +373,8 @@ static void test_file_syntax(void)
 			memset(text, ' ', 8192);
 			memcpy(text, "project-id = x", 14);
 			text[4100] = '\0';
-			file_error(text, "t.conf:1: line longer than 4096 characters", "a long line");
+			file_error(text, "t.conf:1: line longer than 4096 characters",
+			           "a long line");
 			memcpy(text + 4096 - 3, "end", 4);
 			load(&c, &cause, NULL);
 			is_int(config_apply_file_text(&c, "t.conf", text, &cause), 0,
@@ -523,7 +527,8 @@ static void test_lists(void)
 
 	is_int(load(&c, &cause, "--trusted-proxy", "10.0.0.0/8", "--trusted-proxy=::1, 192.0.2.1",
 	            NULL), CONFIG_RUN, "--trusted-proxy twice");
-	is_str(c.trusted_proxies, "10.0.0.0/8,::1, 192.0.2.1", "a repeated list option is extended");
+	is_str(c.trusted_proxies, "10.0.0.0/8,::1, 192.0.2.1",
+	       "a repeated list option is extended");
 	is_str(c.allowed_keys, "", "a list defaults to empty");
 	config_release(&c);
 
@@ -576,7 +581,8 @@ int main(void)
 
 	{
 		/* Remove what write_file made. */
-		const char *names[] = { "relay.conf", "bad.conf", "big.conf", "cert.pem", "lists.conf" };
+		const char *names[] = {"relay.conf", "bad.conf", "big.conf", "cert.pem",
+		                       "lists.conf"};
 		char path[300];
 		for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
 			snprintf(path, sizeof path, "%s/%s", tmpdir, names[i]);

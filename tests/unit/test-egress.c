@@ -47,11 +47,13 @@ int main(void)
 	mask("http://proxy.example:3128", "http://proxy.example:3128", "no credentials: unchanged");
 	mask("http://user:secret@proxy.example:3128", "http://user:***@proxy.example:3128",
 	     "the password is masked");
-	mask("https://u:p%40ss@10.0.0.1:8443/", "https://u:***@10.0.0.1:8443/", "an escaped '@' too");
+	mask("https://u:p%40ss@10.0.0.1:8443/", "https://u:***@10.0.0.1:8443/",
+	     "an escaped '@' too");
 	mask("socks5h://only-user@proxy:1080", "socks5h://only-user@proxy:1080",
 	     "a user without a password is kept");
 	mask("user:secret@proxy:3128", "user:***@proxy:3128", "without a scheme");
-	mask("http://proxy:3128/a:b@c", "http://proxy:3128/a:b@c", "an '@' in the path is not a password");
+	mask("http://proxy:3128/a:b@c", "http://proxy:3128/a:b@c",
+	     "an '@' in the path is not a password");
 	mask("", "", "empty");
 
 	dir = tmpdir_create("test-egress");

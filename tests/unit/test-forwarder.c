@@ -101,14 +101,16 @@ static void test_backoff(void)
 
 	is_int(forward_backoff_ms(1, 100, 10000, 0.0), 50, "attempt 1, no jitter: base/2");
 	is_int(forward_backoff_ms(1, 100, 10000, 0.5), 75, "attempt 1, jitter 0.5: 3/4 base");
-	ok(forward_backoff_ms(1, 100, 10000, 0.9999) == 99, "attempt 1, jitter ~1: just under base");
+	ok(forward_backoff_ms(1, 100, 10000, 0.9999) == 99,
+	   "attempt 1, jitter ~1: just under base");
 	is_int(forward_backoff_ms(2, 100, 10000, 0.0), 100, "attempt 2 doubles");
 	is_int(forward_backoff_ms(3, 100, 10000, 0.0), 200, "attempt 3 doubles again");
 	is_int(forward_backoff_ms(8, 100, 10000, 0.0), 5000, "attempt 8 is capped at max");
 	is_int(forward_backoff_ms(0, 100, 10000, 0.0), 50, "attempt 0 counts as 1");
 	is_int(forward_backoff_ms(33, 100, 10000, 0.0), 5000, "attempt 33: no shift overflow");
 	is_int(forward_backoff_ms(1000, 100, 10000, 0.0), 5000, "attempt 1000 stays at the cap");
-	is_int(forward_backoff_ms(UINT_MAX, 100, 10000, 0.0), 5000, "attempt UINT_MAX stays at the cap");
+	is_int(forward_backoff_ms(UINT_MAX, 100, 10000, 0.0), 5000,
+	       "attempt UINT_MAX stays at the cap");
 	is_int(forward_backoff_ms(40, UINT_MAX, UINT_MAX, 0.0), UINT_MAX / 2,
 	       "huge base and max do not overflow");
 	is_int(forward_backoff_ms(2, 3000000000u, UINT_MAX, 0.0), UINT_MAX / 2,
@@ -487,13 +489,16 @@ static void case_in_order(struct env *e)
 			break;
 		is_str(rec_str(r, "method"), "POST", "request %zu is a POST", i);
 		is_str(rec_str(r, "path"), "/trace", "request %zu goes to /trace", i);
-		is_str(rec_str(r, "text"), bodies[i], "request %zu carries message %zu (in order)", i, i);
+		is_str(rec_str(r, "text"), bodies[i], "request %zu carries message %zu (in order)",
+		       i, i);
 		snprintf(want, sizeof want, "%s-%lld", queue_instance_id(e->q), (long long)ids[i]);
 		is_str(rec_header(r, "Idempotency-Key"), want, "request %zu Idempotency-Key", i);
 		is_str(rec_header(r, "X-Forwarded-For"), "203.0.113.7, 10.1.2.3",
 		       "request %zu X-Forwarded-For is the full chain", i);
-		is_str(rec_header(r, "X-Forwarded-Proto"), "https", "request %zu X-Forwarded-Proto", i);
-		is_str(rec_header(r, "Content-Type"), "application/json", "request %zu Content-Type", i);
+		is_str(rec_header(r, "X-Forwarded-Proto"), "https", "request %zu X-Forwarded-Proto",
+		       i);
+		is_str(rec_header(r, "Content-Type"), "application/json",
+		       "request %zu Content-Type", i);
 		is_str(rec_header(r, "User-Agent"), "test-agent/1.0", "request %zu User-Agent", i);
 		is_str(rec_header(r, "Origin"), "https://app.example", "request %zu Origin", i);
 		ok(!rec_header(r, "Expect"), "request %zu has no Expect", i);
@@ -536,7 +541,8 @@ static void case_retry_in_order(struct env *e)
 	json_array_foreach(reqs, i, r) {
 		if (i >= 5)
 			break;
-		is_str(rec_str(r, "text"), want_text[i], "attempt %zu carries \"%s\"", i, want_text[i]);
+		is_str(rec_str(r, "text"), want_text[i], "attempt %zu carries \"%s\"", i,
+		       want_text[i]);
 		is_int(rec_int(r, "status"), want_status[i], "attempt %zu answered %ld", i,
 		       want_status[i]);
 	}
@@ -836,7 +842,7 @@ static void *probe_main(void *arg)
 
 static int probe_start(struct probe *p)
 {
-	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
 	socklen_t salen = sizeof sa;
 	char cert[PATH_MAX], key[PATH_MAX];
 
@@ -912,8 +918,8 @@ static void case_http_version(struct env *e, enum forward_http v, const char *na
 	snprintf(session, sizeof session, "http-%s", name);
 	fo.upstream = base;
 	fo.http_version = v;
-	ok(put(e, session, "/alpn", "probe", "good-key", NULL) == QUEUE_OK, "HTTP %s: message queued",
-	   name);
+	ok(put(e, session, "/alpn", "probe", "good-key", NULL) == QUEUE_OK,
+	   "HTTP %s: message queued", name);
 	ok(forwarder_start(&f, e->q, e->kb, &fo, &cause) == 0, "HTTP %s: forwarder started (%s)",
 	   name, cause ? cause : "ok");
 	free(cause);

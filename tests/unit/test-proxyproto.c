@@ -96,7 +96,8 @@ int main(void)
 	v1_ok("PROXY UNKNOWN\r\n", "-", "UNKNOWN");
 	v1_ok("PROXY UNKNOWN ffff:f...f:ffff 1.2.3.4 65535 65535\r\n", "-", "UNKNOWN with junk");
 	v1_ok("PROXY TCP6 ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff "
-	      "65535 65535\r\n", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535", "the longest line (104 bytes)");
+	      "65535 65535\r\n",
+	      "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535", "the longest line (104 bytes)");
 	v1_bad("PROXY TCP4 203.0.113.7 192.0.2.10 56324\r\n", "a port missing");
 	v1_bad("PROXY TCP4 203.0.113.7 192.0.2.10 56324 8443 9\r\n", "a field too many");
 	v1_bad("PROXY TCP4 203.0.113.7  192.0.2.10 56324 8443\r\n", "two spaces");
@@ -169,7 +170,8 @@ int main(void)
 	n = v2(buf, 0x21, 0x11, body, PROXYPROTO_MAX - 16);
 	is_int(parse(buf, n, &h), PROXYPROTO_OK, "a v2 header of exactly %d bytes", PROXYPROTO_MAX);
 	n = v2(buf, 0x21, 0x11, body, PROXYPROTO_MAX - 15);
-	is_int(parse(buf, 16, &h), PROXYPROTO_BAD, "one byte longer is refused from its first 16 bytes");
+	is_int(parse(buf, 16, &h), PROXYPROTO_BAD,
+	       "one byte longer is refused from its first 16 bytes");
 	buf[14] = buf[15] = 0xff;
 	is_int(parse(buf, 16, &h), PROXYPROTO_BAD, "a length of 65535 is refused at once");
 	return done_testing();

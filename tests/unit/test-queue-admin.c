@@ -115,7 +115,8 @@ static void test_notify_unregister(void)
 		sleep_ms(1);
 	ok(atomic_load(&cb_state) == 1, "notify: the callback is running");
 	queue_set_notify(q, NULL, NULL);
-	is_int(atomic_load(&cb_state), 2, "notify: set_notify(NULL) returned after the callback did");
+	is_int(atomic_load(&cb_state), 2,
+	       "notify: set_notify(NULL) returned after the callback did");
 	m = lease1(q);
 	if (m)
 		queue_ack(q, m->id);
@@ -204,7 +205,8 @@ static void test_replay_running(void)
 	ok(queue_admin_dead_reasons(a, first_reason, &dr, NULL) == QUEUE_OK &&
 	   !strcmp(dr.reason, "http 400") && dr.count == 1, "replay: the CLI counts it by reason");
 	ok(queue_dead_reasons(q, &dr, 1, &nr) == QUEUE_OK && nr == 1 &&
-	   !strcmp(dr.reason, "http 400") && dr.count == 1, "replay: and so does the running queue");
+	           !strcmp(dr.reason, "http 400") && dr.count == 1,
+	   "replay: and so does the running queue");
 	queue_admin_close(a);
 
 	a = open_admin("replay", true);
@@ -414,8 +416,8 @@ static void test_salvage(void)
 	}
 	if (fd >= 0)
 		close(fd);
-	ok(page > 0 && w == (ssize_t)page, "salvage: clobbered a page in the middle (%zu bytes at %lld)",
-	   page, (long long)middle);
+	ok(page > 0 && w == (ssize_t)page,
+	   "salvage: clobbered a page in the middle (%zu bytes at %lld)", page, (long long)middle);
 	ok(!check_ok("salvage"), "salvage: check finds the damage");
 	ok(!open_q("salvage"), "salvage: the queue refuses to open it");
 

@@ -127,7 +127,8 @@ int main(void)
 	static char pairs[PAIRS][2][BLOCK];
 	const char *prefix = "flood-";
 	size_t len = strlen(prefix) + PAIRS * BLOCK + 1;
-	char **colliding = calloc(NAMES, sizeof *colliding), **random = calloc(NAMES, sizeof *random);
+	char **colliding = calloc(NAMES, sizeof *colliding),
+	     **random = calloc(NAMES, sizeof *random);
 	double tc, tr;
 	unsigned same = 0;
 

@@ -146,7 +146,8 @@ static void test_window(void)
 	is_int(slease(q, 1, m, 16), 0, "window: a new message waits for room in the window");
 	queue_stream_ack(q, "s1", ids[2]);
 	n = slease(q, 1, m, 16);
-	ok(n == 1 && body_is(m[0], "m5"), "window: a message committed while owned goes to its owner");
+	ok(n == 1 && body_is(m[0], "m5"),
+	   "window: a message committed while owned goes to its owner");
 	free_msgs(m, n);
 	queue_stream_ack(q, "s1", ids[5]);
 	queue_stats(q, &st);
@@ -343,7 +344,8 @@ static void test_dead(void)
 	n = slease(q, 1, m, 16);
 	is_int(n, 2, "dead: two in flight");
 	free_msgs(m, n);
-	is_int(queue_dead_key(q, "k", "key_rejected"), 1, "dead: dead_key takes the unread one only");
+	is_int(queue_dead_key(q, "k", "key_rejected"), 1,
+	       "dead: dead_key takes the unread one only");
 	queue_stream_dead(q, "s", first, "key_rejected", 401, "no");
 	queue_stats(q, &st);
 	is_int(st.depth, 1, "dead: up to the first in flight");

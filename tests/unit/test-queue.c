@@ -382,7 +382,8 @@ static void test_dead_key(void)
 	queue_close(q);
 
 	is_int(sql_int("deadkey", "SELECT count(*) FROM messages"), 0, "dead_key: messages empty");
-	is_int(sql_int("deadkey", "SELECT count(*) FROM dead_letters WHERE reason = 'key rejected'"),
+	is_int(sql_int("deadkey",
+	               "SELECT count(*) FROM dead_letters WHERE reason = 'key rejected'"),
 	       2, "dead_key: two rows dead-lettered");
 	snprintf(sql, sizeof sql, "SELECT count(*) FROM dead_letters WHERE id IN (%lld, %lld)",
 	         (long long)a2, (long long)d1);
@@ -705,7 +706,8 @@ static void test_group_commit(void)
 	queue_close(q);
 	ok(gc_batches >= GC_THREADS * GC_PUTS && gc_calls > 0, "group: on_commit saw every batch");
 	is_int(gc_latencies, GC_THREADS * GC_PUTS, "group: one latency per message");
-	is_int(sql_int("group", "SELECT count(*) FROM messages"), 0, "group: acks committed at close");
+	is_int(sql_int("group", "SELECT count(*) FROM messages"), 0,
+	       "group: acks committed at close");
 }
 
 /* --- limits, expiry, notify ------------------------------------------------- */

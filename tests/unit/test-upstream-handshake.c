@@ -39,8 +39,9 @@ static void test_request(void)
 		return;
 	is_int(len, strlen(req), "its length");
 	{
-		static const char line[] = "GET /?apiKey=k%3A1&timestamp=1&apiVersion=v1&sessionId=s-1"
-		                           "&newConnection=true HTTP/1.1\r\n";
+		static const char line[] =
+		        "GET /?apiKey=k%3A1&timestamp=1&apiVersion=v1&sessionId=s-1"
+		        "&newConnection=true HTTP/1.1\r\n";
 
 		ok(!strncmp(req, line, sizeof line - 1),
 		   "the request line carries the query byte for byte");
@@ -60,7 +61,8 @@ static void test_request(void)
 	r.path = "/ws/in";
 	req = uphs_build_request(&r, &len, &why);
 	ok(req && !strncmp(req, "GET /ws/in HTTP/1.1\r\n", 21), "no query: no '?'");
-	ok(req && !strstr(req, "User-Agent") && !strstr(req, "Origin") && !strstr(req, "X-Forwarded-For:"),
+	ok(req && !strstr(req, "User-Agent") && !strstr(req, "Origin") &&
+	           !strstr(req, "X-Forwarded-For:"),
 	   "absent headers are left out");
 	free(req);
 
@@ -77,7 +79,8 @@ static void test_injection(void)
 		"a=\x7f", "a=\xc3\xa9", "a=1#frag", "a=1\r\n\r\nGET / HTTP/1.1",
 	};
 	static const char *const values[] = {
-		"x\r\nX-Evil: 1", "x\ny", "x\rY", "x\x01", "x\x1b[31m", "x\x7f", "\r\n\r\nGET /admin",
+	        "x\r\nX-Evil: 1",     "x\ny", "x\rY", "x\x01", "x\x1b[31m", "x\x7f",
+	        "\r\n\r\nGET /admin",
 	};
 	static const char *const paths[] = { "", "x", "/a b", "/a\r\n", "/a?b", "/#" };
 	char q[64];
@@ -179,7 +182,8 @@ static void test_response(void)
 		is_int(r.head_len, strlen(ok101), "which is not part of the head");
 	}
 	is_int(parse("HTTP/1.1 101 OK\r\nupgrade: WebSocket\r\nconnection: keep-alive, upgrade\r\n"
-	             "sec-websocket-accept:  " ACCEPT " \r\nsec-websocket-protocol: 2.0\r\n\r\n", &r),
+	             "sec-websocket-accept:  " ACCEPT " \r\nsec-websocket-protocol: 2.0\r\n\r\n",
+	             &r),
 	       UPHS_UPGRADED, "header names and tokens in any case, values trimmed");
 	is_int(parse("HTTP/1.1 101 OK\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
 	             "Sec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n"
@@ -198,22 +202,26 @@ static void test_response(void)
 	             "Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n", &r),
 	       UPHS_BAD, "an extension not offered: bad");
 	is_int(parse("HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\nContent-Length: 0\r\n\r\n",
-	             &r), UPHS_REFUSED, "503 refused");
+	             &r),
+	       UPHS_REFUSED, "503 refused");
 	is_int(r.status, 503, "its status");
 	is_int(r.retry_after_s, 7, "its Retry-After");
 	is_int(parse("HTTP/1.1 401 Unauthorized\r\n\r\n", &r), UPHS_REFUSED, "401 refused");
 	is_int(r.retry_after_s, -1, "no Retry-After: -1");
-	is_int(parse("HTTP/1.1 429 Too Many\r\nRetry-After: Wed, 21 Oct 2015 07:28:00 GMT\r\n\r\n", &r),
+	is_int(parse("HTTP/1.1 429 Too Many\r\nRetry-After: Wed, 21 Oct 2015 07:28:00 GMT\r\n\r\n",
+	             &r),
 	       UPHS_REFUSED, "429 with a date in the past");
 	is_int(r.retry_after_s, 0, "a past date: 0");
 	is_int(parse("HTTP/1.1 429 X\r\nRetry-After: soon\r\n\r\n", &r), UPHS_REFUSED,
 	       "unparsable Retry-After");
 	is_int(r.retry_after_s, -1, "is ignored");
-	is_int(parse("HTTP/1.1 429 X\r\nRetry-After: 99999999999\r\n\r\n", &r), UPHS_REFUSED, "huge");
+	is_int(parse("HTTP/1.1 429 X\r\nRetry-After: 99999999999\r\n\r\n", &r), UPHS_REFUSED,
+	       "huge");
 	ok(r.retry_after_s > 0, "a huge Retry-After saturates");
 	is_int(parse("SSH-2.0-OpenSSH\r\n\r\n", &r), UPHS_BAD, "not HTTP");
 	is_int(parse("HTTP/1.1 99 X\r\n\r\n", &r), UPHS_BAD, "a two-digit status");
-	is_int(parse("HTTP/1.1 200 OK\r\nBad Header\r\n\r\n", &r), UPHS_BAD, "a line without colon");
+	is_int(parse("HTTP/1.1 200 OK\r\nBad Header\r\n\r\n", &r), UPHS_BAD,
+	       "a line without colon");
 	is_int(parse("HTTP/1.1 200 OK\r\nX: a\rb\r\n\r\n", &r), UPHS_BAD, "a bare CR");
 	is_int(parse("HTTP/1.1 200 OK\r\nX: a\nb: c\r\n\r\n", &r), UPHS_BAD, "a bare LF");
 	is_int(parse("HTTP/1.1 200 OK\r\n folded\r\n\r\n", &r), UPHS_BAD, "obs-fold");

@@ -41,7 +41,8 @@ static const char *http_header(const char *head, const char *name, char *out, si
 {
 	size_t nlen = strlen(name);
 
-	for (const char *line = strstr(head, "\r\n"); line && line[2]; line = strstr(line + 2, "\r\n")) {
+	for (const char *line = strstr(head, "\r\n"); line && line[2];
+	     line = strstr(line + 2, "\r\n")) {
 		const char *p = line + 2, *end = strstr(p, "\r\n");
 		size_t vlen;
 
@@ -89,8 +90,10 @@ static void test_captured_chrome(void)
 	struct ws_upgrade_req r;
 	bool p20 = false;
 
-	if (!read_fixture("fixtures/watchrtc-sdk/handshake/upgrade-request.http", req, sizeof req) ||
-	    !read_fixture("fixtures/watchrtc-sdk/handshake/upgrade-response.http", resp, sizeof resp)) {
+	if (!read_fixture("fixtures/watchrtc-sdk/handshake/upgrade-request.http", req,
+	                  sizeof req) ||
+	    !read_fixture("fixtures/watchrtc-sdk/handshake/upgrade-response.http", resp,
+	                  sizeof resp)) {
 		ok(0, "captured handshake fixtures readable");
 		return;
 	}
@@ -109,7 +112,8 @@ static void test_captured_chrome(void)
 	       "accept matches the 101 that Chrome accepted");
 	ok(p20, "Chrome offers subprotocol 2.0");
 
-	read_fixture("fixtures/watchrtc-sdk/handshake/upgrade-request-reconnect.http", req, sizeof req);
+	read_fixture("fixtures/watchrtc-sdk/handshake/upgrade-request-reconnect.http", req,
+	             sizeof req);
 	r.key = http_header(req, "Sec-WebSocket-Key", key, sizeof key);
 	is_str(ws_handshake_check(&r, accept, &p20), NULL, "reconnect request is valid");
 	ok(strcmp(accept, want_accept) != 0, "a new key gives a new accept value");

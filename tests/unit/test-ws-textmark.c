@@ -23,7 +23,7 @@ static size_t build_stream(uint8_t *out)
 	memset(payload, 0x81 ^ 0x11, sizeof payload);
 	n += wsf_build(out + n, 0x1, true, mask, payload, 100);            /* text, 7-bit length */
 	n += wsf_build(out + n, 0x2, true, mask, payload, 300);            /* binary, 16-bit */
-	n += wsf_build(out + n, 0x1, false, mask, payload, 10);            /* text, first fragment */
+	n += wsf_build(out + n, 0x1, false, mask, payload, 10); /* text, first fragment */
 	n += wsf_build(out + n, 0x9, true, mask, payload, 4);              /* ping in between */
 	n += wsf_build(out + n, 0x0, true, mask, payload, 5);              /* its last fragment */
 	n += wsf_build(out + n, 0x1, true, mask, payload, BIG);            /* text, 64-bit */
@@ -64,9 +64,11 @@ int main(void)
 		memcpy(got, want, n);
 		ws_textmark_init(&t);
 		for (size_t off = 0; off < n; off += chunks[c])
-			fed &= ws_textmark_feed(&t, got + off, n - off < chunks[c] ? n - off : chunks[c]);
+			fed &= ws_textmark_feed(&t, got + off,
+			                        n - off < chunks[c] ? n - off : chunks[c]);
 		diffs = count_diffs(want, got, n);
-		ok(fed && diffs == 5, "fed %zu bytes at a time: 5 bytes changed (%zu)", chunks[c], diffs);
+		ok(fed && diffs == 5, "fed %zu bytes at a time: 5 bytes changed (%zu)", chunks[c],
+		   diffs);
 		for (size_t f = 0; f < sizeof frames / sizeof frames[0]; f++)
 			is_int(got[frames[f].at], frames[f].now, "  frame at %zu: 0x%02x -> 0x%02x",
 			       frames[f].at, frames[f].was, frames[f].now);
