@@ -149,10 +149,10 @@ static int copy_meta(struct copier *c, int64_t seq, bool keep_id)
 
 	/* sqlite_sequence has no key on name: update the row, or add it. */
 	rc = sqlite3_exec(
-	        c->dst,
-	        "INSERT INTO sqlite_sequence (name, seq) SELECT 'messages', 0 "
-	        "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'messages')",
-	        NULL, NULL, NULL);
+		c->dst,
+		"INSERT INTO sqlite_sequence (name, seq) SELECT 'messages', 0 "
+		"WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'messages')",
+		NULL, NULL, NULL);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_prepare_v2(c->dst, "UPDATE sqlite_sequence SET seq = ?1 "
 		                        "WHERE name = 'messages' AND seq < ?1", -1, &wr, NULL);

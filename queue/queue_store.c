@@ -55,11 +55,11 @@ static int corrupt_cause(char **cause, const char *path, const char *what)
 
 	snprintf(dir, sizeof dir, "%s", path);
 	return cause_set(
-	        cause, QUEUE_ECORRUPT,
-	        "queue database %s is corrupt (%s): stop here and run "
-	        "`watchrtc-relay queue --state-dir %s salvage`, which keeps every readable "
-	        "message and moves the bad file aside",
-	        path, what, dirname(dir));
+		cause, QUEUE_ECORRUPT,
+		"queue database %s is corrupt (%s): stop here and run "
+		"`watchrtc-relay queue --state-dir %s salvage`, which keeps every readable "
+		"message and moves the bad file aside",
+		path, what, dirname(dir));
 }
 
 /* Turns an SQLite failure during queue_open into an error and a cause that
@@ -327,34 +327,34 @@ static int db_prepare(struct queue *q, char **cause)
 		sqlite3_stmt **st;
 		const char *sql;
 	} list[] = {
-	        {&q->st_begin, "BEGIN IMMEDIATE"},
-	        {&q->st_commit, "COMMIT"},
-	        {&q->st_rollback, "ROLLBACK"},
-	        /* OR REPLACE: a batch may run again after a failed COMMIT. */
-	        {&q->st_insert,
-	         "INSERT OR REPLACE INTO messages (id, received_ms, session, target, "
-	         "content_type, xff, peer_ip, user_agent, origin, api_key, conn_id, seq, "
-	         "attempts, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, "
-	         "?12, 0, ?13)"},
-	        {&q->st_delete, "DELETE FROM messages WHERE id = ?1"},
-	        {&q->st_attempts, "UPDATE messages SET attempts = ?2 WHERE id = ?1"},
-	        {&q->st_dead,
-	         "INSERT OR REPLACE INTO dead_letters (id, received_ms, session, target, "
-	         "content_type, xff, peer_ip, user_agent, origin, api_key, conn_id, seq, "
-	         "attempts, body, dead_ms, reason, status, detail) "
-	         "SELECT id, received_ms, session, target, content_type, xff, peer_ip, "
-	         "user_agent, origin, api_key, conn_id, seq, ?2, body, ?3, ?4, ?5, ?6 "
-	         "FROM messages WHERE id = ?1"},
-	        {&q->st_probe_put,
-	         "INSERT OR REPLACE INTO meta (key, value) VALUES ('write_probe', zeroblob(?1))"},
-	        {&q->st_probe_del, "DELETE FROM meta WHERE key = 'write_probe'"},
-	        {&q->st_version, "PRAGMA data_version"},
-	        {&q->st_pickup,
-	         "SELECT id, session, length(body), received_ms, attempts, api_key, "
-	         "conn_id IS NOT NULL FROM messages WHERE id IN (SELECT id FROM replayed ORDER BY id LIMIT ?1) "
-	         "ORDER BY id"},
-	        {&q->st_unmark, "DELETE FROM replayed WHERE id <= ?1"},
-	        {&q->st_dead_count, "SELECT count(*) FROM dead_letters"},
+		{ &q->st_begin, "BEGIN IMMEDIATE" },
+		{ &q->st_commit, "COMMIT" },
+		{ &q->st_rollback, "ROLLBACK" },
+		/* OR REPLACE: a batch may run again after a failed COMMIT. */
+		{ &q->st_insert,
+		  "INSERT OR REPLACE INTO messages (id, received_ms, session, target, "
+		  "content_type, xff, peer_ip, user_agent, origin, api_key, conn_id, seq, "
+		  "attempts, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, "
+		  "?12, 0, ?13)" },
+		{ &q->st_delete, "DELETE FROM messages WHERE id = ?1" },
+		{ &q->st_attempts, "UPDATE messages SET attempts = ?2 WHERE id = ?1" },
+		{ &q->st_dead,
+		  "INSERT OR REPLACE INTO dead_letters (id, received_ms, session, target, "
+		  "content_type, xff, peer_ip, user_agent, origin, api_key, conn_id, seq, "
+		  "attempts, body, dead_ms, reason, status, detail) "
+		  "SELECT id, received_ms, session, target, content_type, xff, peer_ip, "
+		  "user_agent, origin, api_key, conn_id, seq, ?2, body, ?3, ?4, ?5, ?6 "
+		  "FROM messages WHERE id = ?1" },
+		{ &q->st_probe_put,
+		  "INSERT OR REPLACE INTO meta (key, value) VALUES ('write_probe', zeroblob(?1))" },
+		{ &q->st_probe_del, "DELETE FROM meta WHERE key = 'write_probe'" },
+		{ &q->st_version, "PRAGMA data_version" },
+		{ &q->st_pickup,
+		  "SELECT id, session, length(body), received_ms, attempts, api_key, "
+		  "conn_id IS NOT NULL FROM messages "
+		  "WHERE id IN (SELECT id FROM replayed ORDER BY id LIMIT ?1) ORDER BY id" },
+		{ &q->st_unmark, "DELETE FROM replayed WHERE id <= ?1" },
+		{ &q->st_dead_count, "SELECT count(*) FROM dead_letters" },
 	};
 	size_t i;
 	int rc;

@@ -493,27 +493,27 @@ int main(int argc, char **argv)
 	if (upstream_ca_file(&r.cfg, ca_path, sizeof ca_path, &cause) < 0)
 		goto out;
 	fo = (struct forwarder_options){
-	        .upstream = r.cfg.upstream,
-	        .ca_file = ca_path,
-	        .proxy = r.cfg.upstream_proxy,
-	        .insecure = r.cfg.upstream_insecure,
-	        .workers = r.cfg.forward_workers,
-	        .inflight = r.cfg.forward_inflight,
-	        .timeout_ms = r.cfg.upstream_timeout_ms,
-	        .connect_timeout_ms = r.cfg.upstream_connect_timeout_ms,
-	        .retry_base_ms = r.cfg.retry_base_ms,
-	        .retry_max_ms = r.cfg.retry_max_ms,
-	        /* config.c accepts only "1.1" and "2" */
-	        .http_version =
+		.upstream = r.cfg.upstream,
+		.ca_file = ca_path,
+		.proxy = r.cfg.upstream_proxy,
+		.insecure = r.cfg.upstream_insecure,
+		.workers = r.cfg.forward_workers,
+		.inflight = r.cfg.forward_inflight,
+		.timeout_ms = r.cfg.upstream_timeout_ms,
+		.connect_timeout_ms = r.cfg.upstream_connect_timeout_ms,
+		.retry_base_ms = r.cfg.retry_base_ms,
+		.retry_max_ms = r.cfg.retry_max_ms,
+		/* config.c accepts only "1.1" and "2" */
+		.http_version =
 	                strcmp(r.cfg.upstream_http_version, "2") ? FWD_HTTP_1_1 : FWD_HTTP_2,
-	        .websocket = wo.upstream_ws,
-	        .ws_threads = r.cfg.upstream_ws_threads,
-	        .fence_messages = r.cfg.upstream_fence_messages,
-	        .fence_ms = r.cfg.upstream_fence_ms,
-	        .max_message_bytes = r.cfg.max_message_bytes,
-	        .ping_interval_ms = r.cfg.ws_ping_interval_s * 1000,
-	        .backend_text = backend_text,
-	        .backend_text_arg = r.ws,
+		.websocket = wo.upstream_ws,
+		.ws_threads = r.cfg.upstream_ws_threads,
+		.fence_messages = r.cfg.upstream_fence_messages,
+		.fence_ms = r.cfg.upstream_fence_ms,
+		.max_message_bytes = r.cfg.max_message_bytes,
+		.ping_interval_ms = r.cfg.ws_ping_interval_s * 1000,
+		.backend_text = backend_text,
+		.backend_text_arg = r.ws,
 	};
 	if (forwarder_start(&fwd, r.queue, r.keyban, &fo, &cause) < 0)
 		goto out;

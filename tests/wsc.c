@@ -642,7 +642,7 @@ static void usage(FILE *out)
 	        "           [--header 'Name: value']... [--timeout-ms MS] [--expect-status N]\n"
 	        "           [--no-auto-pong] [--early-wire FILE] [ACTION...]\n"
 	        "       wsc --port P --path P --load N --messages M --session-prefix X [--threads T]\n"
-	        "Actions (from the arguments, else one per line on stdin): see wsc.c's top.\n");
+		"Actions (from the arguments, else one per line on stdin): see wsc.c's top.\n");
 }
 
 int main(int argc, char **argv)

@@ -122,7 +122,7 @@ int wsf_parse(struct wsf_parser *p, const uint8_t *buf, size_t n, wsf_frame_fn *
 				need += (l7 == 126   ? 2
 				         : l7 == 127 ? 8
 				                     : 0) +
-				        (p->hdr[1] & 0x80 ? 4 : 0);
+					(p->hdr[1] & 0x80 ? 4 : 0);
 			}
 			if (p->hdr_len < need)
 				continue;

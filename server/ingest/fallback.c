@@ -45,7 +45,7 @@ enum MHD_Result route_preflight(struct relay *r, struct MHD_Connection *c,
                                 const struct request_info *ri)
 {
 	struct MHD_Response *resp =
-	        MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+		MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
 	char max_age[16];
 	enum MHD_Result ret;
 
@@ -119,7 +119,7 @@ enum MHD_Result route_fallback(struct relay *r, struct MHD_Connection *c,
 	}
 
 	content_type =
-	        MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+		MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
 	/* What is stored must be sendable: the headers passed on, the session. */
 	why = reqcheck_query(ri->query);
 	if (!why)
@@ -138,8 +138,8 @@ enum MHD_Result route_fallback(struct relay *r, struct MHD_Connection *c,
 		session = qsession = query_get(ri->query, "sessionId");
 	status = reqcheck_session(session, r->cfg.max_session_id_bytes, &why);
 	if (status) {
-		ret = route_refuse(c, ri, route,
-		                   &(struct refusal){.status = status, .reason = why});
+		ret = route_refuse(c, ri, route, &(struct refusal){
+			.status = status, .reason = why });
 		goto out;
 	}
 
@@ -165,10 +165,9 @@ enum MHD_Result route_fallback(struct relay *r, struct MHD_Connection *c,
 		key_from_body = true;
 	}
 	if (!key_allowed(r, key, key_from_body)) {
-		ret = route_refuse(c, ri, route,
-		                   &(struct refusal){.status = MHD_HTTP_UNAUTHORIZED,
-		                                     .key = key,
-		                                     .reason = "api key not allowed"});
+		ret = route_refuse(c, ri, route, &(struct refusal){
+			.status = MHD_HTTP_UNAUTHORIZED, .key = key,
+			.reason = "api key not allowed" });
 		goto out;
 	}
 	if (key && keyban_contains(r->keyban, key)) {

@@ -320,12 +320,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 					.reason = "two different Content-Length headers" });
 			/* Refuse a declared oversize body before reading any of it. */
 			} else if (cl && strtoull(cl, NULL, 10) > r->cfg.max_body_bytes) {
-				ret = route_refuse(
-				        c, &ri, post_route(path),
-				        &(struct refusal){
-				                .status = MHD_HTTP_CONTENT_TOO_LARGE,
-				                .reason =
-				                        "body too large: Content-Length over max-body-bytes"});
+				ret = route_refuse(c, &ri, post_route(path), &(struct refusal){
+					.status = MHD_HTTP_CONTENT_TOO_LARGE,
+					.reason = "body too large: Content-Length over max-body-bytes" });
 			} else if ((v = access_conn_acquire(r->access, rq->client)) != ACCESS_OK) {
 				ret = route_refuse(c, &ri, post_route(path), &(struct refusal){
 					.status = MHD_HTTP_TOO_MANY_REQUESTS,
@@ -337,17 +334,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 				ret = MHD_YES; /* the body follows */
 			}
 		} else if (fallback_path) {
-			ret = route_refuse(c, &ri, ROUTE_OTHER,
-			                   &(struct refusal){.status = MHD_HTTP_METHOD_NOT_ALLOWED,
-			                                     .reason = "method not allowed"});
+			ret = route_refuse(c, &ri, ROUTE_OTHER, &(struct refusal){
+				.status = MHD_HTTP_METHOD_NOT_ALLOWED,
+				.reason = "method not allowed" });
 		} else {
-			ret = route_refuse(
-			        c, &ri, ROUTE_OTHER,
-			        &(struct refusal){
-			                .status = MHD_HTTP_NOT_FOUND,
-			                .reason =
-			                        "not found: the relay serves websockets, POST .../trace and "
-			                        ".../error, /healthcheck and /metrics"});
+			ret = route_refuse(c, &ri, ROUTE_OTHER, &(struct refusal){
+				.status = MHD_HTTP_NOT_FOUND,
+				.reason = "not found: the relay serves websockets, POST .../trace and "
+				          ".../error, /healthcheck and /metrics" });
 		}
 		/* Until its body is in, a POST is still on request-timeout-s. */
 		if (!rq->is_fallback)
@@ -421,15 +415,15 @@ int http_server_start(struct http_server **out, struct relay *r, const struct tl
 	}
 
 	s->daemon = MHD_start_daemon(
-	        flags, 0, NULL, NULL, on_request, s, MHD_OPTION_THREAD_POOL_SIZE,
-	        (unsigned)r->cfg.http_threads, MHD_OPTION_CONNECTION_LIMIT,
-	        (unsigned)r->cfg.max_connections + HTTP_ACCEPT_HEADROOM,
-	        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_CONNECTION_TIMEOUT_S,
-	        /* The pool holds the request line and headers: a bigger head is refused. */
-	        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)r->cfg.max_header_bytes,
-	        MHD_OPTION_URI_LOG_CALLBACK, on_uri, s, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
-	        s, MHD_OPTION_NOTIFY_CONNECTION, on_connection, s, MHD_OPTION_EXTERNAL_LOGGER,
-	        on_mhd_log, s, MHD_OPTION_END);
+		flags, 0, NULL, NULL, on_request, s, MHD_OPTION_THREAD_POOL_SIZE,
+		(unsigned)r->cfg.http_threads, MHD_OPTION_CONNECTION_LIMIT,
+		(unsigned)r->cfg.max_connections + HTTP_ACCEPT_HEADROOM,
+		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_CONNECTION_TIMEOUT_S,
+		/* The pool holds the request line and headers: a bigger head is refused. */
+		MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)r->cfg.max_header_bytes,
+		MHD_OPTION_URI_LOG_CALLBACK, on_uri, s, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
+		s, MHD_OPTION_NOTIFY_CONNECTION, on_connection, s, MHD_OPTION_EXTERNAL_LOGGER,
+		on_mhd_log, s, MHD_OPTION_END);
 	if (!s->daemon) {
 		cause_set(cause, -1, "cannot start the HTTP server: %s", strerror(errno));
 		http_server_stop(s);

@@ -253,10 +253,10 @@ static int load_pair(struct tls_pair *p, const char *cert_file, const char *key_
 	}
 	if (!have_cert && may_generate)
 		log_warn(
-		        "tls_self_signed",
-		        "cert=%s sha256=%s msg=\"SELF-SIGNED CERTIFICATE in use: browsers will refuse it "
-		        "unless trusted; give --tls-cert and --tls-key for production\"",
-		        cert_path, p->fingerprint);
+			"tls_self_signed",
+			"cert=%s sha256=%s msg=\"SELF-SIGNED CERTIFICATE in use: browsers will refuse it "
+			"unless trusted; give --tls-cert and --tls-key for production\"",
+			cert_path, p->fingerprint);
 	return 0;
 fail:
 	tls_pair_release(p);

@@ -56,10 +56,9 @@ static enum MHD_Result refuse(struct relay *r, struct MHD_Connection *c,
 	bool later = status == MHD_HTTP_SERVICE_UNAVAILABLE || status == MHD_HTTP_TOO_MANY_REQUESTS;
 
 	metrics_add(M_WS_REFUSED, 1);
-	return route_refuse(c, ri, ROUTE_WEBSOCKET,
-	                    &(struct refusal){.status = status,
-	                                      .reason = reason,
-	                                      .retry_after_s = later ? r->cfg.retry_after_s : 0});
+	return route_refuse(c, ri, ROUTE_WEBSOCKET, &(struct refusal){
+		.status = status, .reason = reason,
+		.retry_after_s = later ? r->cfg.retry_after_s : 0 });
 }
 
 /* Runs on MHD's thread once the 101 is out: the connection is ours now. */

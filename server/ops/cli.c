@@ -238,8 +238,8 @@ static int cmd_stats(struct cli *c, struct queue_admin *a)
 		"dead_letters", (json_int_t)st.dead, "dead_by_reason", reasons);
 	if (doc)
 		json_object_set_new(
-		        doc, "sessions_upstream",
-		        json_integer(c->relay_running ? (json_int_t)st.sessions_upstream : 0));
+			doc, "sessions_upstream",
+			json_integer(c->relay_running ? (json_int_t)st.sessions_upstream : 0));
 	return print_json(doc);
 fail:
 	json_decref(h.list);
@@ -391,11 +391,11 @@ static int cmd_salvage(struct cli *c)
 	}
 	if (c->json)
 		return print_json(json_pack(
-		        "{s:s, s:s, s:s?, s:I, s:I, s:I, s:b}", "database", c->db, "output",
-		        res.output, "moved_to", res.moved_to[0] ? res.moved_to : NULL, "messages",
-		        (json_int_t)res.messages, "dead_letters", (json_int_t)res.dead,
-		        "read_errors", (json_int_t)res.read_errors, "kept_instance_id",
-		        res.kept_instance_id));
+			"{s:s, s:s, s:s?, s:I, s:I, s:I, s:b}", "database", c->db, "output",
+			res.output, "moved_to", res.moved_to[0] ? res.moved_to : NULL, "messages",
+			(json_int_t)res.messages, "dead_letters", (json_int_t)res.dead,
+			"read_errors", (json_int_t)res.read_errors, "kept_instance_id",
+			res.kept_instance_id));
 	printf("salvaged %" PRIu64 " queued messages and %" PRIu64 " dead letters into %s\n",
 	       res.messages, res.dead, res.output);
 	if (res.read_errors > 0)

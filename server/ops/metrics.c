@@ -405,12 +405,14 @@ char *metrics_render(const struct queue_stats *qs, const struct queue_dead_reaso
 	    (double)atomic_load_explicit(&gauges[G_UPWS_OPEN], memory_order_relaxed));
 	head(&o, "watchrtc_relay_upstream_upgrades_total", "counter",
 	     "Upstream websocket upgrades by result.");
-	static const struct { const char *label; enum metric_counter c;
+	static const struct {
+		const char *label;
+		enum metric_counter c;
 	} upgrades[] = {
-	        {"open", M_UPWS_UPGRADE_OK},
-	        {"refused", M_UPWS_UPGRADE_REFUSED},
-	        {"key_rejected", M_UPWS_UPGRADE_KEY_REJECTED},
-	        {"failed", M_UPWS_UPGRADE_FAILED},
+		{ "open", M_UPWS_UPGRADE_OK },
+		{ "refused", M_UPWS_UPGRADE_REFUSED },
+		{ "key_rejected", M_UPWS_UPGRADE_KEY_REJECTED },
+		{ "failed", M_UPWS_UPGRADE_FAILED },
 	};
 	for (size_t i = 0; i < sizeof upgrades / sizeof upgrades[0]; i++)
 		out_printf(&o, "watchrtc_relay_upstream_upgrades_total{result=\"%s\"} %llu\n",
@@ -434,15 +436,15 @@ char *metrics_render(const struct queue_stats *qs, const struct queue_dead_reaso
 				continue;
 			if (c < N_CODES)
 				out_printf(
-				        &o,
-				        "watchrtc_relay_http_requests_total{route=\"%s\",code=\"%u\"} %llu\n",
-				        route_name((enum route)r), http_codes[c],
-				        (unsigned long long)n);
+					&o,
+					"watchrtc_relay_http_requests_total{route=\"%s\",code=\"%u\"} %llu\n",
+					route_name((enum route)r), http_codes[c],
+					(unsigned long long)n);
 			else
 				out_printf(
-				        &o,
-				        "watchrtc_relay_http_requests_total{route=\"%s\",code=\"other\"} %llu\n",
-				        route_name((enum route)r), (unsigned long long)n);
+					&o,
+					"watchrtc_relay_http_requests_total{route=\"%s\",code=\"other\"} %llu\n",
+					route_name((enum route)r), (unsigned long long)n);
 		}
 
 	for (int h = 0; h < H_HIST_COUNT; h++)

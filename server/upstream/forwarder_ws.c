@@ -709,7 +709,7 @@ static void thread_fill(struct fws_thread *t)
 static void on_tick(struct evloop *l, struct ev_timer *tm)
 {
 	struct fws_thread *t =
-	        (struct fws_thread *)((char *)tm - offsetof(struct fws_thread, tick));
+		(struct fws_thread *)((char *)tm - offsetof(struct fws_thread, tick));
 	long due;
 
 	thread_fill(t);
@@ -772,7 +772,7 @@ static bool thread_fenced(const struct fws_thread *t)
 static void on_drain_check(struct evloop *l, struct ev_timer *tm)
 {
 	struct fws_thread *t =
-	        (struct fws_thread *)((char *)tm - offsetof(struct fws_thread, tick));
+		(struct fws_thread *)((char *)tm - offsetof(struct fws_thread, tick));
 
 	if (!thread_fenced(t) && mono_ms() < t->drain_deadline_ms &&
 	    evloop_timer_start(l, &t->tick, FWS_DRAIN_CHECK_MS) == 0)

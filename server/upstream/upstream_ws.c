@@ -530,7 +530,7 @@ static int ws_do_upgrade(struct upstream_ws *ws)
 		}
 		if (n < 0) {
 			ws_fail(ws, UPWS_NETWORK, "sending the upgrade: %s",
-			        gnutls_strerror((int)n));
+				gnutls_strerror((int)n));
 			return -1;
 		}
 		ws->req_off += (size_t)n;

@@ -129,7 +129,7 @@ int main(int argc, char **argv)
 	if (bad || optind != argc || !url || !ca || connections == 0 || streams == 0 ||
 	    seconds <= 0 || concurrency > CP_MAX_CONCURRENCY) {
 		fprintf(stderr,
-		        "usage: curl-post --url URL --cainfo CA [--http2] [--connections C] "
+			"usage: curl-post --url URL --cainfo CA [--http2] [--connections C] "
 		        "[--streams S] [--seconds N] [--frame-log FILE]...\n");
 		goto out;
 	}

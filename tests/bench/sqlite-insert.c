@@ -132,10 +132,10 @@ static int run(const char *path, const struct si_run *r, const struct sdk_body *
 			sqlite3_bind_text(st, 5, "127.0.0.1", -1, SQLITE_STATIC);
 			sqlite3_bind_text(st, 6, "127.0.0.1", -1, SQLITE_STATIC);
 			sqlite3_bind_text(
-			        st, 7,
-			        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 "
-			        "(KHTML, like Gecko) HeadlessChrome/156.0.0.0 Safari/537.36",
-			        -1, SQLITE_STATIC);
+				st, 7,
+				"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 "
+				"(KHTML, like Gecko) HeadlessChrome/156.0.0.0 Safari/537.36",
+				-1, SQLITE_STATIC);
 			sqlite3_bind_text(st, 8, "https://app.example.com", -1, SQLITE_STATIC);
 			sqlite3_bind_text(st, 9, "benchkey", -1, SQLITE_STATIC);
 			sqlite3_bind_text(st, 10, conn, -1, SQLITE_STATIC);

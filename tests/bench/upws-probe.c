@@ -124,14 +124,14 @@ static void s_end(struct upstream_ws *ws, const struct upws_result *res, void *a
 static int run_shared(const char *url, const char *ca, unsigned n)
 {
 	struct upstream_client_options o = {
-	        .url = url,
-	        .ca_file = ca,
-	        .connect_timeout_ms = 60000,
-	        .handshake_timeout_ms = 120000,
-	        .pong_timeout_ms = 600000,
-	        .close_timeout_ms = 5000,
-	        .max_message_bytes = 1 << 20,
-	        .max_send_bytes = 1 << 20,
+		.url = url,
+		.ca_file = ca,
+		.connect_timeout_ms = 60000,
+		.handshake_timeout_ms = 120000,
+		.pong_timeout_ms = 600000,
+		.close_timeout_ms = 5000,
+		.max_message_bytes = 1 << 20,
+		.max_send_bytes = 1 << 20,
 	};
 	struct upstream_ws_request req = { .query = PROBE_QUERY, .user_agent = "upws-probe" };
 	static const struct upstream_ws_callbacks cb = { .on_open = s_open, .on_end = s_end };
@@ -352,8 +352,8 @@ int main(int argc, char **argv)
 	}
 	if (!url) {
 		fprintf(stderr,
-		        "usage: upws-probe --mode shared|curl-tls|facts --url URL [--ca FILE] "
-		        "[--conns N]\n");
+			"usage: upws-probe --mode shared|curl-tls|facts --url URL [--ca FILE] "
+			"[--conns N]\n");
 		return 2;
 	}
 	bench_raise_nofile();

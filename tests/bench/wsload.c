@@ -469,7 +469,7 @@ static int conn_read(struct conn *c, char *err, size_t errlen)
 		}
 		if (c->st == C_RESPONSE) {
 			ssize_t used =
-			        bench_head_add(c->head, &c->head_len, WL_HEAD_MAX, p, (size_t)n);
+				bench_head_add(c->head, &c->head_len, WL_HEAD_MAX, p, (size_t)n);
 
 			if (used < 0) {
 				snprintf(err, errlen, "answer head too long");
@@ -754,8 +754,8 @@ static void usage(void)
 	fprintf(stderr,
 	        "usage: wsload --port P [--host ADDR] [--path PATH] [--connections N] [--threads T]\n"
 	        "              [--duration S] [--rate R] [--frame-log FILE]... [--no-initial-batch]\n"
-	        "              [--big-every K] [--handshakes H] [--connect-timeout S]\n"
-	        "              [--seed X]\n");
+		"              [--big-every K] [--handshakes H] [--connect-timeout S]\n"
+		"              [--seed X]\n");
 }
 
 static int parse_args(int argc, char **argv, struct sdk_logs *logs)
@@ -817,7 +817,7 @@ static void print_report(int64_t t0, int64_t t_ready, int64_t t_stop, uint64_t m
 {
 	unsigned long long opened = atomic_load(&n_opened), failed = atomic_load(&n_failed);
 	unsigned long long errors =
-	        failed + atomic_load(&n_peer_closed) + atomic_load(&n_io_errors);
+		failed + atomic_load(&n_peer_closed) + atomic_load(&n_io_errors);
 	double connect_s = (last_open > t0 ? last_open - t0 : 0) / 1e6;
 	double send_s = (t_stop - t_ready) / 1e6;
 	char quoted[2 * WL_ERR_MAX + 1];
@@ -904,7 +904,7 @@ int main(int argc, char **argv)
 	t_ready = now_us();
 	msgs_ready = atomic_load(&n_msgs);
 	fprintf(stderr, "ready opened=%llu failed=%llu\n",
-	        (unsigned long long)atomic_load(&n_opened),
+		(unsigned long long)atomic_load(&n_opened),
 	        (unsigned long long)atomic_load(&n_failed));
 	while (now_us() - t_ready < (int64_t)(g.duration_s * 1e6))
 		usleep(WL_TICK_MS * 1000);

@@ -131,7 +131,7 @@ static int answer(struct sconn *c)
 	}
 	if (!header(c->head, "Sec-WebSocket-Key", key, sizeof key) || wsf_accept(key, accept) < 0) {
 		dprintf(c->fd,
-		        "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+			"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
 		st.errors++;
 		return -1;
 	}
@@ -304,7 +304,7 @@ int main(int argc, char **argv)
 	lfd = listen_on(address, port);
 	if (!buf || epfd < 0 || sfd < 0 || lfd < 0) {
 		fprintf(stderr, "wssink: cannot listen on %s:%u: %s\n", address, port,
-		        strerror(errno));
+			strerror(errno));
 		goto out;
 	}
 	e.data.ptr = &lfd;

@@ -189,8 +189,8 @@ static void test_command_line(void)
 	cli_error("--queue-high-water-pct: 101 is out of range (1..100)", "percent",
 	          "--queue-high-water-pct=101");
 	cli_error(
-	        "--upstream-insecure: \"maybe\" is not a boolean (true/false, yes/no, on/off, 1/0)",
-	        "bad boolean", "--upstream-insecure=maybe");
+		"--upstream-insecure: \"maybe\" is not a boolean (true/false, yes/no, on/off, 1/0)",
+		"bad boolean", "--upstream-insecure=maybe");
 	cli_error("--log-level: \"loud\" is not debug, info, warn or error", "bad log level",
 	          "--log-level", "loud");
 	cli_error("--help takes no value", "--help=x", "--help=x");

@@ -40,8 +40,8 @@ static void test_request(void)
 	is_int(len, strlen(req), "its length");
 	{
 		static const char line[] =
-		        "GET /?apiKey=k%3A1&timestamp=1&apiVersion=v1&sessionId=s-1"
-		        "&newConnection=true HTTP/1.1\r\n";
+			"GET /?apiKey=k%3A1&timestamp=1&apiVersion=v1&sessionId=s-1"
+			"&newConnection=true HTTP/1.1\r\n";
 
 		ok(!strncmp(req, line, sizeof line - 1),
 		   "the request line carries the query byte for byte");
@@ -79,8 +79,8 @@ static void test_injection(void)
 		"a=\x7f", "a=\xc3\xa9", "a=1#frag", "a=1\r\n\r\nGET / HTTP/1.1",
 	};
 	static const char *const values[] = {
-	        "x\r\nX-Evil: 1",     "x\ny", "x\rY", "x\x01", "x\x1b[31m", "x\x7f",
-	        "\r\n\r\nGET /admin",
+		"x\r\nX-Evil: 1",     "x\ny", "x\rY", "x\x01", "x\x1b[31m", "x\x7f",
+		"\r\n\r\nGET /admin",
 	};
 	static const char *const paths[] = { "", "x", "/a b", "/a\r\n", "/a?b", "/#" };
 	char q[64];
