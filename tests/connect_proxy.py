@@ -7,6 +7,7 @@ the egress proxy path.  Python 3 standard library only.
                           "headers": {...}}] ...
     p.stop()
 
+p.refuse = 403 answers every CONNECT with that status until set back to None.
 Only CONNECT is served, only to loopback targets; with auth, a request
 without the right Proxy-Authorization (Basic) gets 407.  After a 200 the
 bytes are relayed both ways until either side closes.
@@ -23,6 +24,7 @@ HEAD_MAX = 8192
 class ConnectProxy:
     def __init__(self, auth=None, host="127.0.0.1"):
         self.auth = auth
+        self.refuse = None      # a status to answer every CONNECT with
         self.lock = threading.Lock()
         self.records = []
         self.stopping = threading.Event()
@@ -84,6 +86,8 @@ class ConnectProxy:
             status = 200
             if method != "CONNECT":
                 status = 405
+            elif self.refuse:
+                status = self.refuse
             elif self.auth:
                 want = "Basic " + base64.b64encode(("%s:%s" % self.auth).encode()).decode()
                 if headers.get("proxy-authorization") != want:

@@ -680,6 +680,9 @@ static int easy_setup(struct forwarder *f, struct transfer *t)
 	    curl_easy_setopt(t->easy, CURLOPT_CAINFO, f->ca_file) ||
 	    curl_easy_setopt(t->easy, CURLOPT_CAPATH, NULL) ||
 	    (o->proxy && curl_easy_setopt(t->easy, CURLOPT_PROXY, o->proxy)) ||
+	    /* The setting wins over the environment: libcurl would still read
+	     * no_proxy (egress_log_proxy logs it as ignored). */
+	    (o->proxy && curl_easy_setopt(t->easy, CURLOPT_NOPROXY, "")) ||
 	    curl_easy_setopt(t->easy, CURLOPT_SSL_VERIFYPEER, o->insecure ? 0L : 1L) ||
 	    curl_easy_setopt(t->easy, CURLOPT_SSL_VERIFYHOST, o->insecure ? 0L : 2L) ||
 	    curl_easy_setopt(t->easy, CURLOPT_USERAGENT, NULL) ||

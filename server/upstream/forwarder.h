@@ -38,7 +38,8 @@ struct forwarder_options {
 	const char *upstream;     /* base URL, e.g. "https://host:port" (no trailing '/') */
 	const char *ca_file;      /* NULL or "": the system CA bundle (FWD_SYSTEM_CA) */
 	const char *proxy;        /* NULL: libcurl's https_proxy/no_proxy; else CURLOPT_PROXY
-	                           * (the POSTs, and the upstream websockets' CONNECT) */
+	                           * and no no_proxy (the POSTs, and the upstream
+	                           * websockets' CONNECT) */
 	bool insecure;            /* skip upstream TLS verification (logged loudly) */
 	unsigned workers;
 	unsigned inflight;        /* concurrent requests per worker */

@@ -1222,15 +1222,16 @@ void upstream_ws_abort(struct upstream_ws *ws)
 
 /* --- the client ------------------------------------------------------------------------ */
 
-/* https_proxy / HTTPS_PROXY, or "" for none (which also keeps libcurl from
- * using http_proxy for our http:// connect URL). */
-static const char *env_proxy(const char *lower, const char *upper)
+/* The first of names set and not empty in the environment, or NULL. */
+static const char *env_proxy(const char *const *names)
 {
-	const char *v = getenv(lower);
+	for (; *names; names++) {
+		const char *v = getenv(*names);
 
-	if (!v || !*v)
-		v = getenv(upper);
-	return v && *v ? v : NULL;
+		if (v && *v)
+			return v;
+	}
+	return NULL;
 }
 
 static int parse_url(struct upstream_client *c, const char *url, char **cause)
@@ -1282,6 +1283,9 @@ int upstream_client_create(struct upstream_client **out, const struct upstream_c
                         char **cause)
 {
 	struct upstream_client *c = calloc(1, sizeof *c);
+	static const char *const https_vars[] = { "https_proxy", "HTTPS_PROXY", "all_proxy",
+	                                          "ALL_PROXY", NULL };
+	static const char *const no_proxy_vars[] = { "no_proxy", "NO_PROXY", NULL };
 	const char *proxy, *noproxy;
 	int rc;
 
@@ -1300,8 +1304,17 @@ int upstream_client_create(struct upstream_client **out, const struct upstream_c
 	}
 	if (parse_url(c, o->url, cause) < 0)
 		goto fail;
-	proxy = o->proxy && *o->proxy ? o->proxy : env_proxy("https_proxy", "HTTPS_PROXY");
-	noproxy = o->proxy && *o->proxy ? NULL : env_proxy("no_proxy", "NO_PROXY");
+	/* The variables libcurl reads for an https:// URL, in its order (and as
+	 * egress_log_proxy logs them): libcurl itself sees our http:// connect
+	 * URL, so it must not pick its own, hence "" for none.  The setting
+	 * wins over all of them, no_proxy included. */
+	if (o->proxy && *o->proxy) {
+		proxy = o->proxy;
+		noproxy = "";
+	} else {
+		proxy = env_proxy(https_vars);
+		noproxy = env_proxy(no_proxy_vars);
+	}
 	/* An HTTPS proxy would wrap the tunnel in libcurl's own TLS session,
 	 * which does not survive the dup(): only plain tunnels are taken. */
 	if (proxy && !strncasecmp(proxy, "https://", 8)) {

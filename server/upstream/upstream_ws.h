@@ -45,9 +45,10 @@ struct upstream_client_options {
 	bool insecure;                   /* no certificate or host name check */
 	/* Egress proxy for the CONNECT tunnel: a URL as libcurl takes it
 	 * (http://[user:pass@]host:port, or socks5://; not https://, whose TLS
-	 * would be libcurl's).  NULL or "": https_proxy / HTTPS_PROXY and
-	 * no_proxy / NO_PROXY from the environment (the real target is https
-	 * even though libcurl only sees http://host:port). */
+	 * would be libcurl's); set, it ignores no_proxy.  NULL or "":
+	 * https_proxy / HTTPS_PROXY / all_proxy / ALL_PROXY and no_proxy /
+	 * NO_PROXY from the environment (the real target is https even though
+	 * libcurl only sees http://host:port). */
 	const char *proxy;
 	unsigned connect_timeout_ms;     /* DNS, TCP and the proxy's CONNECT */
 	unsigned handshake_timeout_ms;   /* TLS, the upgrade and the hello */

@@ -2,7 +2,10 @@
 https_proxy / no_proxy environment) carry every upstream request through a
 CONNECT proxy, logged with its password masked; upstream-ca-extra adds a CA
 (a TLS-inspecting proxy's, say) to the system bundle instead of replacing
-it.  The proxy is a small CONNECT proxy in this file, on loopback only."""
+it.  The proxy is a small CONNECT proxy in this file, on loopback only.
+The same holds for the other kind of upstream connection, the websocket per
+SDK connection (upstream-protocol websocket, to tests/mock_backend.py),
+through tests/connect_proxy.py."""
 import base64
 import json
 import os
@@ -13,8 +16,10 @@ import sys
 import threading
 
 sys.path.insert(0, os.environ.get("TESTS_SRCDIR", os.path.join(os.path.dirname(__file__), "..")))
-from relaytest import (CERTS, Relay, done, eq, ok, on_exit, request, start_upstream,  # noqa: E402
-                       wait_until)
+from relaytest import (CERTS, RawWS, Relay, done, eq, ok, on_exit, request,  # noqa: E402
+                       start_upstream, wait_until)
+from connect_proxy import ConnectProxy as TunnelProxy  # noqa: E402
+from mock_backend import MockBackend  # noqa: E402
 
 HEADERS = {"Content-Type": "application/json", "Origin": "https://app.example"}
 
@@ -150,6 +155,13 @@ ok(arrived(up, "eg-noproxy"), "the message reaches the upstream")
 eq(len(proxy.tunnels), before, "directly, not through the proxy")
 ok('no_proxy=127.0.0.1' in r.log_text(), "and the log shows no_proxy")
 eq(r.stop(), 0, "clean exit")
+before = len(proxy.tunnels)
+r = relay_with_env(up, dict(NO_ENV, no_proxy="127.0.0.1"), ["--upstream-proxy", proxy.url])
+eq(post(r, "eg-setnp"), 200, "with upstream-proxy and no_proxy naming the upstream")
+ok(arrived(up, "eg-setnp"), "the message reaches the upstream")
+ok(len(proxy.tunnels) > before, "through the proxy: the setting ignores no_proxy")
+ok("no_proxy=(ignored)" in r.log_text(), "as the log says")
+eq(r.stop(), 0, "clean exit")
 r = relay_with_env(up, NO_ENV)
 ok("event=upstream_proxy proxy=none" in r.log_text(), "without either, the log says connections are direct")
 eq(r.stop(), 0, "clean exit")
@@ -172,4 +184,136 @@ ok(wait_until(lambda: (plain.metric('watchrtc_relay_forward_attempts_total{resul
    and not any(b"eg-system" in q["body"] for q in up.requests()),
    "but not delivered: the upstream's CA is not trusted")
 eq(plain.stop(), 0, "clean exit")
+
+# --- upstream-protocol websocket: one upstream websocket per SDK connection, same proxy ---
+be = MockBackend(cert=os.path.join(CERTS, "server.pem"), key=os.path.join(CERTS, "server-key.pem"))
+be.start()
+on_exit(be.stop)
+be_target = "127.0.0.1:%d" % be.port
+# Text frames of every length class (7-bit, 16-bit, 64-bit), UTF-8 and JSON as the SDK sends it.
+WS_MSGS = [b'["getStats",null,{"a":1},1795463613117]', "{\"s\":\"h\u00e9llo \u2603\"}".encode(),
+           b'["trace","' + b"x" * 300 + b'"]', b'["big","' + b"y" * 70000 + b'"]', b"[]"]
+
+
+def sdk_session(relay, session, msgs=WS_MSGS):
+    """An SDK connection: upgrade, the relay's hello, msgs as text frames, close 1000."""
+    ws = RawWS(relay.port, "/websocket?apiKey=egress&timestamp=1795463613117&apiVersion=v1"
+               "&sessionId=%s&newConnection=true" % session)
+    if ws.status != 101 or not ws.hello():
+        ws.close()
+        return False
+    for m in msgs:
+        ws.send(1, m)
+    ws.bye()
+    return True
+
+
+def ws_texts(session):
+    """The text frames the backend received on the upstream websockets of session."""
+    conns = [u["conn"] for u in be.upgrades() if u["status"] == 101 and
+             ("sessionId=" + session) in u["query"]]
+    return [f["data"] for f in be.frames(opcode="text") if f["conn"] in conns]
+
+
+def ws_arrived(session, n=len(WS_MSGS)):
+    return wait_until(lambda: len(ws_texts(session)) >= n, 20)
+
+
+def tunnels_to_backend(px):
+    return [q for q in px.requests() if q["method"] == "CONNECT" and q["target"] == be_target]
+
+
+# (1) and (2): upstream-proxy with credentials.
+wpx = TunnelProxy(auth=("relay", "s3cret"))
+wpx.start()
+on_exit(wpx.stop)
+r = relay_with_env(be, NO_ENV, ["--upstream-proxy", "http://relay:s3cret@%s" % wpx.url[7:]])
+eq(r.protocol, "websocket", "websocket mode: a relay in front of the backend mock")
+ok(sdk_session(r, "egws-setting"), "an SDK websocket session to a relay with upstream-proxy")
+ok(ws_arrived("egws-setting"), "its messages reach the backend's websocket")
+ok(ws_texts("egws-setting") == WS_MSGS, "byte for byte, in order, once each",
+   [len(d) for d in ws_texts("egws-setting")])
+want_auth = "Basic " + base64.b64encode(b"relay:s3cret").decode()
+ok([q for q in tunnels_to_backend(wpx) if q["status"] == 200 and
+    q["headers"].get("proxy-authorization") == want_auth],
+   "through a CONNECT tunnel to the backend's host:port, with the right Proxy-Authorization",
+   wpx.requests())
+eq([q["target"] for q in wpx.requests() if q["target"] != be_target], [],
+   "the proxy was asked for nothing else")
+log = r.log_text()
+ok("event=upstream_proxy" in log and "relay:***@127.0.0.1" in log and "s3cret" not in log,
+   "websocket mode logs the proxy with its password masked", log[-1500:])
+eq(r.stop(), 0, "clean exit")
+
+# (3) https_proxy from the environment, then no_proxy naming the backend.
+wpx.auth = None
+before = len(wpx.requests())
+r = relay_with_env(be, dict(NO_ENV, https_proxy=wpx.url))
+ok(sdk_session(r, "egws-env"), "an SDK websocket session to a relay with https_proxy set")
+ok(ws_arrived("egws-env") and ws_texts("egws-env") == WS_MSGS,
+   "its messages reach the backend byte for byte, in order")
+ok([q for q in tunnels_to_backend(wpx)[before:] if q["status"] == 200],
+   "through a CONNECT tunnel of the https_proxy", wpx.requests()[before:])
+ok("source=https_proxy" in r.log_text(), "and the log says the environment chose it")
+eq(r.stop(), 0, "clean exit")
+before = len(wpx.requests())
+r = relay_with_env(be, dict(NO_ENV, https_proxy=wpx.url, no_proxy="127.0.0.1"))
+ok(sdk_session(r, "egws-noproxy"), "an SDK websocket session with no_proxy naming the backend")
+ok(ws_arrived("egws-noproxy") and ws_texts("egws-noproxy") == WS_MSGS,
+   "its messages reach the backend byte for byte, in order")
+eq(wpx.requests()[before:], [], "directly: the proxy sees nothing")
+eq(r.stop(), 0, "clean exit")
+
+before = len(wpx.requests())
+r = relay_with_env(be, dict(NO_ENV, all_proxy=wpx.url))
+ok(sdk_session(r, "egws-all"), "an SDK websocket session with only all_proxy set")
+ok(ws_arrived("egws-all") and ws_texts("egws-all") == WS_MSGS, "its messages reach the backend")
+ok([q for q in tunnels_to_backend(wpx)[before:] if q["status"] == 200],
+   "through the proxy all_proxy names, as the log says", r.log_text()[-800:])
+ok("source=all_proxy" in r.log_text(), "(source=all_proxy)")
+eq(r.stop(), 0, "clean exit")
+# The setting wins over the whole environment, no_proxy included (logged as ignored).
+wpx.auth = ("relay", "s3cret")
+before = len(wpx.requests())
+r = relay_with_env(be, dict(NO_ENV, no_proxy="127.0.0.1"),
+                   ["--upstream-proxy", "http://relay:s3cret@%s" % wpx.url[7:]])
+ok(sdk_session(r, "egws-setnp"), "an SDK websocket session with upstream-proxy and no_proxy")
+ok(ws_arrived("egws-setnp") and ws_texts("egws-setnp") == WS_MSGS, "its messages reach the backend")
+ok([q for q in tunnels_to_backend(wpx)[before:] if q["status"] == 200],
+   "through the proxy: no_proxy does not apply to the setting", wpx.requests()[before:])
+ok("no_proxy=(ignored)" in r.log_text(), "as the log says")
+eq(r.stop(), 0, "clean exit")
+
+# (4) a proxy that refuses (403, then 407 for the wrong password): retried, logged, nothing lost.
+wpx.refuse = 403
+wpx.auth = ("relay", "s3cret")
+r = relay_with_env(be, NO_ENV, ["--upstream-proxy", "http://relay:wrong@%s" % wpx.url[7:]])
+ok(sdk_session(r, "egws-refused"), "an SDK session is accepted while the proxy refuses (403)")
+ok(wait_until(lambda: len([q for q in tunnels_to_backend(wpx) if q["status"] == 403]) >= 2, 15),
+   "the relay tries the tunnel again", wpx.requests()[-3:])
+log = r.log_text()
+down = [line for line in log.splitlines() if "event=upstream_down" in line]
+ok(down and "level=warn" in down[0] and "CONNECT tunnel failed, response 403" in down[0],
+   "the refusal is logged (warning) as the upstream being down, with the proxy's answer",
+   down or log[-2000:])
+eq(ws_texts("egws-refused"), [], "nothing has reached the backend")
+wpx.refuse = None
+ok(wait_until(lambda: len([q for q in tunnels_to_backend(wpx) if q["status"] == 407]) >= 2, 15),
+   "a 407 for the wrong password is retried too", wpx.requests()[-3:])
+ok(wait_until(lambda: [line for line in r.log_text().splitlines()
+                        if "event=forward_retry" in line and
+                        "CONNECT tunnel failed, response 407" in line], 15),
+   "and logged (debug, one line per attempt)",
+   [line for line in r.log_text().splitlines() if "event=forward_retry" in line][-3:])
+eq(ws_texts("egws-refused"), [], "still nothing at the backend")
+ok((r.metric("watchrtc_relay_queue_depth") or 0) >= len(WS_MSGS), "the messages stay queued",
+   r.metric("watchrtc_relay_queue_depth"))
+wpx.auth = ("relay", "wrong")
+ok(ws_arrived("egws-refused"), "once the proxy accepts, the messages arrive")
+ok(ws_texts("egws-refused") == WS_MSGS, "byte for byte, in order, once each",
+   [len(d) for d in ws_texts("egws-refused")])
+ok(wait_until(lambda: r.metric("watchrtc_relay_queue_depth") == 0, 10), "and leave the queue")
+log = r.log_text()
+ok("wrong" not in log, "the log never shows the password")
+eq(r.stop(), 0, "clean exit")
 done()
