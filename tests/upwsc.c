@@ -138,7 +138,7 @@ static void on_hold(struct evloop *l, struct ev_timer *t)
 
 	(void)l;
 	if (!d->ended && d->close_code > 0 && upstream_ws_send_close(d->ws, (uint16_t)d->close_code,
-	                                                        d->reason) < 0)
+	                                                             d->reason) < 0)
 		out(d, "close-refused\n");
 }
 

@@ -35,28 +35,48 @@ const char *egress_mask_url(const char *url, char *out, size_t size)
 	return out;
 }
 
-void egress_log_proxy(const char *setting, const char *upstream)
+/* The first of names set to something, or NULL; *source names it. */
+static const char *first_set(const char *const *names, const char **source)
 {
+	for (; *names; names++) {
+		const char *v = getenv(*names);
+
+		if (v && *v) {
+			if (source)
+				*source = *names;
+			return v;
+		}
+	}
+	return NULL;
+}
+
+const char *egress_env_proxy(bool https, const char **source)
+{
+	/* libcurl's order, for the scheme of the URL it is given. */
 	static const char *const https_vars[] = { "https_proxy", "HTTPS_PROXY", "all_proxy",
 	                                          "ALL_PROXY", NULL };
 	static const char *const http_vars[] = { "http_proxy", "all_proxy", "ALL_PROXY", NULL };
-	const char *const *vars = strncmp(upstream, "http://", 7) ? https_vars : http_vars;
-	const char *value = NULL, *source = "none", *no_proxy = getenv("no_proxy");
+
+	return first_set(https ? https_vars : http_vars, source);
+}
+
+const char *egress_env_no_proxy(void)
+{
+	static const char *const vars[] = { "no_proxy", "NO_PROXY", NULL };
+
+	return first_set(vars, NULL);
+}
+
+void egress_log_proxy(const char *setting, const char *upstream)
+{
+	const char *value = NULL, *source = "none", *no_proxy = egress_env_no_proxy();
 	char masked[512], q1[600], q2[600];
 
-	if (!no_proxy)
-		no_proxy = getenv("NO_PROXY");
 	if (setting) {
 		value = setting;
 		source = "upstream-proxy";
 	} else {
-		for (size_t i = 0; vars[i] && !value; i++) {
-			value = getenv(vars[i]);
-			if (value && !*value)
-				value = NULL;
-			if (value)
-				source = vars[i];
-		}
+		value = egress_env_proxy(strncmp(upstream, "http://", 7) != 0, &source);
 	}
 	if (!value) {
 		log_info("upstream_proxy", "proxy=none msg=\"upstream connections are direct: no "

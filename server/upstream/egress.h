@@ -8,6 +8,7 @@
 #ifndef WATCHRTC_EGRESS_H
 #define WATCHRTC_EGRESS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 /* url with any password replaced by "***" ("http://u:***@proxy:3128"),
@@ -21,6 +22,15 @@ const char *egress_mask_url(const char *url, char *out, size_t size);
  * http://), with no_proxy; or that there is none.
  */
 void egress_log_proxy(const char *setting, const char *upstream);
+
+/* The proxy the environment names for an https:// upstream (https is true:
+ * https_proxy, HTTPS_PROXY, all_proxy, ALL_PROXY) or an http:// one
+ * (http_proxy, all_proxy, ALL_PROXY), read in libcurl's order: the first
+ * set and not empty, or NULL.  *source (when not NULL) names the variable.
+ * Every kind of upstream connection asks here, so they agree with the log. */
+const char *egress_env_proxy(bool https, const char **source);
+/* no_proxy, else NO_PROXY, or NULL. */
+const char *egress_env_no_proxy(void);
 
 /*
  * Writes base (a PEM bundle) followed by extra (PEM CA certificates) to

@@ -44,6 +44,8 @@
 #include <jansson.h>
 #include <wslay/wslay.h>
 
+#include "cause.h"
+#include "egress.h"
 #include "evloop.h"
 #include "upstream_handshake.h"
 
@@ -1061,8 +1063,8 @@ static int ws_make_request(struct upstream_ws *ws, const struct upstream_ws_requ
 }
 
 int upstream_ws_create(struct upstream_ws **out, struct upstream_client *c, struct evloop *loop,
-                    const struct upstream_ws_request *req, const struct upstream_ws_callbacks *cb,
-                    void *arg, char **cause)
+                       const struct upstream_ws_request *req,
+                       const struct upstream_ws_callbacks *cb, void *arg, char **cause)
 {
 	struct upstream_ws *ws = calloc(1, sizeof *ws);
 
@@ -1223,17 +1225,6 @@ void upstream_ws_abort(struct upstream_ws *ws)
 /* --- the client ------------------------------------------------------------------------ */
 
 /* The first of names set and not empty in the environment, or NULL. */
-static const char *env_proxy(const char *const *names)
-{
-	for (; *names; names++) {
-		const char *v = getenv(*names);
-
-		if (v && *v)
-			return v;
-	}
-	return NULL;
-}
-
 static int parse_url(struct upstream_client *c, const char *url, char **cause)
 {
 	CURLU *u = curl_url();
@@ -1246,7 +1237,7 @@ static int parse_url(struct upstream_client *c, const char *url, char **cause)
 	    curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
 	    (strcmp(scheme, "https") && strcmp(scheme, "wss")) ||
 	    curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK) {
-		*cause = dup_printf("upstream %s: not an https:// URL", url);
+		cause_set(cause, -1, "upstream %s: not an https:// URL", url);
 		goto out;
 	}
 	if (curl_url_get(u, CURLUPART_PORT, &port, 0) != CURLUE_OK)
@@ -1280,12 +1271,9 @@ out:
 }
 
 int upstream_client_create(struct upstream_client **out, const struct upstream_client_options *o,
-                        char **cause)
+                           char **cause)
 {
 	struct upstream_client *c = calloc(1, sizeof *c);
-	static const char *const https_vars[] = { "https_proxy", "HTTPS_PROXY", "all_proxy",
-	                                          "ALL_PROXY", NULL };
-	static const char *const no_proxy_vars[] = { "no_proxy", "NO_PROXY", NULL };
 	const char *proxy, *noproxy;
 	int rc;
 
@@ -1312,14 +1300,14 @@ int upstream_client_create(struct upstream_client **out, const struct upstream_c
 		proxy = o->proxy;
 		noproxy = "";
 	} else {
-		proxy = env_proxy(https_vars);
-		noproxy = env_proxy(no_proxy_vars);
+		proxy = egress_env_proxy(true, NULL);
+		noproxy = egress_env_no_proxy();
 	}
 	/* An HTTPS proxy would wrap the tunnel in libcurl's own TLS session,
 	 * which does not survive the dup(): only plain tunnels are taken. */
 	if (proxy && !strncasecmp(proxy, "https://", 8)) {
-		*cause = dup_printf("egress proxy %s: an https:// proxy is not supported for "
-		                    "upstream websockets (use http:// or socks5://)", proxy);
+		cause_set(cause, -1, "egress proxy %s: an https:// proxy is not supported for "
+		          "upstream websockets (use http:// or socks5://)", proxy);
 		goto fail;
 	}
 	c->proxy = strdup(proxy ? proxy : "");
@@ -1330,7 +1318,7 @@ int upstream_client_create(struct upstream_client **out, const struct upstream_c
 	}
 	if ((rc = gnutls_certificate_allocate_credentials(&c->cred)) < 0) {
 		c->cred = NULL;
-		*cause = dup_printf("upstream TLS credentials: %s", gnutls_strerror(rc));
+		cause_set(cause, -1, "upstream TLS credentials: %s", gnutls_strerror(rc));
 		goto fail;
 	}
 	/* Parsed once here, shared by every connection of the process. */
@@ -1340,14 +1328,14 @@ int upstream_client_create(struct upstream_client **out, const struct upstream_c
 	else
 		rc = gnutls_certificate_set_x509_system_trust(c->cred);
 	if (rc <= 0 && !o->insecure) {
-		*cause = dup_printf("upstream-ca %s: %s",
-		                    o->ca_file && *o->ca_file ? o->ca_file : "(system trust)",
-		                    rc < 0 ? gnutls_strerror(rc) : "no certificate");
+		cause_set(cause, -1, "upstream-ca %s: %s",
+		          o->ca_file && *o->ca_file ? o->ca_file : "(system trust)",
+		          rc < 0 ? gnutls_strerror(rc) : "no certificate");
 		goto fail;
 	}
 	if ((rc = gnutls_priority_init2(&c->prio, NULL, NULL, 0)) < 0) {
 		c->prio = NULL;
-		*cause = dup_printf("upstream TLS priorities: %s", gnutls_strerror(rc));
+		cause_set(cause, -1, "upstream TLS priorities: %s", gnutls_strerror(rc));
 		goto fail;
 	}
 	*out = c;

@@ -61,7 +61,7 @@ struct upstream_client_options {
 
 /* Loads the credentials once.  -1 with *cause malloc'd (bad URL, CA file). */
 int upstream_client_create(struct upstream_client **out, const struct upstream_client_options *o,
-                        char **cause) __attribute__((warn_unused_result));
+                           char **cause) __attribute__((warn_unused_result));
 /* After every websocket using it is freed and the evloops they ran on have
  * returned from evloop_run (their loops may be freed before or after).
  * Accepts NULL. */
@@ -130,8 +130,8 @@ struct upstream_ws_callbacks {
  * was sent and no callback will be called.
  */
 int upstream_ws_create(struct upstream_ws **out, struct upstream_client *c, struct evloop *loop,
-                    const struct upstream_ws_request *req, const struct upstream_ws_callbacks *cb,
-                    void *arg, char **cause) __attribute__((warn_unused_result));
+                       const struct upstream_ws_request *req,
+                       const struct upstream_ws_callbacks *cb, void *arg, char **cause) __attribute__((warn_unused_result));
 
 /* Frees the websocket, closing its socket without a close handshake if it
  * has not ended (no on_end then).  Accepts NULL. */
