@@ -131,7 +131,8 @@ struct upstream_ws_callbacks {
  */
 int upstream_ws_create(struct upstream_ws **out, struct upstream_client *c, struct evloop *loop,
                        const struct upstream_ws_request *req,
-                       const struct upstream_ws_callbacks *cb, void *arg, char **cause) __attribute__((warn_unused_result));
+                       const struct upstream_ws_callbacks *cb, void *arg, char **cause)
+	__attribute__((warn_unused_result));
 
 /* Frees the websocket, closing its socket without a close handshake if it
  * has not ended (no on_end then).  Accepts NULL. */
