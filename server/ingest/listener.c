@@ -1,9 +1,14 @@
 /*
  * listener.c - the TLS listener (listener.h).
  *
- * Each loop thread owns its connections outright; the only shared state is
- * the table that maps libmicrohttpd's end of a socketpair back to its
- * connection, for listener_upgraded, which runs on libmicrohttpd's thread.
+ * Each thread runs one evloop (server/evloop.h): a watcher on the shared
+ * listening socket (EPOLLEXCLUSIVE, so one loop wakes per connection; out
+ * of file descriptors, a timer resumes it), two watchers per connection,
+ * and a timer that looks for late PROXY headers once a second.  A loop owns
+ * its connections outright; the only shared state is the table that maps
+ * libmicrohttpd's end of a socketpair back to its connection, for
+ * listener_upgraded, which runs on libmicrohttpd's thread and posts the
+ * upgrade to the connection's loop (evloop_post).
  *
  * A connection goes through three phases (four with proxy-protocol):
  *   proxy hdr  with proxy-protocol only: a PROXY header, if the connection
@@ -31,11 +36,11 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -46,13 +51,13 @@
 #include "cause.h"
 #include "clientip.h"
 #include "clock.h"
+#include "evloop.h"
 #include "log.h"
 #include "proxyproto.h"
 #include "tls_creds.h"
 #include "websocket.h"
 
 #define LISTENER_BUF_BYTES 16384        /* each direction, proxy phase only */
-#define LISTENER_MAX_EVENTS 64
 #define LISTENER_ACCEPT_BATCH 64        /* accepts per wake-up, so one loop cannot starve */
 #define LISTENER_BACKLOG 1024
 #define LISTENER_LIMIT_LOG_INTERVAL_MS 1000  /* one "max-connections reached" line per interval */
@@ -61,7 +66,7 @@
 
 /* An upgrade libmicrohttpd handed over, on its way to the connection's loop. */
 struct upgrade {
-	struct upgrade *next;
+	struct listener *lsn;
 	int mhd_fd;
 	struct MHD_UpgradeResponseHandle *urh;
 	char *early;                      /* client bytes past the request head */
@@ -80,14 +85,15 @@ struct lconn {
 	int fd;                           /* the client's TCP socket */
 	int mfd, mhd_fd;                  /* our and libmicrohttpd's end of the socketpair */
 	gnutls_session_t tls;
-	uint32_t tls_events, mhd_events;  /* epoll interest registered now */
+	struct ev_io tls_io, mhd_io;      /* fd and mfd: either pumps both ways */
+	struct ev_deferred dead_link;     /* freed after the batch that closed it */
 	char peer[INET6_ADDRSTRLEN];
 	struct buf c2m, m2c;              /* client to libmicrohttpd, and back */
 	struct upgrade *up;               /* set once libmicrohttpd upgraded it */
 	bool handshaken;
 	bool tls_eof;                     /* the client finished sending */
 	bool mhd_eof;                     /* libmicrohttpd closed its end */
-	bool dead;                        /* closed: freed after the current epoll batch */
+	bool dead;                        /* closed: freed after the current batch */
 	bool handed_over;                 /* now the websocket server's, and counted there */
 	bool awaiting_proxy;              /* proxy-protocol: the first bytes are not in yet */
 	bool http_attached;               /* libmicrohttpd has mhd_fd (and closes it) */
@@ -98,15 +104,14 @@ struct lconn {
 
 struct lloop {
 	struct listener *lsn;
+	struct evloop *ev;
 	pthread_t thread;
 	bool started;
-	int epfd, evfd;
-	bool listening;                   /* the listening socket is in epfd */
-	int64_t paused_until_ms;          /* out of fds: not listening until then (0: not paused) */
-	pthread_mutex_t lock;
-	struct upgrade *inbox;            /* under lock */
+	struct ev_io accept_io;           /* the listening socket (EPOLLEXCLUSIVE) */
+	bool listening;                   /* accept_io is wanted (not quiesced or broken) */
+	struct ev_timer resume_timer;     /* out of fds: armed while accepting is paused */
+	struct ev_timer proxy_timer;      /* armed while PROXY headers are awaited */
 	struct lconn *conns;              /* loop thread only */
-	struct lconn *dead;               /* closed in this batch, freed after it */
 	unsigned awaiting_proxy;          /* connections whose PROXY header is not in yet */
 };
 
@@ -136,9 +141,6 @@ struct listener {
 	struct lconn **by_mhd_fd;         /* index: libmicrohttpd's end of the socketpair */
 	size_t table_size;
 };
-
-/* Marks the listening socket's and the eventfd's epoll entries. */
-static char listen_tag;
 
 /* --- the mhd_fd -> connection table ------------------------------------------ */
 
@@ -195,16 +197,27 @@ static void upgrade_free(struct upgrade *u)
 	free(u);
 }
 
-/* Both of c's sockets name c in epoll: any event on either pumps both ways. */
-static void set_interest(struct lconn *c, int fd, uint32_t *have, uint32_t want)
+/* Both of c's watchers pump c both ways; a failed epoll_ctl leaves the
+ * interest as it was, as before the event loop module. */
+static void set_interest(struct lconn *c, struct ev_io *w, uint32_t want)
 {
-	struct epoll_event ev = { .events = want, .data.ptr = c };
-	int op = !*have ? EPOLL_CTL_ADD : want ? EPOLL_CTL_MOD : EPOLL_CTL_DEL;
-
-	if (want == *have || fd < 0)
+	if (w->fd < 0)
 		return;
-	if (epoll_ctl(c->loop->epfd, op, fd, &ev) == 0 || op == EPOLL_CTL_DEL)
-		*have = want;
+	if (evloop_io_set(c->loop->ev, w, want) < 0)
+		log_debug("tls_error", "peer=%s reason=\"epoll_ctl: %s\"", c->peer,
+		          strerror(errno));
+}
+
+static void conn_free(struct lconn *c)
+{
+	free(c->c2m.data);
+	free(c->m2c.data);
+	free(c);
+}
+
+static void conn_free_deferred(struct ev_deferred *d)
+{
+	conn_free((struct lconn *)((char *)d - offsetof(struct lconn, dead_link)));
 }
 
 /* Unlinks c and queues it for freeing after the current batch of events:
@@ -223,14 +236,14 @@ static void conn_close(struct lconn *c, const char *why)
 		lp->conns = c->next;
 	if (c->next)
 		c->next->prev = c->prev;
+	evloop_io_stop(lp->ev, &c->tls_io);
+	evloop_io_stop(lp->ev, &c->mhd_io);
 	if (c->fd >= 0) {
-		epoll_ctl(lp->epfd, EPOLL_CTL_DEL, c->fd, NULL);
 		if (c->handshaken && !c->tls_eof)
 			gnutls_bye(c->tls, GNUTLS_SHUT_WR);   /* best effort: non-blocking */
 		close(c->fd);
 	}
 	if (c->mfd >= 0) {
-		epoll_ctl(lp->epfd, EPOLL_CTL_DEL, c->mfd, NULL);
 		table_drop(lp->lsn, c->mhd_fd, c);
 		close(c->mfd);   /* libmicrohttpd sees EOF and closes its end */
 	}
@@ -243,15 +256,7 @@ static void conn_close(struct lconn *c, const char *why)
 	upgrade_free(c->up);
 	if (!c->handed_over)
 		atomic_fetch_sub(&lp->lsn->open, 1);
-	c->next = lp->dead;
-	lp->dead = c;
-}
-
-static void conn_free(struct lconn *c)
-{
-	free(c->c2m.data);
-	free(c->m2c.data);
-	free(c);
+	evloop_defer(lp->ev, &c->dead_link, conn_free_deferred);
 }
 
 /* GnuTLS said AGAIN: which way it waits. */
@@ -269,7 +274,7 @@ static void conn_hand_over(struct lconn *c)
 	struct lloop *lp = c->loop;
 	struct upgrade *u = c->up;
 
-	epoll_ctl(lp->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+	evloop_io_stop(lp->ev, &c->tls_io);
 	/* Uncounted here before it is counted there: the other way round, an
 	 * accept on another thread could see it twice and refuse a client
 	 * under max-connections (at most one per thread may get in over it
@@ -309,6 +314,8 @@ static int drain_fd(int fd, char **buf, size_t *len)
 		*len += (size_t)n;
 	}
 }
+
+static void conn_mhd_io(struct evloop *ev, struct ev_io *w, uint32_t events);
 
 /*
  * libmicrohttpd has sent its 101 into the socketpair and let go of the
@@ -355,11 +362,11 @@ static void conn_begin_upgrade(struct lconn *c, struct upgrade *u)
 	}
 	MHD_upgrade_action(u->urh, MHD_UPGRADE_ACTION_CLOSE);
 	u->urh = NULL;
-	epoll_ctl(lp->epfd, EPOLL_CTL_DEL, c->mfd, NULL);
-	c->mhd_events = 0;
+	evloop_io_stop(lp->ev, &c->mhd_io);
 	table_drop(lp->lsn, c->mhd_fd, c);
 	close(c->mfd);
 	c->mfd = -1;
+	ev_io_init(&c->mhd_io, -1, conn_mhd_io);   /* set_interest skips it */
 	if (rc < 0)
 		conn_close(c, "upgrade: out of memory");
 }
@@ -409,7 +416,7 @@ static void proxy_step(struct lconn *c)
 	ssize_t n = recv(c->fd, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT);
 
 	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-		set_interest(c, c->fd, &c->tls_events, EPOLLIN | EPOLLET);
+		set_interest(c, &c->tls_io, EPOLLIN | EPOLLET);
 		return;
 	}
 	if (n <= 0) {
@@ -419,7 +426,7 @@ static void proxy_step(struct lconn *c)
 	switch (proxyproto_parse(buf, (size_t)n, &h, &why)) {
 	case PROXYPROTO_MORE:
 		if ((size_t)n < sizeof buf) {
-			set_interest(c, c->fd, &c->tls_events, EPOLLIN | EPOLLET);
+			set_interest(c, &c->tls_io, EPOLLIN | EPOLLET);
 			return;
 		}
 		proxy_refuse(c, "PROXY header too long");
@@ -452,14 +459,16 @@ static void proxy_step(struct lconn *c)
 	}
 	c->awaiting_proxy = false;
 	c->loop->awaiting_proxy--;
-	set_interest(c, c->fd, &c->tls_events, 0);
+	set_interest(c, &c->tls_io, 0);
 	conn_attach_http(c);
 }
 
-/* Closes the connections whose PROXY header is late (request-timeout-s). */
-static void proxy_sweep(struct lloop *lp)
+/* Closes the connections whose PROXY header is late (request-timeout-s):
+ * once a second while any is awaited. */
+static void proxy_sweep(struct evloop *ev, struct ev_timer *t)
 {
-	long long now = (long long)mono_ms();
+	struct lloop *lp = (struct lloop *)((char *)t - offsetof(struct lloop, proxy_timer));
+	long long now = (long long)evloop_now(ev);
 	struct lconn *c, *next;
 
 	for (c = lp->conns; c && lp->awaiting_proxy; c = next) {
@@ -470,6 +479,8 @@ static void proxy_sweep(struct lloop *lp)
 			conn_close(c, "PROXY header deadline");
 		}
 	}
+	if (lp->awaiting_proxy && evloop_timer_start(ev, t, LISTENER_PROXY_SWEEP_MS) < 0)
+		log_warn("tls_error", "reason=\"PROXY header sweep: out of memory\"");
 }
 
 /*
@@ -504,8 +515,8 @@ static void conn_pump(struct lconn *c)
 		}
 		rc = gnutls_handshake(c->tls);
 		if (rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED) {
-			set_interest(c, c->fd, &c->tls_events, tls_wait(c));
-			set_interest(c, c->mfd, &c->mhd_events,
+			set_interest(c, &c->tls_io, tls_wait(c));
+			set_interest(c, &c->mhd_io,
 			             c->m2c.len == 0 ? EPOLLIN : 0);
 			return;
 		}
@@ -589,12 +600,26 @@ static void conn_pump(struct lconn *c)
 			return;
 		}
 	}
-	set_interest(c, c->fd, &c->tls_events,
+	set_interest(c, &c->tls_io,
 	             (!c->up && !c->tls_eof && c->c2m.off == c->c2m.len ? EPOLLIN : 0) |
 	             (c->m2c.off < c->m2c.len ? tls_wait(c) : 0));
-	set_interest(c, c->mfd, &c->mhd_events,
+	set_interest(c, &c->mhd_io,
 	             (!c->mhd_eof && c->m2c.off == c->m2c.len ? EPOLLIN : 0) |
 	             (c->c2m.off < c->c2m.len ? EPOLLOUT : 0));
+}
+
+static void conn_tls_io(struct evloop *ev, struct ev_io *w, uint32_t events)
+{
+	(void)ev;
+	(void)events;
+	conn_pump((struct lconn *)((char *)w - offsetof(struct lconn, tls_io)));
+}
+
+static void conn_mhd_io(struct evloop *ev, struct ev_io *w, uint32_t events)
+{
+	(void)ev;
+	(void)events;
+	conn_pump((struct lconn *)((char *)w - offsetof(struct lconn, mhd_io)));
 }
 
 /* Whether an event of a kind that may repeat thousands of times a second
@@ -624,6 +649,13 @@ static void note_refusal(struct listener *l)
 		         "also_refused_since_last_line=%llu", l->max_connections, others);
 }
 
+/* Registers the listening socket with this loop, or takes it out. */
+static void watch_accept(struct lloop *lp, bool on)
+{
+	if (evloop_io_set(lp->ev, &lp->accept_io, on ? EPOLLIN | EPOLLEXCLUSIVE : 0) < 0)
+		lp->listening = false;
+}
+
 /* Out of file descriptors: the pending connections stay in the backlog,
  * and this loop stops accepting for LISTENER_EMFILE_BACKOFF_MS rather than
  * spin on a listening socket that stays readable. */
@@ -632,31 +664,23 @@ static void pause_accepting(struct lloop *lp)
 	struct listener *l = lp->lsn;
 	unsigned long long others;
 
-	epoll_ctl(lp->epfd, EPOLL_CTL_DEL, l->lfd, NULL);
-	lp->paused_until_ms = mono_ms() + LISTENER_EMFILE_BACKOFF_MS;
+	watch_accept(lp, false);
+	if (evloop_timer_start(lp->ev, &lp->resume_timer, LISTENER_EMFILE_BACKOFF_MS) < 0)
+		lp->listening = false;
 	if (log_gate_pass(&l->fd_log, &others))
 		log_warn("accept_paused", "reason=\"out of file descriptors: raise LimitNOFILE or "
 		         "lower max-connections\" pause_ms=%d also_paused_since_last_line=%llu",
 		         LISTENER_EMFILE_BACKOFF_MS, others);
 }
 
-/* The milliseconds epoll may sleep: until a pause ends, if one is on (then
- * listening again once it has). */
-static int resume_accepting(struct lloop *lp)
+/* The pause is over: listening again, unless quiesced meanwhile. */
+static void resume_accepting(struct evloop *ev, struct ev_timer *t)
 {
-	struct epoll_event lev = { .events = EPOLLIN | EPOLLEXCLUSIVE, .data.ptr = &listen_tag };
-	int64_t left;
+	struct lloop *lp = (struct lloop *)((char *)t - offsetof(struct lloop, resume_timer));
 
-	if (!lp->paused_until_ms)
-		return -1;
-	left = lp->paused_until_ms - mono_ms();
-	if (left > 0)
-		return (int)left;
-	lp->paused_until_ms = 0;
-	if (lp->listening && !atomic_load(&lp->lsn->quiescing) &&
-	    epoll_ctl(lp->epfd, EPOLL_CTL_ADD, lp->lsn->lfd, &lev) < 0)
-		lp->listening = false;
-	return -1;
+	(void)ev;
+	if (lp->listening && !atomic_load(&lp->lsn->quiescing))
+		watch_accept(lp, true);
 }
 
 /* Sets up a newly accepted socket: TLS session, socketpair, libmicrohttpd. */
@@ -673,6 +697,8 @@ static void conn_open(struct lloop *lp, int fd, const struct sockaddr_storage *s
 	c->loop = lp;
 	c->fd = fd;
 	c->mfd = c->mhd_fd = -1;
+	ev_io_init(&c->tls_io, fd, conn_tls_io);
+	ev_io_init(&c->mhd_io, -1, conn_mhd_io);
 	c->opened_ms = (long long)mono_ms();
 	memcpy(&c->client, ss, sslen);
 	c->client_len = sslen;
@@ -698,6 +724,7 @@ static void conn_open(struct lloop *lp, int fd, const struct sockaddr_storage *s
 		goto fail;
 	c->mfd = sp[0];
 	c->mhd_fd = sp[1];
+	ev_io_init(&c->mhd_io, c->mfd, conn_mhd_io);
 	if (table_put(l, c->mhd_fd, c) < 0)
 		goto fail;
 
@@ -709,6 +736,11 @@ static void conn_open(struct lloop *lp, int fd, const struct sockaddr_storage *s
 	if (l->proxy_protocol) {
 		c->awaiting_proxy = true;
 		lp->awaiting_proxy++;
+		if (!ev_timer_armed(&lp->proxy_timer) &&
+		    evloop_timer_start(lp->ev, &lp->proxy_timer, LISTENER_PROXY_SWEEP_MS) < 0) {
+			conn_close(c, "PROXY header sweep: out of memory");
+			return;
+		}
 		conn_pump(c);
 		return;
 	}
@@ -731,9 +763,13 @@ fail:
 	close(fd);
 }
 
-static void loop_accept(struct lloop *lp)
+static void loop_accept(struct evloop *ev, struct ev_io *w, uint32_t events)
 {
+	struct lloop *lp = (struct lloop *)((char *)w - offsetof(struct lloop, accept_io));
 	struct listener *l = lp->lsn;
+
+	(void)ev;
+	(void)events;
 
 	for (int i = 0; i < LISTENER_ACCEPT_BATCH; i++) {
 		struct sockaddr_storage ss;
@@ -751,7 +787,7 @@ static void loop_accept(struct lloop *lp)
 				return;
 			}
 			/* Quiesced (shut down) or broken: stop listening here. */
-			epoll_ctl(lp->epfd, EPOLL_CTL_DEL, l->lfd, NULL);
+			watch_accept(lp, false);
 			lp->listening = false;
 			return;
 		}
@@ -768,103 +804,49 @@ static void loop_accept(struct lloop *lp)
 	}
 }
 
-/* The eventfd fired: upgrades handed over, or quiesce/exit. */
-static void loop_wake(struct lloop *lp)
+/* An upgrade handed over by listener_upgraded, on the connection's loop
+ * (or on the thread that destroys the loop, after the listener halted). */
+static void loop_take_upgrade(struct evloop *ev, void *arg)
 {
-	struct listener *l = lp->lsn;
-	struct upgrade *list, *u, *next;
-	uint64_t v;
+	struct upgrade *u = arg;
+	struct listener *l = u->lsn;
+	struct lconn *c;
 
-	if (read(lp->evfd, &v, sizeof v) < 0 && errno != EAGAIN)
-		log_warn("tls_error", "reason=\"eventfd read: %s\"", strerror(errno));
-	pthread_mutex_lock(&lp->lock);
-	list = lp->inbox;
-	lp->inbox = NULL;
-	pthread_mutex_unlock(&lp->lock);
-	for (u = list; u; u = next) {
-		struct lconn *c;
-
-		next = u->next;
-		pthread_mutex_lock(&l->table_lock);
-		c = table_get(l, u->mhd_fd);
-		pthread_mutex_unlock(&l->table_lock);
-		/* Only this loop drops its connections from the table, so c
-		 * cannot go away between the lookup and here. */
-		if (!c || c->loop != lp || c->dead || c->up || atomic_load(&l->exiting)) {
-			upgrade_free(u);   /* the client left meanwhile, or the relay is stopping */
-			continue;
-		}
-		conn_begin_upgrade(c, u);
-		conn_pump(c);
+	pthread_mutex_lock(&l->table_lock);
+	c = table_get(l, u->mhd_fd);
+	pthread_mutex_unlock(&l->table_lock);
+	/* Only this loop drops its connections from the table, so c
+	 * cannot go away between the lookup and here. */
+	if (!c || c->loop->ev != ev || c->dead || c->up || atomic_load(&l->exiting)) {
+		upgrade_free(u);   /* the client left meanwhile, or the relay is stopping */
+		return;
 	}
-	if (atomic_load(&l->quiescing) && lp->listening) {
-		epoll_ctl(lp->epfd, EPOLL_CTL_DEL, l->lfd, NULL);
-		lp->listening = false;
-	}
+	conn_begin_upgrade(c, u);
+	conn_pump(c);
 }
 
-static void loop_free_dead(struct lloop *lp)
+/* listener_quiesce: this loop stops accepting. */
+static void loop_quiesce(struct evloop *ev, void *arg)
 {
-	while (lp->dead) {
-		struct lconn *c = lp->dead;
+	struct lloop *lp = arg;
 
-		lp->dead = c->next;
-		conn_free(c);
+	(void)ev;
+	if (lp->listening) {
+		watch_accept(lp, false);
+		lp->listening = false;
 	}
 }
 
 static void *loop_main(void *arg)
 {
 	struct lloop *lp = arg;
-	struct listener *l = lp->lsn;
-	struct epoll_event evs[LISTENER_MAX_EVENTS];
 
-	while (!atomic_load(&l->exiting)) {
-		bool woken = false, accept_ready = false;
-		/* A paused accept resumes on time, and PROXY headers on their way
-		 * have a deadline: look for late ones once a second. */
-		int timeout = resume_accepting(lp);
-
-		if (lp->awaiting_proxy && (timeout < 0 || timeout > LISTENER_PROXY_SWEEP_MS))
-			timeout = LISTENER_PROXY_SWEEP_MS;
-		int n = epoll_wait(lp->epfd, evs, LISTENER_MAX_EVENTS, timeout);
-
-		if (n < 0 && errno != EINTR) {
-			log_error("tls_error", "reason=\"epoll_wait: %s\"", strerror(errno));
-			break;
-		}
-		for (int i = 0; i < n; i++) {
-			void *p = evs[i].data.ptr;
-
-			if (!p)
-				woken = true;
-			else if (p == &listen_tag)
-				accept_ready = true;
-			else
-				conn_pump(p);
-		}
-		/* After the batch: these may close connections the batch names. */
-		if (woken)
-			loop_wake(lp);
-		if (accept_ready && lp->listening && !lp->paused_until_ms)
-			loop_accept(lp);
-		if (lp->awaiting_proxy)
-			proxy_sweep(lp);
-		loop_free_dead(lp);
-	}
-	loop_wake(lp);   /* upgrades still on their way are refused */
+	evloop_run(lp->ev);
+	/* Upgrades still on their way were refused (listener_halt set exiting
+	 * first); the connections left close now and are freed with the loop. */
 	while (lp->conns)
 		conn_close(lp->conns, "server exiting");
-	loop_free_dead(lp);
 	return NULL;
-}
-
-static void loop_signal(struct lloop *lp)
-{
-	uint64_t one = 1;
-
-	if (write(lp->evfd, &one, sizeof one) < 0 && errno != EAGAIN)
-		log_warn("tls_error", "reason=\"eventfd write: %s\"", strerror(errno));
 }
 
 void listener_upgraded(struct listener *l, int mhd_fd, struct MHD_UpgradeResponseHandle *urh,
@@ -878,6 +860,7 @@ void listener_upgraded(struct listener *l, int mhd_fd, struct MHD_UpgradeRespons
 		ws_conn_meta_free(meta);
 		return;
 	}
+	u->lsn = l;
 	u->mhd_fd = mhd_fd;
 	u->urh = urh;
 	u->meta = meta;
@@ -892,15 +875,8 @@ void listener_upgraded(struct listener *l, int mhd_fd, struct MHD_UpgradeRespons
 	}
 	pthread_mutex_lock(&l->table_lock);
 	c = atomic_load(&l->exiting) ? NULL : table_get(l, mhd_fd);
-	if (c) {
-		struct lloop *lp = c->loop;
-
-		pthread_mutex_lock(&lp->lock);
-		u->next = lp->inbox;
-		lp->inbox = u;
-		pthread_mutex_unlock(&lp->lock);
-		loop_signal(lp);
-	}
+	if (c && evloop_post(c->loop->ev, loop_take_upgrade, u) < 0)
+		c = NULL;
 	pthread_mutex_unlock(&l->table_lock);
 	if (!c)
 		upgrade_free(u);
@@ -929,15 +905,13 @@ static int open_socket(struct listener *l, const struct listener_options *o, cha
 
 static int loop_init(struct lloop *lp, struct listener *l, char **cause)
 {
-	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
-	struct epoll_event lev = { .events = EPOLLIN | EPOLLEXCLUSIVE, .data.ptr = &listen_tag };
-
 	lp->lsn = l;
-	pthread_mutex_init(&lp->lock, NULL);
-	lp->epfd = epoll_create1(EPOLL_CLOEXEC);
-	lp->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	if (lp->epfd < 0 || lp->evfd < 0 || epoll_ctl(lp->epfd, EPOLL_CTL_ADD, lp->evfd, &ev) < 0 ||
-	    epoll_ctl(lp->epfd, EPOLL_CTL_ADD, l->lfd, &lev) < 0)
+	if (evloop_create(&lp->ev, cause) < 0)
+		return -1;
+	ev_io_init(&lp->accept_io, l->lfd, loop_accept);
+	ev_timer_init(&lp->resume_timer, resume_accepting);
+	ev_timer_init(&lp->proxy_timer, proxy_sweep);
+	if (evloop_io_set(lp->ev, &lp->accept_io, EPOLLIN | EPOLLEXCLUSIVE) < 0)
 		return cause_set(cause, -1, "TLS listener loop: %s", strerror(errno));
 	lp->listening = true;
 	if (pthread_create(&lp->thread, NULL, loop_main, lp) != 0)
@@ -988,8 +962,6 @@ int listener_start(struct listener **out, const struct listener_options *o,
 		goto fail;
 	}
 	for (unsigned i = 0; i < l->nloops; i++)
-		l->loops[i].epfd = l->loops[i].evfd = -1;
-	for (unsigned i = 0; i < l->nloops; i++)
 		if (loop_init(&l->loops[i], l, cause) < 0)
 			goto fail;
 	*out = l;
@@ -1007,9 +979,12 @@ void listener_quiesce(struct listener *l)
 	/* Linux: the port stops taking connections at once (they get a reset). */
 	if (l->lfd >= 0)
 		shutdown(l->lfd, SHUT_RD);
-	for (unsigned i = 0; l->loops && i < l->nloops; i++)
-		if (l->loops[i].started)
-			loop_signal(&l->loops[i]);
+	for (unsigned i = 0; l->loops && i < l->nloops; i++) {
+		struct lloop *lp = &l->loops[i];
+
+		if (lp->started && evloop_post(lp->ev, loop_quiesce, lp) < 0)
+			log_warn("tls_error", "reason=\"quiesce: out of memory\"");
+	}
 }
 
 void listener_halt(struct listener *l)
@@ -1023,7 +998,7 @@ void listener_halt(struct listener *l)
 		struct lloop *lp = &l->loops[i];
 
 		if (lp->started) {
-			loop_signal(lp);
+			evloop_stop(lp->ev);
 			pthread_join(lp->thread, NULL);
 			lp->started = false;
 		}
@@ -1041,12 +1016,7 @@ void listener_stop(struct listener *l)
 	for (unsigned i = 0; l->loops && i < l->nloops; i++) {
 		struct lloop *lp = &l->loops[i];
 
-		if (lp->epfd >= 0)
-			close(lp->epfd);
-		if (lp->evfd >= 0)
-			close(lp->evfd);
-		if (lp->lsn)
-			pthread_mutex_destroy(&lp->lock);
+		evloop_destroy(lp->ev);
 	}
 	free(l->loops);
 	if (l->prio)

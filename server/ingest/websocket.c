@@ -2,11 +2,15 @@
  * websocket.c - the SDK's websocket sessions after the HTTP upgrade.
  *
  * The TLS listener (listener.c) hands each upgraded connection, its socket
- * and its GnuTLS session, to ws_server_adopt; the connection is passed
- * through a mutex-protected handoff list to one of a few event-loop threads
- * (round robin) and lives there until it closes.  A
- * loop owns its connections outright: nothing else touches them, so the
- * per-connection state needs no locks.
+ * and its GnuTLS session, to ws_server_adopt; the connection is posted
+ * (evloop_post) to one of a few threads, each running one evloop
+ * (server/evloop.h), round robin, and lives there until it closes.  A loop
+ * owns its connections outright: nothing else touches them, so the
+ * per-connection state needs no locks.  Backend text and shutdown reach a
+ * loop as posts too; a timer scans for idle connections (pings) and, while
+ * any is closing, another for close and linger deadlines; a finished
+ * connection is freed after the batch of events that may still name it
+ * (evloop_defer).
  *
  * Framing is wslay's event API over the non-blocking socket.  wslay
  * reassembles fragments, refuses unmasked client frames (1002) and
@@ -36,8 +40,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stddef.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -50,6 +54,7 @@
 #include "access.h"
 #include "cause.h"
 #include "clock.h"
+#include "evloop.h"
 #include "log.h"
 #include "metrics.h"
 #include "queue.h"
@@ -62,7 +67,6 @@
 #define WS_LINGER_MS 2000               /* reading what a failed peer still sends... */
 #define WS_LINGER_QUIET_MS 250          /* ...until it has been quiet this long */
 #define WS_MAX_OUT_BYTES (64 * 1024)    /* queued outgoing payload per connection */
-#define WS_MAX_EVENTS 64
 #define WS_CONN_ID_BYTES 8              /* connectionId: 16 hex characters */
 #define WS_SHUTDOWN_DROP_WAIT_MS 5000   /* loops drop everything well within this */
 #define WS_RX_BUDGET (256 * 1024)        /* bytes read from one connection per turn */
@@ -73,7 +77,7 @@ struct ws_conn;
 
 /* Backend text for the live connection of a session (ws_server_send_text). */
 struct ws_mail {
-	struct ws_mail *next;
+	struct ws_loop *loop;
 	struct ws_conn *conn;             /* checked against the registry before use */
 	char *session;
 	size_t len;
@@ -91,7 +95,9 @@ struct ws_reg {
 
 struct ws_conn {
 	struct ws_loop *loop;
-	struct ws_conn *prev, *next;      /* the loop's list, or the handoff list */
+	struct ws_conn *prev, *next;      /* the loop's list, once started */
+	struct ev_io io;                  /* fd */
+	struct ev_deferred dead_link;     /* freed after the batch that finished it */
 	wslay_event_context_ptr ctx;
 	struct ws_conn_meta *meta;
 	gnutls_session_t tls;             /* the connection's TLS session: ours */
@@ -104,7 +110,6 @@ struct ws_conn {
 	int64_t opened_ms, last_rx_ms;    /* monotonic */
 	int64_t ping_sent_ms;             /* 0: no ping outstanding */
 	int64_t deadline_ms;              /* 0: none; else drop at this time */
-	uint32_t events;                  /* epoll interest registered now */
 	uint16_t close_code;              /* first close sent or received, for the log */
 	/* The client's own close frame's payload (code and reason) when it
 	 * closed first: stored as the connection's end (upstream_ws). */
@@ -123,26 +128,19 @@ struct ws_conn {
 	uint8_t pong_payload[125];        /* a control frame's payload is at most 125 bytes */
 	size_t rx_budget;                 /* bytes it may still read this turn */
 	bool rx_more;                     /* the budget ran out with bytes left */
-	bool in_again;                    /* on the loop's again list */
 	bool registered;                  /* in the server's registry */
-	struct ws_conn *again_next;
 };
 
 struct ws_loop {
 	struct ws_server *srv;
+	struct evloop *ev;
 	pthread_t thread;
 	bool started;
-	int epfd, evfd;
-	pthread_mutex_t lock;
-	struct ws_conn *handoff;          /* adopted, not yet registered (under lock) */
-	struct ws_mail *mail;             /* backend text for its connections (under lock) */
-	struct ws_conn *conns;            /* registered: loop thread only */
-	/* Connections that had more to read when their budget ran out: served
-	 * again after the others, without waiting for epoll (GnuTLS may hold
-	 * their bytes already).  Loop thread only. */
-	struct ws_conn *again;
+	struct ws_conn *conns;            /* started connections: loop thread only */
 	size_t closing;                   /* conns with a deadline: loop thread only */
 	bool closing_all;                 /* 1001 queued everywhere: loop thread only */
+	struct ev_timer tick_timer;       /* liveness scan, every WS_TICK_MS */
+	struct ev_timer deadline_timer;   /* deadline scan, armed while anything is closing */
 };
 
 struct ws_server {
@@ -153,7 +151,6 @@ struct ws_server {
 	atomic_uint next_loop;
 	atomic_bool refusing;             /* shutdown began: close everything with 1001 */
 	atomic_bool dropping;             /* shutdown deadline passed: drop the rest */
-	atomic_bool exiting;              /* destroy: loops return */
 	pthread_mutex_t open_lock;
 	pthread_cond_t open_cond;         /* signalled when open drops */
 	size_t open;                      /* adopted and not yet finished */
@@ -289,12 +286,22 @@ static void conn_free(struct ws_conn *c)
 	free(c);
 }
 
+static void conn_free_deferred(struct ev_deferred *d)
+{
+	conn_free((struct ws_conn *)((char *)d - offsetof(struct ws_conn, dead_link)));
+}
+
 /* Drops c at `at` (monotonic ms) unless it is gone by then. */
 static void conn_set_deadline(struct ws_conn *c, int64_t at)
 {
+	struct ws_loop *l = c->loop;
+
 	if (!c->deadline_ms)
-		c->loop->closing++;
+		l->closing++;
 	c->deadline_ms = at;
+	if (!ev_timer_armed(&l->deadline_timer) &&
+	    evloop_timer_start(l->ev, &l->deadline_timer, WS_DEADLINE_TICK_MS) < 0)
+		log_warn("ws_error", "conn=%s reason=\"deadline timer: out of memory\"", c->id);
 }
 
 /*
@@ -343,17 +350,9 @@ static void conn_finish(struct ws_conn *c, const char *why)
 	char key[32], sess[96], reason[64];
 	uint16_t code = c->close_noted ? c->close_code : 1006;
 
-	if (c->events)
-		epoll_ctl(l->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+	evloop_io_stop(l->ev, &c->io);   /* also off the fed list */
 	if (c->deadline_ms)
 		l->closing--;
-	if (c->in_again) {
-		struct ws_conn **p = &l->again;
-
-		while (*p != c)
-			p = &(*p)->again_next;
-		*p = c->again_next;
-	}
 	if (c->prev)
 		c->prev->next = c->next;
 	else if (l->conns == c)
@@ -378,7 +377,8 @@ static void conn_finish(struct ws_conn *c, const char *why)
 	close(c->fd);
 	metrics_gauge_add(G_WS_OPEN, -1);
 	open_count_add(l->srv, -1);
-	conn_free(c);
+	/* Events of this batch may still name c. */
+	evloop_defer(l->ev, &c->dead_link, conn_free_deferred);
 }
 
 /* Remembers the first close of the connection, for the log and metrics. */
@@ -591,14 +591,10 @@ static const struct wslay_event_callbacks ws_callbacks = {
 
 /* --- the event loop ------------------------------------------------------- */
 
-static void conn_set_interest(struct ws_conn *c, uint32_t events)
+/* -1 with errno when epoll refuses; the interest stays as it was. */
+static int conn_set_interest(struct ws_conn *c, uint32_t events)
 {
-	struct epoll_event ev = { .events = events, .data.ptr = c };
-
-	if (events == c->events)
-		return;
-	if (epoll_ctl(c->loop->epfd, c->events ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, c->fd, &ev) == 0)
-		c->events = events;
+	return evloop_io_set(c->loop->ev, &c->io, events);
 }
 
 /*
@@ -633,7 +629,8 @@ static void conn_start_linger(struct ws_conn *c)
 	c->lingering = true;
 	c->last_rx_ms = mono_ms();   /* from now on: when the peer last sent anything */
 	conn_set_deadline(c, c->last_rx_ms + WS_LINGER_MS);
-	conn_set_interest(c, EPOLLIN);
+	if (conn_set_interest(c, EPOLLIN) < 0)
+		log_debug("ws_error", "conn=%s reason=\"epoll_ctl: %s\"", c->id, strerror(errno));
 	conn_drain(c);
 }
 
@@ -750,26 +747,18 @@ static void conn_service(struct ws_conn *c, uint32_t events)
 		conn_set_deadline(c, mono_ms() + WS_CLOSE_TIMEOUT_MS);
 	want = (wslay_event_want_read(ctx) ? EPOLLIN : 0) |
 	       (wslay_event_want_write(ctx) ? EPOLLOUT : 0);
-	conn_set_interest(c, want);
-	if (c->rx_more && !c->in_again && wslay_event_want_read(ctx)) {
-		c->in_again = true;
-		c->again_next = c->loop->again;
-		c->loop->again = c;
-	}
+	if (conn_set_interest(c, want) < 0)
+		log_debug("ws_error", "conn=%s reason=\"epoll_ctl: %s\"", c->id, strerror(errno));
+	/* The budget ran out with bytes left (GnuTLS may hold them already,
+	 * where epoll cannot see them): served again after the others. */
+	if (c->rx_more && wslay_event_want_read(ctx))
+		evloop_io_feed(c->loop->ev, &c->io, EPOLLIN);
 }
 
-/* Gives the connections whose budget ran out their next turn. */
-static void loop_serve_again(struct ws_loop *l)
+static void conn_io(struct evloop *ev, struct ev_io *w, uint32_t events)
 {
-	struct ws_conn *list = l->again, *c;
-
-	l->again = NULL;
-	while ((c = list)) {
-		list = c->again_next;
-		c->in_again = false;
-		c->again_next = NULL;
-		conn_service(c, EPOLLIN);
-	}
+	(void)ev;
+	conn_service((struct ws_conn *)((char *)w - offsetof(struct ws_conn, io)), events);
 }
 
 /* The fields learned from the upstream's hello for c's key (those about
@@ -841,8 +830,7 @@ static void conn_start(struct ws_loop *l, struct ws_conn *c)
 		l->conns->prev = c;
 	l->conns = c;
 	c->opened_ms = c->last_rx_ms = mono_ms();
-	conn_set_interest(c, EPOLLIN);
-	if (!c->events) {
+	if (conn_set_interest(c, EPOLLIN) < 0) {
 		log_error("ws_error", "conn=%s reason=\"epoll_ctl: %s\"", c->id, strerror(errno));
 		conn_finish(c, "cannot poll");
 		return;
@@ -854,6 +842,10 @@ static void conn_start(struct ws_loop *l, struct ws_conn *c)
 	         log_quote(c->meta->session ? c->meta->session : "", sess, sizeof sess),
 	         log_quote(c->meta->user_agent ? c->meta->user_agent : "", ua, sizeof ua));
 
+	if (atomic_load(&s->dropping)) {
+		conn_finish(c, "shutdown deadline");
+		return;
+	}
 	if (atomic_load(&s->refusing)) {
 		c->refuse_data = true;
 		conn_close(c, WSLAY_CODE_GOING_AWAY, "server shutting down");
@@ -876,47 +868,37 @@ static void conn_start(struct ws_loop *l, struct ws_conn *c)
 	conn_service(c, EPOLLIN | EPOLLOUT);
 }
 
-static void loop_signal(struct ws_loop *l);
-
-/* Delivers backend text to the connections it was meant for, if they
- * are still their session's live connection (loop thread). */
-static void loop_deliver_mail(struct ws_loop *l)
+/* Delivers backend text to the connection it was meant for, if it is
+ * still its session's live connection (loop thread). */
+static void loop_deliver_mail(struct evloop *ev, void *arg)
 {
+	struct ws_mail *m = arg;
+	struct ws_loop *l = m->loop;
 	struct ws_server *s = l->srv;
-	struct ws_mail *list, *m, *next;
 	struct ws_reg **pp;
 	char sess[96];
+	bool live;
 
-	pthread_mutex_lock(&l->lock);
-	list = l->mail;
-	l->mail = NULL;
-	pthread_mutex_unlock(&l->lock);
-	for (m = list; m; m = next) {
-		bool live;
+	(void)ev;
+	pthread_mutex_lock(&s->reg_lock);
+	pp = reg_find(s, m->session, reg_hash(m->session));
+	/* Only this thread frees its connections, and it takes them out
+	 * of the registry first: a registered pointer is alive. */
+	live = *pp && (*pp)->conn == m->conn && m->conn->loop == l;
+	pthread_mutex_unlock(&s->reg_lock);
+	if (live && !m->conn->deadline_ms) {
+		struct wslay_event_msg msg = {WSLAY_TEXT_FRAME, (const uint8_t *)m->text, m->len};
 
-		next = m->next;
-		pthread_mutex_lock(&s->reg_lock);
-		pp = reg_find(s, m->session, reg_hash(m->session));
-		/* Only this thread frees its connections, and it takes them out
-		 * of the registry first: a registered pointer is alive. */
-		live = *pp && (*pp)->conn == m->conn && m->conn->loop == l;
-		pthread_mutex_unlock(&s->reg_lock);
-		if (live && !m->conn->deadline_ms) {
-			struct wslay_event_msg msg = {WSLAY_TEXT_FRAME, (const uint8_t *)m->text,
-			                              m->len};
-
-			if (wslay_event_queue_msg(m->conn->ctx, &msg) == 0) {
-				log_debug("ws_backend_text", "conn=%s bytes=%zu", m->conn->id,
-				          m->len);
-				conn_service(m->conn, EPOLLOUT);
-			}
-		} else {
-			log_debug("backend_text_dropped", "session=%s bytes=%zu reason=\"no live "
-			          "connection\"", log_quote(m->session, sess, sizeof sess), m->len);
+		if (wslay_event_queue_msg(m->conn->ctx, &msg) == 0) {
+			log_debug("ws_backend_text", "conn=%s bytes=%zu", m->conn->id, m->len);
+			conn_service(m->conn, EPOLLOUT);
 		}
-		free(m->session);
-		free(m);
+	} else {
+		log_debug("backend_text_dropped", "session=%s bytes=%zu reason=\"no live "
+		          "connection\"", log_quote(m->session, sess, sizeof sess), m->len);
 	}
+	free(m->session);
+	free(m);
 }
 
 int ws_server_send_text(struct ws_server *s, const char *session, const char *text, size_t len)
@@ -948,34 +930,35 @@ int ws_server_send_text(struct ws_server *s, const char *session, const char *te
 		return -1;
 	}
 	m->conn = (*pp)->conn;
-	l = m->conn->loop;
-	pthread_mutex_lock(&l->lock);
-	m->next = l->mail;
-	l->mail = m;
-	pthread_mutex_unlock(&l->lock);
+	l = m->loop = m->conn->loop;
+	if (evloop_post(l->ev, loop_deliver_mail, m) < 0) {
+		pthread_mutex_unlock(&s->reg_lock);
+		free(m->session);
+		free(m);
+		return -1;
+	}
 	pthread_mutex_unlock(&s->reg_lock);
-	loop_signal(l);
 	return 0;
 }
 
-/* The eventfd fired: take adopted connections and shutdown requests. */
-static void loop_wake(struct ws_loop *l)
+/* An adopted connection reaches its loop. */
+static void loop_take_conn(struct evloop *ev, void *arg)
 {
-	struct ws_server *s = l->srv;
-	struct ws_conn *list, *c, *next;
-	uint64_t v;
+	struct ws_conn *c = arg;
 
-	if (read(l->evfd, &v, sizeof v) < 0 && errno != EAGAIN)
-		log_warn("ws_error", "reason=\"eventfd read: %s\"", strerror(errno));
-	pthread_mutex_lock(&l->lock);
-	list = l->handoff;
-	l->handoff = NULL;
-	pthread_mutex_unlock(&l->lock);
-	for (c = list; c; c = next) {
-		next = c->next;
-		conn_start(l, c);
-	}
-	loop_deliver_mail(l);
+	(void)ev;
+	conn_start(c->loop, c);
+}
+
+/* ws_server_shutdown: close everything with 1001, or, once its deadline
+ * passed, drop the rest. */
+static void loop_shutdown(struct evloop *ev, void *arg)
+{
+	struct ws_loop *l = arg;
+	struct ws_server *s = l->srv;
+	struct ws_conn *c, *next;
+
+	(void)ev;
 	if (atomic_load(&s->dropping)) {
 		while (l->conns)
 			conn_finish(l->conns, "shutdown deadline");
@@ -992,8 +975,11 @@ static void loop_wake(struct ws_loop *l)
 }
 
 /* Drops the connections whose close handshake or linger has run out. */
-static void loop_check_deadlines(struct ws_loop *l, int64_t now)
+static void loop_check_deadlines(struct evloop *ev, struct ev_timer *t)
 {
+	struct ws_loop *l =
+		(struct ws_loop *)((char *)t - offsetof(struct ws_loop, deadline_timer));
+	int64_t now = mono_ms();
 	struct ws_conn *c, *next;
 
 	for (c = l->conns; c && l->closing; c = next) {
@@ -1005,6 +991,8 @@ static void loop_check_deadlines(struct ws_loop *l, int64_t now)
 		else if (c->lingering && now - c->last_rx_ms >= WS_LINGER_QUIET_MS)
 			conn_finish(c, "closed");
 	}
+	if (l->closing && evloop_timer_start(ev, t, WS_DEADLINE_TICK_MS) < 0)
+		log_warn("ws_error", "reason=\"deadline timer: out of memory\"");
 }
 
 /*
@@ -1013,13 +1001,15 @@ static void loop_check_deadlines(struct ws_loop *l, int64_t now)
  * would otherwise stay forever.  The drop counts from the ping, not from
  * the last byte, so a late tick never drops a connection it did not ping.
  */
-static void loop_check_liveness(struct ws_loop *l, int64_t now)
+static void loop_check_liveness(struct evloop *ev, struct ev_timer *t)
 {
+	struct ws_loop *l = (struct ws_loop *)((char *)t - offsetof(struct ws_loop, tick_timer));
 	int64_t ping_ms = (int64_t)l->srv->o.ping_interval_s * 1000;
+	int64_t now = mono_ms();
 	struct ws_conn *c, *next;
 
-	if (!ping_ms)
-		return;
+	if (evloop_timer_start(ev, t, WS_TICK_MS) < 0)
+		log_warn("ws_error", "reason=\"liveness timer: out of memory\"");
 	for (c = l->conns; c; c = next) {
 		int64_t idle = now - c->last_rx_ms;
 
@@ -1045,58 +1035,12 @@ static void loop_check_liveness(struct ws_loop *l, int64_t now)
 static void *loop_main(void *arg)
 {
 	struct ws_loop *l = arg;
-	struct ws_server *s = l->srv;
-	struct epoll_event evs[WS_MAX_EVENTS];
-	int64_t now = mono_ms(), next_tick = now + WS_TICK_MS, next_deadlines = now;
 
-	while (!atomic_load(&s->exiting)) {
-		int64_t wake = next_tick;
-		int n;
-
-		if (l->closing && next_deadlines < wake)
-			wake = next_deadlines;
-		n = epoll_wait(l->epfd, evs, WS_MAX_EVENTS,
-		               l->again || wake <= now ? 0 : (int)(wake - now));
-		if (n < 0 && errno != EINTR) {
-			log_error("ws_error", "reason=\"epoll_wait: %s\"", strerror(errno));
-			break;
-		}
-		bool woken = false;
-
-		for (int i = 0; i < n; i++) {
-			if (evs[i].data.ptr)
-				conn_service(evs[i].data.ptr, evs[i].events);
-			else
-				woken = true;
-		}
-		/* After the batch: a wake-up may finish connections that later
-		 * entries of the batch still name. */
-		if (woken)
-			loop_wake(l);
-		loop_serve_again(l);
-		now = mono_ms();
-		if (l->closing && now >= next_deadlines) {
-			loop_check_deadlines(l, now);
-			next_deadlines = now + WS_DEADLINE_TICK_MS;
-		}
-		if (now >= next_tick) {
-			loop_check_liveness(l, now);
-			next_tick = now + WS_TICK_MS;
-		}
-	}
+	evloop_run(l->ev);
 	/* Whatever is left (late adoptions included) is dropped. */
-	loop_wake(l);
 	while (l->conns)
 		conn_finish(l->conns, "server exiting");
 	return NULL;
-}
-
-static void loop_signal(struct ws_loop *l)
-{
-	uint64_t one = 1;
-
-	if (write(l->evfd, &one, sizeof one) < 0 && errno != EAGAIN)
-		log_warn("ws_error", "reason=\"eventfd write: %s\"", strerror(errno));
 }
 
 /* --- the server ----------------------------------------------------------- */
@@ -1108,14 +1052,13 @@ static char *dup_or_null(const char *s)
 
 static int loop_init(struct ws_loop *l, struct ws_server *s, char **cause)
 {
-	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
-
 	l->srv = s;
-	l->epfd = epoll_create1(EPOLL_CLOEXEC);
-	l->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	pthread_mutex_init(&l->lock, NULL);
-	if (l->epfd < 0 || l->evfd < 0 || epoll_ctl(l->epfd, EPOLL_CTL_ADD, l->evfd, &ev) < 0) {
-		cause_set(cause, -1, "websocket loop: %s", strerror(errno));
+	if (evloop_create(&l->ev, cause) < 0)
+		return -1;
+	ev_timer_init(&l->tick_timer, loop_check_liveness);
+	ev_timer_init(&l->deadline_timer, loop_check_deadlines);
+	if (s->o.ping_interval_s && evloop_timer_start(l->ev, &l->tick_timer, WS_TICK_MS) < 0) {
+		cause_set(cause, -1, "websocket loop: out of memory");
 		return -1;
 	}
 	if (pthread_create(&l->thread, NULL, loop_main, l) != 0) {
@@ -1154,8 +1097,6 @@ int ws_server_start(struct ws_server **out, const struct ws_options *o, struct q
 	if (!s->loops || (o->console_log_level && !s->o.console_log_level) ||
 	    (o->project_id && !s->o.project_id))
 		goto nomem;
-	for (unsigned i = 0; i < s->nloops; i++)
-		s->loops[i].epfd = s->loops[i].evfd = -1;
 	for (unsigned i = 0; i < s->nloops; i++) {
 		if (loop_init(&s->loops[i], s, cause) < 0) {
 			ws_server_stop(s);
@@ -1225,11 +1166,13 @@ void ws_server_adopt(struct ws_server *s, struct ws_conn_meta *meta, int fd,
 	log_debug("ws_adopt", "conn=%s fd=%d early_bytes=%zu", c->id, fd, extra_len);
 	l = &s->loops[atomic_fetch_add(&s->next_loop, 1) % s->nloops];
 	c->loop = l;
-	pthread_mutex_lock(&l->lock);
-	c->next = l->handoff;
-	l->handoff = c;
-	pthread_mutex_unlock(&l->lock);
-	loop_signal(l);
+	ev_io_init(&c->io, fd, conn_io);
+	if (evloop_post(l->ev, loop_take_conn, c) < 0) {
+		/* Out of memory, or the server is stopping. */
+		metrics_gauge_add(G_WS_OPEN, -1);
+		open_count_add(s, -1);
+		goto fail;
+	}
 	return;
 fail:
 	log_error("ws_error", "peer=%s reason=\"cannot adopt the connection: out of resources\"",
@@ -1268,6 +1211,12 @@ static size_t wait_open(struct ws_server *s, int64_t deadline)
 	return left;
 }
 
+static void loop_post_shutdown(struct ws_loop *l)
+{
+	if (l->started && evloop_post(l->ev, loop_shutdown, l) < 0)
+		log_warn("ws_error", "reason=\"shutdown: out of memory\"");
+}
+
 void ws_server_shutdown(struct ws_server *s, unsigned deadline_ms)
 {
 	size_t open_before, left;
@@ -1279,12 +1228,12 @@ void ws_server_shutdown(struct ws_server *s, unsigned deadline_ms)
 	pthread_mutex_unlock(&s->open_lock);
 	atomic_store(&s->refusing, true);
 	for (unsigned i = 0; i < s->nloops; i++)
-		loop_signal(&s->loops[i]);
+		loop_post_shutdown(&s->loops[i]);
 	left = wait_open(s, mono_ms() + deadline_ms);
 	if (left > 0) {
 		atomic_store(&s->dropping, true);
 		for (unsigned i = 0; i < s->nloops; i++)
-			loop_signal(&s->loops[i]);
+			loop_post_shutdown(&s->loops[i]);
 		wait_open(s, mono_ms() + WS_SHUTDOWN_DROP_WAIT_MS);
 	}
 	log_info("ws_shutdown", "connections=%zu closed=%zu dropped=%zu", open_before,
@@ -1295,25 +1244,15 @@ void ws_server_stop(struct ws_server *s)
 {
 	if (!s)
 		return;
-	atomic_store(&s->exiting, true);
 	for (unsigned i = 0; s->loops && i < s->nloops; i++) {
 		struct ws_loop *l = &s->loops[i];
 
 		if (l->started) {
-			loop_signal(l);
+			evloop_stop(l->ev);
 			pthread_join(l->thread, NULL);
 		}
-		if (l->epfd >= 0)
-			close(l->epfd);
-		if (l->evfd >= 0)
-			close(l->evfd);
-		for (struct ws_mail *m = l->mail, *next; m; m = next) {
-			next = m->next;
-			free(m->session);
-			free(m);
-		}
-		if (l->srv)
-			pthread_mutex_destroy(&l->lock);
+		/* Mail still posted is dropped, connections finished since are freed. */
+		evloop_destroy(l->ev);
 	}
 	free(s->loops);
 	for (size_t i = 0; s->reg && i <= s->reg_mask; i++)

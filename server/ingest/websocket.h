@@ -1,7 +1,7 @@
 /*
  * websocket.h - the SDK's websocket sessions after the HTTP upgrade.
  *
- * Upgraded sockets are spread over a few event-loop threads (epoll, one
+ * Upgraded sockets are spread over a few threads, one evloop each (one
  * non-blocking socket per connection, wslay for framing).  Each connection
  * first gets one hello text frame; then every message it sends becomes one
  * queue row, submitted without waiting for the commit so a slow disk or
