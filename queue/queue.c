@@ -29,7 +29,7 @@
 
 #include "queue_internal.h"
 
-#define LEASE_MAX 64            /* messages one queue_lease call hands out at most */
+#define LEASE_MAX QSTORE_FILL_MAX  /* messages one queue_lease call hands out at most */
 #define QUEUE_PENDING_FACTOR 2  /* producers wait while this many commit batches are pending */
 
 const char *queue_strerror(int err)
@@ -293,11 +293,10 @@ static void lease_undo(struct queue *q, int64_t id, int err)
 
 int queue_lease(struct queue *q, struct queue_msg **out, size_t max, size_t *n)
 {
-	int64_t ids[LEASE_MAX], read_ids[LEASE_MAX], wall;
+	int64_t ids[LEASE_MAX], wall;
 	uint32_t attempts[LEASE_MAX];
-	struct queue_msg *read_out[LEASE_MAX];
 	int read_err[LEASE_MAX];
-	size_t got = 0, kept = 0, nread = 0, r, i;
+	size_t got = 0, kept = 0, i;
 	struct session *s;
 	struct entry *e;
 	int rc, err = QUEUE_OK;
@@ -335,20 +334,12 @@ int queue_lease(struct queue *q, struct queue_msg **out, size_t max, size_t *n)
 	qnotify_unlock(q);
 
 	/* What the cache did not hold is read in one go. */
-	for (i = 0; i < got; i++)
-		if (!out[i])
-			read_ids[nread++] = ids[i];
-	if (nread > 0)
-		qstore_read_messages(q, read_ids, nread, read_out, read_err);
-	for (i = 0, r = 0; i < got; i++) {
-		if (!out[i]) {
-			rc = read_err[r];
-			out[i] = read_out[r++];
-			if (rc != QUEUE_OK) {
-				lease_undo(q, ids[i], rc);
-				err = rc == QUEUE_ENOTFOUND ? err : rc;
-				continue;
-			}
+	qstore_fill_uncached(q, ids, got, out, read_err);
+	for (i = 0; i < got; i++) {
+		if ((rc = read_err[i]) != QUEUE_OK) {
+			lease_undo(q, ids[i], rc);
+			err = rc == QUEUE_ENOTFOUND ? err : rc;
+			continue;
 		}
 		out[i]->id = ids[i];
 		out[i]->attempts = attempts[i];

@@ -359,6 +359,12 @@ void qstore_close(struct queue *q);
  * _ENOMEM or _EIO) for each. */
 void qstore_read_messages(struct queue *q, const int64_t *ids, size_t n,
                           struct queue_msg **out, int *errs);
+/* A lease's second half: reads in one go each out[i] (i < n, n at most
+ * QSTORE_FILL_MAX) that the cache did not hold (NULL), the message ids[i];
+ * errs[i] is QUEUE_OK, or why out[i] stays NULL. */
+#define QSTORE_FILL_MAX 64
+void qstore_fill_uncached(struct queue *q, const int64_t *ids, size_t n,
+                          struct queue_msg **out, int *errs);
 /* Runs QSQL_DEAD_REASONS through the read connection and calls fn for each
  * reason (under q->read_mu: fn must not call into the queue).  Returns a
  * queue_err. */

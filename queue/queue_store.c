@@ -548,6 +548,29 @@ static int read_one(struct queue *q, int64_t id, struct queue_msg **out)
  * transaction per message would read the same pages again and again.  The
  * transaction ends before this returns, so checkpoints can proceed.
  */
+void qstore_fill_uncached(struct queue *q, const int64_t *ids, size_t n,
+                          struct queue_msg **out, int *errs)
+{
+	int64_t read_ids[QSTORE_FILL_MAX];
+	struct queue_msg *read_out[QSTORE_FILL_MAX];
+	int read_err[QSTORE_FILL_MAX];
+	size_t nread = 0, r = 0, i;
+
+	for (i = 0; i < n; i++) {
+		errs[i] = QUEUE_OK;
+		if (!out[i])
+			read_ids[nread++] = ids[i];
+	}
+	if (nread > 0)
+		qstore_read_messages(q, read_ids, nread, read_out, read_err);
+	for (i = 0; i < n; i++) {
+		if (!out[i]) {
+			errs[i] = read_err[r];
+			out[i] = read_out[r++];
+		}
+	}
+}
+
 void qstore_read_messages(struct queue *q, const int64_t *ids, size_t n,
                           struct queue_msg **out, int *errs)
 {

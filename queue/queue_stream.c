@@ -15,7 +15,7 @@
 
 #include "queue_internal.h"
 
-#define STREAM_LEASE_MAX 64     /* messages one queue_stream_lease hands out at most */
+#define STREAM_LEASE_MAX QSTORE_FILL_MAX  /* messages one queue_stream_lease hands out at most */
 #define STREAM_OWNERS_MAX 1024
 
 bool queue_msg_is_close(const struct queue_msg *m, unsigned *code)
@@ -88,12 +88,11 @@ static void unread_from(struct queue *q, struct session *s, int64_t id, int err)
 int queue_stream_lease(struct queue *q, unsigned owner, struct queue_msg **out, size_t max,
                        size_t *n)
 {
-	int64_t ids[STREAM_LEASE_MAX], read_ids[STREAM_LEASE_MAX], wall;
+	int64_t ids[STREAM_LEASE_MAX], wall;
 	uint32_t attempts[STREAM_LEASE_MAX];
 	struct session *sess[STREAM_LEASE_MAX];
-	struct queue_msg *read_out[STREAM_LEASE_MAX];
 	int read_err[STREAM_LEASE_MAX];
-	size_t got = 0, kept = 0, nread = 0, r, i;
+	size_t got = 0, kept = 0, i;
 	struct session *s, *failed = NULL;
 	struct entry *e;
 	int err = QUEUE_OK;
@@ -148,18 +147,10 @@ int queue_stream_lease(struct queue *q, unsigned owner, struct queue_msg **out, 
 	}
 	qnotify_unlock(q);
 
-	for (i = 0; i < got; i++)
-		if (!out[i])
-			read_ids[nread++] = ids[i];
-	if (nread > 0)
-		qstore_read_messages(q, read_ids, nread, read_out, read_err);
-	for (i = 0, r = 0; i < got; i++) {
-		int rc = QUEUE_OK;
+	qstore_fill_uncached(q, ids, got, out, read_err);
+	for (i = 0; i < got; i++) {
+		int rc = read_err[i];
 
-		if (!out[i]) {
-			rc = read_err[r];
-			out[i] = read_out[r++];
-		}
 		/* After a message that could not be read, its session hands out
 		 * nothing more in this lease: order. */
 		if (rc == QUEUE_OK && failed && sess[i] == failed)

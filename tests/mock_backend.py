@@ -57,7 +57,6 @@ import base64
 import hashlib
 import json
 import os
-import signal
 import socket
 import ssl
 import struct
@@ -571,22 +570,9 @@ def main():
     ap.add_argument("--exit-on-eof", action="store_true", help="exit when standard input ends")
     args = ap.parse_args()
 
-    be = MockBackend(args.cert, args.key, args.host, args.port)
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    signal.signal(signal.SIGINT, lambda *_: done.set())
-    if args.exit_on_eof:
-        def watch_stdin():
-            while sys.stdin.buffer.read(4096):
-                pass
-            done.set()
-        threading.Thread(target=watch_stdin, daemon=True).start()
-    be.start()
-    print("PORT %d" % be.port, flush=True)
-    while not done.wait(0.5):
-        pass
-    be.stop()
-    return 0
+    from mock_upstream import serve_until_stopped
+    return serve_until_stopped(MockBackend(args.cert, args.key, args.host, args.port),
+                               args.exit_on_eof)
 
 
 if __name__ == "__main__":

@@ -309,6 +309,27 @@ class MockUpstream:
         self.stop()
 
 
+def serve_until_stopped(server, exit_on_eof):
+    """Starts server (a mock with start(), port and stop()), prints "PORT n"
+    for the test that spawned it, and stops it on SIGTERM, SIGINT or, with
+    exit_on_eof, when standard input ends (the test died).  Returns 0."""
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    if exit_on_eof:
+        def watch_stdin():
+            while sys.stdin.buffer.read(4096):
+                pass
+            done.set()
+        threading.Thread(target=watch_stdin, daemon=True).start()
+    server.start()
+    print("PORT %d" % server.port, flush=True)
+    while not done.wait(0.5):
+        pass
+    server.stop()
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--host", default="127.0.0.1")
@@ -320,22 +341,8 @@ def main():
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
 
-    mock = MockUpstream(args.cert, args.key, args.host, args.port, args.verbose)
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    signal.signal(signal.SIGINT, lambda *_: done.set())
-    if args.exit_on_eof:
-        def watch_stdin():
-            while sys.stdin.buffer.read(4096):
-                pass
-            done.set()
-        threading.Thread(target=watch_stdin, daemon=True).start()
-    mock.start()
-    print("PORT %d" % mock.port, flush=True)
-    while not done.wait(0.5):
-        pass
-    mock.stop()
-    return 0
+    return serve_until_stopped(MockUpstream(args.cert, args.key, args.host, args.port,
+                                            args.verbose), args.exit_on_eof)
 
 
 if __name__ == "__main__":

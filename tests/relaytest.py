@@ -411,6 +411,23 @@ class RawWS:
             pass
 
 
+def run_wsc(port, path, script, args=(), timeout=30):
+    """Runs tests/wsc on path with script on stdin; returns (exit code,
+    the JSON events it printed)."""
+    cmd = [WSC_BIN, "--port", str(port), "--path", path] + list(args)
+    p = subprocess.run(cmd, input="\n".join(script) + "\n", capture_output=True, text=True,
+                       timeout=timeout)
+    events = []
+    for line in p.stdout.splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            pass
+    if p.returncode != 0:
+        diag("wsc exited %d; stderr: %s" % (p.returncode, p.stderr[-1500:]))
+    return p.returncode, events
+
+
 def rss_kb(relay):
     """The relay process's resident memory, in KB."""
     with open("/proc/%d/status" % relay.proc.pid) as f:

@@ -13,7 +13,7 @@ import sys
 import time
 
 sys.path.insert(0, os.environ.get("TESTS_SRCDIR", os.path.join(os.path.dirname(__file__), "..")))
-from relaytest import (CERTS, FIXTURES, RELAY_BIN, WSC_BIN, Relay, diag, done, eq,  # noqa: E402
+from relaytest import (CERTS, FIXTURES, RELAY_BIN, WSC_BIN, Relay, diag, done, eq, run_wsc,  # noqa: E402
                        ok, on_exit, request, wait_until)
 from mock_backend import MockBackend  # noqa: E402
 
@@ -28,21 +28,8 @@ def query(session, key="key123", new=True, ts=1795463613117):
 
 def wsc(relay, script, q, timeout=30, xff=None):
     """Runs tests/wsc with a script; returns (exit code, events)."""
-    cmd = [WSC_BIN, "--port", str(relay.port), "--path", "/websocket?" + q,
-           "--origin", ORIGIN, "--user-agent", UA]
-    if xff:
-        cmd += ["--xff", xff]
-    p = subprocess.run(cmd, input="\n".join(script) + "\n", capture_output=True, text=True,
-                       timeout=timeout)
-    events = []
-    for line in p.stdout.splitlines():
-        try:
-            events.append(json.loads(line))
-        except ValueError:
-            pass
-    if p.returncode != 0:
-        diag("wsc exited %d; stderr: %s" % (p.returncode, p.stderr[-800:]))
-    return p.returncode, events
+    args = ["--origin", ORIGIN, "--user-agent", UA] + (["--xff", xff] if xff else [])
+    return run_wsc(relay.port, "/websocket?" + q, script, args, timeout)
 
 
 def texts_of(be, conn):

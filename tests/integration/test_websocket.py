@@ -11,7 +11,7 @@ import threading
 import time
 
 sys.path.insert(0, os.environ.get("TESTS_SRCDIR", os.path.join(os.path.dirname(__file__), "..")))
-from relaytest import (FIXTURES, WSC_BIN, Relay, diag, done, eq, ok, request,  # noqa: E402
+from relaytest import (FIXTURES, WSC_BIN, Relay, diag, done, eq, ok, request, run_wsc,  # noqa: E402
                        start_upstream, wait_until)
 
 ORIGIN = "https://127.0.0.1:34041"
@@ -21,19 +21,8 @@ QUERY = ("apiKey=key123&timestamp=1795463613117&apiVersion=v1"
 
 def wsc(relay, script, path=None, args=(), timeout=30):
     """Runs tests/wsc with a script on stdin; returns (exit code, events)."""
-    cmd = [WSC_BIN, "--port", str(relay.port), "--path", path or "/websocket?" + QUERY,
-           "--origin", ORIGIN] + list(args)
-    p = subprocess.run(cmd, input="\n".join(script) + "\n", capture_output=True, text=True,
-                       timeout=timeout)
-    events = []
-    for line in p.stdout.splitlines():
-        try:
-            events.append(json.loads(line))
-        except ValueError:
-            pass
-    if p.returncode != 0:
-        diag("wsc exited %d; stderr: %s" % (p.returncode, p.stderr[-1500:]))
-    return p.returncode, events
+    return run_wsc(relay.port, path or "/websocket?" + QUERY, script,
+                   ["--origin", ORIGIN] + list(args), timeout)
 
 
 def reap(proc, timeout):
