@@ -19,12 +19,24 @@
 #define OP_BINARY 0x2
 #define OP_PING 0x9
 #define OP_PONG 0xa
+#define OP_FIRST_CONTROL 0x8      /* below it: text, binary, continuation */
 
 enum { ST_BYTE0, ST_BYTE1, ST_LENGTH, ST_MASK, ST_PAYLOAD };
 
 void ws_textmark_init(struct ws_textmark *t)
 {
 	memset(t, 0, sizeof *t);
+}
+
+void ws_textmark_init_follow(struct ws_textmark *t)
+{
+	memset(t, 0, sizeof *t);
+	t->follow_only = true;
+}
+
+bool ws_textmark_at_rest(const struct ws_textmark *t)
+{
+	return t->state == ST_BYTE0 && !t->in_message && t->count == 0 && t->ccount == 0;
 }
 
 /* A ring of bits: the kinds of what wslay has yet to deliver, in order. */
@@ -96,6 +108,13 @@ bool ws_textmark_feed(struct ws_textmark *t, uint8_t *buf, size_t len)
 
 		switch (t->state) {
 		case ST_BYTE0:
+			if ((b & 0x0f) < OP_FIRST_CONTROL)
+				t->in_message = !(b & 0x80);
+			if (t->follow_only) {
+				t->state = ST_BYTE1;
+				i++;
+				break;
+			}
 			if ((b & 0x0f) == OP_TEXT)
 				buf[i] = (uint8_t)((b & 0xf0) | OP_BINARY);
 			if (((b & 0x0f) == OP_TEXT || (b & 0x0f) == OP_BINARY) &&

@@ -30,6 +30,8 @@ struct ws_textmark {
 	uint64_t longest;               /* the longest payload a frame header announced */
 	uint8_t state;
 	bool masked;
+	bool follow_only;               /* rewrites nothing, counts no messages */
+	bool in_message;                /* a data message's last frame is still to come */
 	uint16_t head, count;           /* the ring of pending message kinds */
 	uint64_t kinds[WS_TEXTMARK_MAX / 64];   /* a bit a message: 1 = text */
 	uint16_t chead, ccount;         /* the same for pongs wslay will deliver */
@@ -38,6 +40,17 @@ struct ws_textmark {
 
 /* A mark at the start of a stream. */
 void ws_textmark_init(struct ws_textmark *t);
+
+/* A mark that only follows the frames, for a stream whose text and pings
+ * wslay handles itself (the upstream side): ws_textmark_feed rewrites
+ * nothing there and never fails. */
+void ws_textmark_init_follow(struct ws_textmark *t);
+
+/* True between two frames and outside a fragmented message, with nothing
+ * left to deliver: once wslay has read everything it was given, it then
+ * holds nothing of the stream, and a fresh context can carry on from here
+ * (so that an idle connection need not keep one: BENCHMARKS.md). */
+bool ws_textmark_at_rest(const struct ws_textmark *t);
 
 /* Follows the next len bytes of the client's stream and rewrites, in buf,
  * the first byte of every text frame to say binary and of every ping to say

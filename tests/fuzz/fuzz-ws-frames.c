@@ -10,6 +10,12 @@
  * with the same kind and bytes, and the same pings and pongs (the relay's
  * wslay sees pings as pongs; the mark tells them apart) up to where plain
  * wslay stopped, and ws_textmark must never run out of room.
+ *
+ * Then each of the two again, with its input paused after every piece and
+ * its wslay context freed and made anew whenever ws_textmark says the
+ * stream is at rest (a following-only mark for plain wslay), as the relay
+ * does to idle connections: each must deliver exactly what it did with one
+ * context throughout.
  */
 #include <stdbool.h>
 #include <stdint.h>
@@ -34,6 +40,9 @@ struct side {
 	uint64_t control_digest;        /* FNV-1a over each one's kind and payload */
 	size_t snap_at;                 /* the digest when controls reached this many */
 	uint64_t snap;
+	bool restart;                   /* a new context whenever the mark is at rest */
+	bool paused;                    /* the last read handed out a piece: would block now */
+	bool plain_text;                /* wslay checks text itself (a following-only mark) */
 };
 
 static void digest_into(uint64_t *d, const void *p, size_t n)
@@ -55,7 +64,7 @@ static void on_control(struct side *s, const struct wslay_event_on_msg_recv_arg 
 {
 	bool ping = arg->opcode == WSLAY_PING;
 
-	if (s->mark) {
+	if (s->mark && !s->plain_text) {
 		CHECK(!ping);           /* every ping was shown as a pong */
 		ping = ws_textmark_pop_ping(s->mark);
 	}
@@ -72,14 +81,19 @@ static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
 	struct side *s = user;
 	size_t n = s->len - s->off;
 
-	if (n == 0) {
+	if (n == 0 || (s->restart && s->paused)) {
+		s->paused = false;
 		wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
 		return -1;
 	}
+	s->paused = true;
 	if (n > len)
 		n = len;
-	/* Hand out the input in small pieces to exercise partial frames. */
-	if (n > 7 && (s->off & 1))
+	/* Hand out the input in small pieces to exercise partial frames; when
+	 * pausing, of sizes the input picks, so that pauses fall anywhere. */
+	if (s->restart && n > 1u + (s->data[s->off] & 15))
+		n = 1u + (s->data[s->off] & 15);
+	else if (n > 7 && (s->off & 1))
 		n = 7;
 	memcpy(buf, s->data + s->off, n);
 	s->off += n;
@@ -113,7 +127,7 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
 	}
 	if (arg->opcode != WSLAY_TEXT_FRAME && arg->opcode != WSLAY_BINARY_FRAME)
 		return;
-	if (s->mark) {
+	if (s->mark && !s->plain_text) {
 		CHECK(!text);           /* every text frame was shown as binary */
 		text = ws_textmark_pop(s->mark);
 		if (text && !utf8_valid(arg->msg, arg->msg_length)) {
@@ -131,19 +145,33 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
 	digest(s, arg->msg, arg->msg_length);
 }
 
-static void run(struct side *s)
+static wslay_event_context_ptr context_new(struct side *s)
 {
-	struct wslay_event_callbacks cb = {recv_cb, send_cb, genmask_cb, NULL, NULL, NULL, on_msg};
+	static const struct wslay_event_callbacks cb = {
+		recv_cb, send_cb, genmask_cb, NULL, NULL, NULL, on_msg
+	};
 	wslay_event_context_ptr ctx;
 
 	if (wslay_event_context_server_init(&ctx, &cb, s) != 0)
 		abort();
 	wslay_event_config_set_max_recv_msg_length(ctx, FUZZ_MAX_MESSAGE);
+	return ctx;
+}
+
+static void run(struct side *s)
+{
+	wslay_event_context_ptr ctx = context_new(s);
+
 	while (s->off < s->len && wslay_event_want_read(ctx)) {
 		if (wslay_event_recv(ctx) != 0)
 			break;
 		if (wslay_event_want_write(ctx))
 			wslay_event_send(ctx);
+		if (s->restart && ws_textmark_at_rest(s->mark) && !wslay_event_want_write(ctx) &&
+		    !wslay_event_get_close_sent(ctx) && !wslay_event_get_close_received(ctx)) {
+			wslay_event_context_free(ctx);
+			ctx = context_new(s);
+		}
 	}
 	wslay_event_context_free(ctx);
 }
@@ -152,14 +180,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	static struct ws_textmark mark;
-	const uint64_t marked_initial = 0xcbf29ce484222325ULL;
-	struct side plain = { data, size, 0, NULL, 0, 0xcbf29ce484222325ULL, 0,
-	                      0xcbf29ce484222325ULL, 0, 0 };
-	struct side marked = { data, size, 0, &mark, 0, 0xcbf29ce484222325ULL, 0,
-	                       marked_initial, 0, 0 };
+	static struct ws_textmark mark, mark2, follow;
+	const uint64_t basis = 0xcbf29ce484222325ULL;
+	struct side plain = { data, size, 0, NULL, 0, basis, 0, basis, 0, 0, false, false, false };
+	struct side marked = { data, size, 0, &mark, 0, basis, 0, basis, 0, 0, false, false, false };
+	struct side plain_again = { data, size, 0, &follow, 0, basis, 0, basis, 0, 0,
+	                            true, false, true };
+	struct side marked_again = { data, size, 0, &mark2, 0, basis, 0, basis, 0, 0,
+	                             true, false, false };
 
 	ws_textmark_init(&mark);
+	ws_textmark_init(&mark2);
+	ws_textmark_init_follow(&follow);
 	run(&plain);
 	marked.snap_at = plain.controls;
 	run(&marked);
@@ -169,6 +201,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	 * the relay at the end of the message: control frames in between
 	 * reach only the relay.  Up to there, the same ones. */
 	CHECK(marked.controls >= plain.controls);
-	CHECK((plain.controls ? marked.snap : marked_initial) == plain.control_digest);
+	CHECK((plain.controls ? marked.snap : basis) == plain.control_digest);
+
+	/* A context made anew at every rest changes nothing. */
+	run(&plain_again);
+	CHECK(plain_again.messages == plain.messages && plain_again.digest == plain.digest);
+	CHECK(plain_again.controls == plain.controls &&
+	      plain_again.control_digest == plain.control_digest);
+	run(&marked_again);
+	CHECK(marked_again.messages == marked.messages && marked_again.digest == marked.digest);
+	CHECK(marked_again.controls == marked.controls &&
+	      marked_again.control_digest == marked.control_digest);
 	return 0;
 }

@@ -94,5 +94,45 @@ int main(void)
 		ok(!ws_textmark_pop(&t), "the first is binary");
 		ok(ws_textmark_feed(&t, frame, len), "after a delivery there is room again");
 	}
+	/* At rest only between frames, outside a fragmented message, with
+	 * nothing pending: where a fresh wslay context can take over. */
+	{
+		uint8_t buf[64];
+		size_t first = wsf_build(buf, 0x1, false, mask, payload, 3);    /* text, more to come */
+		size_t ping = wsf_build(buf + first, 0x9, true, mask, payload, 2);
+		size_t last = wsf_build(buf + first + ping, 0x0, true, mask, payload, 4);
+		size_t all = first + ping + last;
+		bool rest_inside = false;
+
+		ws_textmark_init(&t);
+		ok(ws_textmark_at_rest(&t), "a new mark is at rest");
+		for (size_t i = 0; i < all; i++) {
+			ws_textmark_feed(&t, buf + i, 1);
+			rest_inside |= ws_textmark_at_rest(&t);
+		}
+		ok(!rest_inside, "never at rest inside a fragmented message, a ping between");
+		ok(!ws_textmark_at_rest(&t), "nor while its message and pong are undelivered");
+		ws_textmark_pop(&t);
+		ok(!ws_textmark_at_rest(&t), "nor while the pong is");
+		ws_textmark_pop_ping(&t);
+		ok(ws_textmark_at_rest(&t), "at rest once both are delivered");
+
+		/* Following only: the same boundaries, no bytes changed, nothing to pop. */
+		wsf_build(buf, 0x1, false, mask, payload, 3);
+		wsf_build(buf + first, 0x9, true, mask, payload, 2);
+		memcpy(got, buf, all);
+		ws_textmark_init_follow(&t);
+		rest_inside = false;
+		for (size_t i = 0; i < all; i++) {
+			ws_textmark_feed(&t, got + i, 1);
+			rest_inside |= i + 1 < all && ws_textmark_at_rest(&t);
+		}
+		ok(count_diffs(buf, got, all) == 0, "following changes no byte");
+		ok(!rest_inside && ws_textmark_at_rest(&t),
+		   "following: at rest only after the message's last frame");
+		ok(!ws_textmark_pop(&t), "following: nothing to pop");
+		ws_textmark_feed(&t, got, 2);
+		ok(!ws_textmark_at_rest(&t), "following: not at rest inside a frame header");
+	}
 	return done_testing();
 }
