@@ -98,7 +98,7 @@ struct ws_conn {
 	struct ws_conn *prev, *next;      /* the loop's list, once started */
 	struct ev_io io;                  /* fd */
 	struct ev_deferred dead_link;     /* freed after the batch that finished it */
-	wslay_event_context_ptr ctx;
+	wslay_event_context_ptr ctx;      /* NULL while at rest (conn_ctx) */
 	struct ws_conn_meta *meta;
 	gnutls_session_t tls;             /* the connection's TLS session: ours */
 	int fd;                           /* its socket: ours */
@@ -279,7 +279,8 @@ static void conn_free(struct ws_conn *c)
 {
 	if (!c)
 		return;
-	wslay_event_context_free(c->ctx);
+	if (c->ctx)
+		wslay_event_context_free(c->ctx);
 	ws_conn_meta_free(c->meta);
 	free(c->target);
 	free(c->extra);
@@ -400,9 +401,13 @@ static void conn_note_close(struct ws_conn *c, uint16_t code, bool by_relay)
  * the peer has not completed the handshake within WS_CLOSE_TIMEOUT_MS.
  * Harmless if a close is already queued.
  */
+static int conn_ctx(struct ws_conn *c);
+
 static void conn_close(struct ws_conn *c, uint16_t code, const char *reason)
 {
-	int rc = wslay_event_queue_close(c->ctx, code, (const uint8_t *)reason, strlen(reason));
+	int rc = conn_ctx(c) < 0 ? -1 : wslay_event_queue_close(c->ctx, code,
+	                                                        (const uint8_t *)reason,
+	                                                        strlen(reason));
 
 	if (rc == 0)
 		conn_note_close(c, code, true);
@@ -589,6 +594,43 @@ static const struct wslay_event_callbacks ws_callbacks = {
 	.on_msg_recv_callback = on_msg,
 };
 
+/* The connection's wslay context, made anew if it was let go at rest. */
+static int conn_ctx(struct ws_conn *c)
+{
+	if (c->ctx)
+		return 0;
+	if (wslay_event_context_server_init(&c->ctx, &ws_callbacks, c) != 0) {
+		c->ctx = NULL;
+		return -1;
+	}
+	wslay_event_config_set_max_recv_msg_length(c->ctx, c->loop->srv->o.max_message_bytes);
+	return 0;
+}
+
+/*
+ * An SDK connection is idle nearly all the time (a message every few
+ * seconds), and its wslay context is 8.6 KB of buffers, a third of what
+ * the connection costs (BENCHMARKS.md).  At rest -- wslay has parsed and
+ * delivered every byte it was given, the mark is between frames outside a
+ * fragmented message, nothing is queued or half sent, no close begun -- a
+ * fresh context carries on exactly where this one would
+ * (tests/fuzz/fuzz-ws-frames.c), so it is let go until there is work.
+ */
+static void conn_ctx_rest(struct ws_conn *c)
+{
+	wslay_event_context_ptr ctx = c->ctx;
+
+	if (!ctx || c->deadline_ms || c->lingering || c->refuse_data || c->close_after_hello ||
+	    c->pong_owed || c->rx_more || c->send_blocked || c->extra_off < c->extra_len ||
+	    !ws_textmark_at_rest(&c->mark) || !wslay_event_want_read(ctx) ||
+	    wslay_event_want_write(ctx) || wslay_event_get_close_sent(ctx) ||
+	    wslay_event_get_close_received(ctx) || gnutls_record_check_pending(c->tls) > 0)
+		return;
+	wslay_event_context_free(ctx);
+	c->ctx = NULL;
+}
+
+
 /* --- the event loop ------------------------------------------------------- */
 
 /* -1 with errno when epoll refuses; the interest stays as it was. */
@@ -659,13 +701,18 @@ static void conn_protocol_error(struct ws_conn *c)
  */
 static void conn_service(struct ws_conn *c, uint32_t events)
 {
-	wslay_event_context_ptr ctx = c->ctx;
+	wslay_event_context_ptr ctx;
 	uint32_t want;
 
 	if (c->lingering) {
 		conn_drain(c);
 		return;
 	}
+	if (conn_ctx(c) < 0) {
+		conn_finish(c, "out of memory");
+		return;
+	}
+	ctx = c->ctx;
 	if (wslay_event_want_read(ctx) &&
 	    ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) || c->extra_off < c->extra_len)) {
 		c->io_failed = false;
@@ -753,6 +800,7 @@ static void conn_service(struct ws_conn *c, uint32_t events)
 	 * where epoll cannot see them): served again after the others. */
 	if (c->rx_more && wslay_event_want_read(ctx))
 		evloop_io_feed(c->loop->ev, &c->io, EPOLLIN);
+	conn_ctx_rest(c);
 }
 
 static void conn_io(struct evloop *ev, struct ev_io *w, uint32_t events)
@@ -855,7 +903,8 @@ static void conn_start(struct ws_loop *l, struct ws_conn *c)
 		struct wslay_event_msg msg = {WSLAY_TEXT_FRAME, (const uint8_t *)hello,
 		                              strlen(hello)};
 
-		wslay_event_queue_msg(c->ctx, &msg);
+		if (conn_ctx(c) == 0)
+			wslay_event_queue_msg(c->ctx, &msg);
 		free(hello);
 		if (c->meta->key_rejected) {
 			/* The SDK stops retrying after an {error} hello. */
@@ -889,7 +938,7 @@ static void loop_deliver_mail(struct evloop *ev, void *arg)
 	if (live && !m->conn->deadline_ms) {
 		struct wslay_event_msg msg = {WSLAY_TEXT_FRAME, (const uint8_t *)m->text, m->len};
 
-		if (wslay_event_queue_msg(m->conn->ctx, &msg) == 0) {
+		if (conn_ctx(m->conn) == 0 && wslay_event_queue_msg(m->conn->ctx, &msg) == 0) {
 			log_debug("ws_backend_text", "conn=%s bytes=%zu", m->conn->id, m->len);
 			conn_service(m->conn, EPOLLOUT);
 		}
@@ -1020,13 +1069,15 @@ static void loop_check_liveness(struct evloop *ev, struct ev_timer *t)
 			/* Try to say why, but do not wait for an answer. */
 			conn_close(c, WSLAY_CODE_GOING_AWAY, "ping timeout");
 			c->send_blocked = false;
-			wslay_event_send(c->ctx);
+			if (c->ctx)
+				wslay_event_send(c->ctx);
 			conn_finish(c, "ping timeout");
 		} else if (idle >= ping_ms && !c->ping_sent_ms) {
 			struct wslay_event_msg ping = { WSLAY_PING, (const uint8_t *)"", 0 };
 
 			c->ping_sent_ms = now;
-			wslay_event_queue_msg(c->ctx, &ping);
+			if (conn_ctx(c) == 0)
+				wslay_event_queue_msg(c->ctx, &ping);
 			conn_service(c, EPOLLOUT);
 		}
 	}
@@ -1138,9 +1189,6 @@ void ws_server_adopt(struct ws_server *s, struct ws_conn_meta *meta, int fd,
 	c->meta = meta;
 	c->tls = tls;
 	c->fd = fd;
-	if (wslay_event_context_server_init(&c->ctx, &ws_callbacks, c) != 0)
-		goto fail;
-	wslay_event_config_set_max_recv_msg_length(c->ctx, s->o.max_message_bytes);
 	if (asprintf(&c->target, "/?%s", meta->query ? meta->query : "") < 0) {
 		c->target = NULL;
 		goto fail;
