@@ -652,10 +652,11 @@ static void sess_pump(struct fsess *s)
 		         evloop_timer_start(s->t->loop, &s->fence_timer, f->o.fence_ms) < 0)
 			sess_fence(s);
 	}
-	/* All it holds is sent.  While the thread's lease budget is mostly
-	 * taken (a backlog), what waits for a fence holds others back: fence
-	 * now rather than after fence_ms. */
-	if (s->unfenced && s->t->leased >= FWS_THREAD_LEASED_MAX / 2)
+	/* All it holds is sent: fence on the loop's next turn, by which time
+	 * what this turn still leases for it is sent too.  Waiting fence_ms
+	 * for more would only keep the messages leased (a backlog's budget)
+	 * and exposed to a resend. */
+	if (s->unfenced && evloop_timer_start(s->t->loop, &s->fence_timer, 0) < 0)
 		sess_fence(s);
 }
 

@@ -50,6 +50,7 @@
 #include "upstream_handshake.h"
 
 #define UPWS_RX_BUDGET (256 * 1024)     /* bytes read from one websocket per turn */
+#define UPWS_BATCH_BYTES 16384          /* one TLS record's worth of frames */
 #define UPWS_FENCE_BYTES 8              /* a fence's ping payload: its id, big-endian */
 
 /* The object that embeds member ptr. */
@@ -64,6 +65,10 @@ struct connector {
 	CURLM *multi;
 	struct ev_timer timer;
 	bool dying;              /* upstream_client_destroy: touch no loop any more */
+	/* What wslay hands one websocket in one turn, gathered into TLS records
+	 * of up to UPWS_BATCH_BYTES (ws_batch_flush): empty between turns. */
+	uint8_t batch[UPWS_BATCH_BYTES];
+	size_t batch_len;
 };
 
 /* A socket libcurl asked the loop to watch. */
@@ -131,6 +136,11 @@ struct upstream_ws {
 	struct pending *held, **held_tail;
 	size_t held_bytes;
 	size_t rx_budget;
+	/* Taken from wslay, not yet taken by GnuTLS: the socket was full.  Only
+	 * then is there a buffer of the websocket's own (ws_unsent_flush). */
+	uint8_t *unsent;
+	size_t unsent_len, unsent_off;
+	bool tls_resume;              /* GnuTLS holds a record half written */
 	bool rx_more, io_failed, ended, freed;
 	bool hello_error;             /* close 1000 queued after an {error} hello */
 	char *hello_reason;
@@ -624,30 +634,134 @@ static ssize_t on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
 	return -1;
 }
 
+/*
+ * Hands bytes to GnuTLS until they are all taken or the socket is full.
+ * After GNUTLS_E_AGAIN GnuTLS holds one record half written and must be
+ * called again before anything else: ws->tls_resume.  Returns how many
+ * bytes were taken, or -1 on a lost connection (io_failed).
+ */
+static ssize_t ws_tls_write(struct upstream_ws *ws, const uint8_t *data, size_t len)
+{
+	size_t off = 0;
+	ssize_t n;
+
+	if (ws->tls_resume) {
+		do
+			n = gnutls_record_send(ws->tls, NULL, 0);
+		while (n == GNUTLS_E_INTERRUPTED);
+		if (n == GNUTLS_E_AGAIN)
+			return 0;
+		if (n < 0)
+			goto lost;
+		ws->tls_resume = false;
+		return n;       /* the record's bytes: the start of data */
+	}
+	while (off < len) {
+		do
+			n = gnutls_record_send(ws->tls, data + off, len - off);
+		while (n == GNUTLS_E_INTERRUPTED);
+		if (n == GNUTLS_E_AGAIN) {
+			ws->tls_resume = true;
+			break;
+		}
+		if (n < 0)
+			goto lost;
+		off += (size_t)n;
+	}
+	return (ssize_t)off;
+lost:
+	ws->io_failed = true;
+	return -1;
+}
+
+/* Writes what an earlier turn left unsent.  0 when all is out, 1 while the
+ * socket is still full, -1 on a lost connection. */
+static int ws_unsent_flush(struct upstream_ws *ws)
+{
+	while (ws->tls_resume || ws->unsent_off < ws->unsent_len) {
+		ssize_t n = ws_tls_write(ws, ws->unsent + ws->unsent_off,
+		                         ws->unsent_len - ws->unsent_off);
+
+		if (n < 0)
+			return -1;
+		ws->unsent_off += (size_t)n;
+		if (ws->tls_resume)
+			return 1;
+	}
+	free(ws->unsent);
+	ws->unsent = NULL;
+	ws->unsent_len = ws->unsent_off = 0;
+	return 0;
+}
+
+/* Writes the loop's batch (this websocket's frames of this turn); what the
+ * socket does not take is kept as ws->unsent.  -1 on a lost connection or
+ * out of memory. */
+static int ws_batch_flush(struct upstream_ws *ws)
+{
+	struct connector *cn = ws->cn;
+	ssize_t n;
+
+	if (!cn->batch_len)
+		return 0;
+	n = ws_tls_write(ws, cn->batch, cn->batch_len);
+	if (n >= 0 && (size_t)n < cn->batch_len) {
+		ws->unsent = malloc(cn->batch_len - (size_t)n);
+		if (ws->unsent) {
+			ws->unsent_len = cn->batch_len - (size_t)n;
+			memcpy(ws->unsent, cn->batch + n, ws->unsent_len);
+		} else {
+			n = -1;
+		}
+	}
+	cn->batch_len = 0;
+	return n < 0 ? -1 : 0;
+}
+
+/* Something is still to be written: in wslay, or taken from it and not
+ * yet by the kernel. */
+static bool ws_want_write(const struct upstream_ws *ws)
+{
+	return wslay_event_want_write(ws->ctx) || ws->unsent || ws->tls_resume ||
+	       ws->cn->batch_len;
+}
+
+/*
+ * wslay's frames go into the loop's batch, not one TLS record and one
+ * sendmsg each: a backlog's messages of ~2 KB then travel several to a
+ * record (a fifth of the drain's CPU was sendmsg: BENCHMARKS.md).
+ */
 static ssize_t on_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
                        void *user)
 {
 	struct upstream_ws *ws = user;
-	ssize_t n;
+	struct connector *cn = ws->cn;
 
 	(void)flags;
 	if (ws->ended) {
 		wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
 		return -1;
 	}
-	/* After AGAIN wslay offers the same bytes again, as GnuTLS requires. */
-	do
-		n = gnutls_record_send(ws->tls, data, len);
-	while (n == GNUTLS_E_INTERRUPTED);
-	if (n >= 0)
-		return n;
-	if (n == GNUTLS_E_AGAIN) {
+	if (ws->unsent || ws->tls_resume) {
 		wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
-	} else {
-		ws->io_failed = true;
-		wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+		return -1;
 	}
-	return -1;
+	if (cn->batch_len + len > sizeof cn->batch) {
+		if (ws_batch_flush(ws) < 0) {
+			ws->io_failed = true;
+			wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+			return -1;
+		}
+		if (ws->unsent) {
+			wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+			return -1;
+		}
+	}
+	if (len > sizeof cn->batch)
+		len = sizeof cn->batch;     /* wslay offers the rest again */
+	memcpy(cn->batch + cn->batch_len, data, len);
+	cn->batch_len += len;
+	return (ssize_t)len;
 }
 
 static int on_genmask(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, void *user)
@@ -817,6 +931,7 @@ static void ws_frames(struct upstream_ws *ws, uint32_t events)
 {
 	wslay_event_context_ptr ctx = ws->ctx;
 	uint32_t want;
+	int full;
 
 	if (wslay_event_want_read(ctx) &&
 	    ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) || ws->rx_off < ws->rx_len ||
@@ -833,30 +948,40 @@ static void ws_frames(struct upstream_ws *ws, uint32_t events)
 		if (ws->ended)
 			return;
 	}
-	for (int round = 0; round < 2; round++) {
+	/* What an earlier turn could not write goes first. */
+	if ((full = ws_unsent_flush(ws)) < 0) {
+		ws_fail(ws, lost_class(ws), "connection lost");
+		return;
+	}
+	for (int round = 0; round < 2 && !full; round++) {
 		if (ws_release_held(ws) < 0) {
 			ws_fail(ws, UPWS_NETWORK, "out of memory");
 			return;
 		}
 		if (wslay_event_want_write(ctx) && wslay_event_send(ctx) != 0) {
+			ws->cn->batch_len = 0;
+			ws_fail(ws, lost_class(ws), "connection lost");
+			return;
+		}
+		if (ws_batch_flush(ws) < 0) {
 			ws_fail(ws, lost_class(ws), "connection lost");
 			return;
 		}
 		if (!ws->held)
 			break;   /* a second round only if sending made room for them */
 	}
-	if (ws->hello_error && !wslay_event_want_write(ctx)) {
+	if (ws->hello_error && !ws_want_write(ws)) {
 		ws_end(ws, UPWS_HELLO_ERROR, 0, -1, ws->hello_reason, true);
 		return;
 	}
 	if (wslay_event_get_close_received(ctx)) {
 		bool ours = wslay_event_get_close_sent(ctx) && ws->state == S_CLOSING;
 
-		if (ours && !wslay_event_want_write(ctx)) {
+		if (ours && !ws_want_write(ws)) {
 			ws_end(ws, UPWS_CLOSED, 0, -1, ws->close_reason_rx, true);
 			return;
 		}
-		if (!ours && !wslay_event_want_write(ctx)) {
+		if (!ours && !ws_want_write(ws)) {
 			/* wslay has sent the echo of the backend's close. */
 			ws_end(ws, UPWS_BACKEND_CLOSED, 0, -1, ws->close_reason_rx, true);
 			return;
@@ -868,12 +993,12 @@ static void ws_frames(struct upstream_ws *ws, uint32_t events)
 		                ? "a message over max_message_bytes" : "an invalid frame");
 		return;
 	}
-	if (!wslay_event_want_read(ctx) && !wslay_event_want_write(ctx)) {
+	if (!wslay_event_want_read(ctx) && !ws_want_write(ws)) {
 		ws_fail(ws, lost_class(ws), "connection closed");
 		return;
 	}
 	want = (wslay_event_want_read(ctx) ? EPOLLIN : 0) |
-	       (wslay_event_want_write(ctx) ? EPOLLOUT : 0);
+	       (ws_want_write(ws) ? EPOLLOUT : 0);
 	ws_set_interest(ws, want);
 	if (!ws->ended && ws->rx_more)
 		evloop_io_feed(ws->loop, &ws->io, EPOLLIN);
@@ -1021,6 +1146,7 @@ static void ws_free_now(struct ev_deferred *d)
 	free(ws->hello_reason);
 	free(ws->req);
 	free(ws->rx);
+	free(ws->unsent);
 	free(ws);
 }
 
