@@ -532,6 +532,7 @@ void queue_stats(struct queue *q, struct queue_stats *st)
 	memcpy(st->error, q->error, sizeof st->error);
 	st->committed_total = q->committed_total;
 	st->commits_total = q->commits_total;
+	st->commits_synced_total = q->commits_synced_total;
 	st->expired_total = q->expired_total;
 	st->streams = q->streams;
 	pthread_mutex_unlock(&q->mu);

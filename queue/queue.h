@@ -241,6 +241,7 @@ struct queue_stats {
 	bool writable;           /* false while SQLite writes fail */
 	char error[160];         /* the last write error while !writable */
 	uint64_t committed_total, commits_total, expired_total;
+	uint64_t commits_synced_total;  /* of commits_total: fsynced (those with new messages) */
 	uint64_t streams;        /* sessions a stream consumer owns */
 };
 void queue_stats(struct queue *q, struct queue_stats *st);

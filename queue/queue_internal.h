@@ -263,10 +263,12 @@ struct queue {
 	int64_t pending_since_ms;       /* when pending last became non-empty */
 	struct entry *batch;            /* what the writer is committing */
 	int64_t last_commit_end_ms;
+	int64_t last_sync_ms;           /* the last commit that reached the disk (writer) */
+	bool sync_off;                  /* the connection commits without fsync now (writer) */
 	int64_t retry_at_ms;            /* next attempt while !writable */
 	int64_t next_id;
 	uint64_t depth, bytes, in_flight, dead, cache_used;
-	uint64_t committed_total, commits_total, expired_total;
+	uint64_t committed_total, commits_total, commits_synced_total, expired_total;
 	uint64_t max_db_pages;
 	bool pages_dirty;               /* max_db_pages changed since the writer looked */
 	bool writable, closing;
@@ -371,9 +373,10 @@ void qstore_fill_uncached(struct queue *q, const int64_t *ids, size_t n,
 int qstore_dead_reasons(struct queue *q, void (*fn)(void *arg, const char *reason,
                                                      uint64_t count), void *arg);
 void qstore_set_max_pages(sqlite3 *db, uint64_t pages);
-/* Runs batch in one transaction; on failure copies the error into err.
- * Returns an SQLite result code. */
-int qstore_batch_run(struct queue *q, const struct entry *batch, char *err, size_t len);
+/* Runs batch in one transaction, fsynced or not (durable); on failure
+ * copies the error into err.  Returns an SQLite result code. */
+int qstore_batch_run(struct queue *q, const struct entry *batch, bool durable, char *err,
+                     size_t len);
 /* The test write that tells when a failing disk takes writes again. */
 int qstore_probe_run(struct queue *q, char *err, size_t len);
 /* True if another connection (the queue CLI) committed since the last call. */

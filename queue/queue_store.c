@@ -681,11 +681,30 @@ static void txn_abort(struct queue *q, int rc, char *err, size_t len)
 		(void)qstore_step_reset(q->st_rollback);
 }
 
+/* In WAL mode NORMAL skips a commit's fsync; the next FULL commit (or a
+ * checkpoint) syncs the log, and with it every commit before. */
+static int set_durable(struct queue *q, bool durable)
+{
+	int rc;
+
+	if (q->sync_off != durable)
+		return SQLITE_OK;
+	rc = sqlite3_exec(q->db, durable ? "PRAGMA synchronous = FULL"
+	                                 : "PRAGMA synchronous = NORMAL", NULL, NULL, NULL);
+	if (rc == SQLITE_OK)
+		q->sync_off = !durable;
+	return rc;
+}
+
 /* Runs batch in one transaction.  Returns an SQLite result code. */
-int qstore_batch_run(struct queue *q, const struct entry *batch, char *err, size_t len)
+int qstore_batch_run(struct queue *q, const struct entry *batch, bool durable, char *err,
+                     size_t len)
 {
 	const struct entry *e;
-	int rc = qstore_step_reset(q->st_begin);
+	int rc = set_durable(q, durable);
+
+	if (rc == SQLITE_OK)
+		rc = qstore_step_reset(q->st_begin);
 
 	for (e = batch; e && rc == SQLITE_OK; e = e->bnext)
 		rc = exec_op(q, e);
@@ -701,8 +720,10 @@ int qstore_batch_run(struct queue *q, const struct entry *batch, char *err, size
  * tests write, which needs both new pages and a WAL append. */
 int qstore_probe_run(struct queue *q, char *err, size_t len)
 {
-	int rc = qstore_step_reset(q->st_begin);
+	int rc = set_durable(q, true);
 
+	if (rc == SQLITE_OK)
+		rc = qstore_step_reset(q->st_begin);
 	if (rc == SQLITE_OK) {
 		sqlite3_bind_int(q->st_probe_put, 1, PROBE_BYTES);
 		rc = qstore_step_reset(q->st_probe_put);

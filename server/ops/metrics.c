@@ -267,6 +267,9 @@ static void render_queue(struct out *o, const struct queue_stats *qs,
 	    "Messages durably committed to the queue.", (double)qs->committed_total);
 	one(o, "watchrtc_relay_commits_total", "counter", "Queue transactions committed.",
 	    (double)qs->commits_total);
+	one(o, "watchrtc_relay_commits_synced_total", "counter",
+	    "Queue transactions committed with an fsync (those that store new messages).",
+	    (double)qs->commits_synced_total);
 	one(o, "watchrtc_relay_messages_expired_total", "counter",
 	    "Messages dead-lettered because they outlived the queue's maximum age.",
 	    (double)qs->expired_total);

@@ -963,6 +963,70 @@ static void test_disk_full(void)
 
 /* --- main ----------------------------------------------------------------------- */
 
+/* Waits until the queue has committed more than `after` transactions. */
+static bool wait_commits(struct queue *q, uint64_t after, struct queue_stats *st)
+{
+	int64_t until = mono_ms() + 5000;
+
+	do {
+		queue_stats(q, st);
+		if (st->commits_total > after)
+			return true;
+		usleep(5000);
+	} while (mono_ms() < until);
+	return false;
+}
+
+/* A commit that stores no new message (an ack's delete) is not fsynced
+ * until the last fsync is QUEUE_UNSYNCED_MAX_MS (1 s) old; one that does,
+ * always is; and a delete not fsynced still holds after a clean close. */
+static void test_sync_deletes(void)
+{
+	struct queue *q = open_q("syncdel", NULL);
+	struct queue_stats st0, st;
+	struct queue_msg *m[2];
+	int64_t t0;
+	size_t n;
+
+	ok(q, "sync: open");
+	if (!q)
+		return;
+	put(q, "s1", "one", true);
+	put(q, "s2", "two", true);
+	t0 = mono_ms();
+	queue_stats(q, &st0);
+	ok(st0.commits_synced_total == st0.commits_total && st0.commits_total >= 1,
+	   "sync: every commit with new messages is fsynced (%llu of %llu)",
+	   (unsigned long long)st0.commits_synced_total, (unsigned long long)st0.commits_total);
+	n = lease(q, m, 2);
+	is_int(n, 2, "sync: both leased");
+	if (n != 2) {
+		free_msgs(m, n);
+		queue_close(q);
+		return;
+	}
+	queue_ack(q, m[0]->id);
+	ok(wait_commits(q, st0.commits_total, &st), "sync: the ack is committed");
+	ok(st.commits_synced_total == st0.commits_synced_total || mono_ms() - t0 >= 1000,
+	   "sync: a delete right after a put is not fsynced (%llu synced of %llu)",
+	   (unsigned long long)st.commits_synced_total, (unsigned long long)st.commits_total);
+	st0 = st;
+	usleep(1100 * 1000);
+	queue_ack(q, m[1]->id);
+	ok(wait_commits(q, st0.commits_total, &st), "sync: the second ack is committed");
+	is_int(st.commits_synced_total, st0.commits_synced_total + 1,
+	       "sync: a delete a second after the last fsync is fsynced");
+	free_msgs(m, n);
+	queue_close(q);
+	q = open_q("syncdel", NULL);
+	ok(q, "sync: reopened");
+	if (!q)
+		return;
+	queue_stats(q, &st);
+	is_int(st.depth, 0, "sync: both deletes held across a close");
+	queue_close(q);
+}
+
 int main(void)
 {
 	tmpdir = tmpdir_create("test-queue");
@@ -983,6 +1047,7 @@ int main(void)
 	test_uncached();
 	test_corruption();
 	test_disk_full();
+	test_sync_deletes();
 	tmpdir_remove(tmpdir);
 	return done_testing();
 }
