@@ -182,12 +182,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static struct ws_textmark mark, mark2, follow;
 	const uint64_t basis = 0xcbf29ce484222325ULL;
-	struct side plain = { data, size, 0, NULL, 0, basis, 0, basis, 0, 0, false, false, false };
-	struct side marked = { data, size, 0, &mark, 0, basis, 0, basis, 0, 0, false, false, false };
-	struct side plain_again = { data, size, 0, &follow, 0, basis, 0, basis, 0, 0,
-	                            true, false, true };
-	struct side marked_again = { data, size, 0, &mark2, 0, basis, 0, basis, 0, 0,
-	                             true, false, false };
+	struct side plain = { .data = data, .len = size, .digest = basis,
+	                      .control_digest = basis };
+	struct side marked = plain, plain_again = plain, marked_again = plain;
+
+	marked.mark = &mark;
+	plain_again.mark = &follow;
+	plain_again.restart = true;
+	plain_again.plain_text = true;
+	marked_again.mark = &mark2;
+	marked_again.restart = true;
 
 	ws_textmark_init(&mark);
 	ws_textmark_init(&mark2);

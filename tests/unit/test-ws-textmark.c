@@ -98,7 +98,8 @@ int main(void)
 	 * nothing pending: where a fresh wslay context can take over. */
 	{
 		uint8_t buf[64];
-		size_t first = wsf_build(buf, 0x1, false, mask, payload, 3);    /* text, more to come */
+		/* text, more to come */
+		size_t first = wsf_build(buf, 0x1, false, mask, payload, 3);
 		size_t ping = wsf_build(buf + first, 0x9, true, mask, payload, 2);
 		size_t last = wsf_build(buf + first + ping, 0x0, true, mask, payload, 4);
 		size_t all = first + ping + last;
