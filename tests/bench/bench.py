@@ -21,6 +21,11 @@ load generator and the two raw-rate programs.
                 wssink, the sink the nginx step's wsload writes to
   scale         10,000 SDK-like connections, one message each every 8 s:
                 RSS per connection, CPU, p99 commit latency, errors
+  scalews       the same load with every SDK connection's upstream websocket
+                open (the default upstream-protocol) to nginx's TLS websocket
+                proxy, beside a second nginx proxying as many wss connections
+                to that proxy over wss: RSS per session and CPU per message of
+                each, sized to the open-file limit
 
 Each measurement is taken --runs times; the report gives medians and the
 ratios of the issue's targets.  Python 3 standard library only.
@@ -62,22 +67,30 @@ TARGET_DRAIN_VS_CURL = 0.8
 TARGET_DRAINWS_VS_NGINX = 0.5
 TARGET_RSS_PER_CONN_KB = 30
 TARGET_P99_COMMIT_S = 0.020
+TARGET_SCALEWS_RSS_VS_NGINX = 0.6
 
 # Sizes of a full run and of CI's smoke run.
 FULL = dict(runs=3, ingest_conns=64, ingest_threads=2, ingest_warmup=3, ingest_window=10,
             sqlite_batches="100,300,1000", curl_seconds=4,
             drain_messages=200000, drain_sessions=1000, drain_timeout=300,
             scale_conns=10000, scale_rate=0.125, scale_settle=10, scale_window=60,
-            scale_threads=2, scale_connect_timeout=120)
+            scale_threads=2, scale_connect_timeout=120,
+            scalews_conns=0, scalews_settle=10, scalews_window=60)
 SMOKE = dict(runs=1, ingest_conns=8, ingest_threads=1, ingest_warmup=0.5, ingest_window=1.5,
              sqlite_batches="100,1000", curl_seconds=1,
              drain_messages=3000, drain_sessions=100, drain_timeout=30,
              scale_conns=200, scale_rate=2, scale_settle=0.5, scale_window=2,
-             scale_threads=1, scale_connect_timeout=20)
+             scale_threads=1, scale_connect_timeout=20,
+             scalews_conns=200, scalews_settle=1, scalews_window=2)
 TOLERATED_ERROR_SHARE = 0.001   # failed upstream POSTs (retried) that are only noted
 # Open files for the relay and the generator: what the shipped systemd unit
 # gives the relay (LimitNOFILE), capped; raised only where we may (root).
 BENCH_NOFILE = 65536
+# The scalews step's sessions when not given: every session takes two of
+# the relay's descriptors (the SDK's socket and its upstream websocket's),
+# so the hard limit less what the relay keeps for everything else, halved.
+SCALEWS_MAX_SESSIONS = 9000
+SCALEWS_FDS_KEPT = 2000
 BIG_EVERY = 200          # one initial batch (~34 KB) per 200 messages
 POLL_S = 0.25            # metrics polling period while draining
 
@@ -238,8 +251,10 @@ class Bench:
         self.tmp = tempfile.mkdtemp(prefix="relay-bench-")
         self.errors = []
         self.nginx = None
+        self.front = None
         self.sink = None
         self.relays = 0
+        self.steps = ()
 
     def check_tools(self):
         need = [self.relay_bin] + [self.tool(n) for n in
@@ -262,6 +277,41 @@ class Bench:
         self.errors.append(what)
 
     # ---- nginx and the sink, shared by every run ----
+    def nginx_nofile(self):
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        return min(hard if hard != resource.RLIM_INFINITY else 65536, 65536)
+
+    def start_nginx(self, name, conf_template, port, **ports):
+        """An nginx with its own prefix; returns it once `port` accepts."""
+        prefix = os.path.join(self.tmp, name)
+        os.makedirs(prefix)
+        nofile = self.nginx_nofile()
+        conf = conf_template % dict(
+            ports, user="user root;" if os.geteuid() == 0 else "", prefix=prefix, nofile=nofile,
+            # Each worker's connections (client and upstream sides) within
+            # its open files.
+            worker_connections=max(1024, nofile - 100),
+            cert=os.path.join(CERTS, "server.pem"), key=os.path.join(CERTS, "server-key.pem"),
+            ca=os.path.join(CERTS, "ca.pem"))
+        with open(os.path.join(prefix, "nginx.conf"), "w") as f:
+            f.write(conf)
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        p = spawn([nginx, "-p", prefix, "-c", os.path.join(prefix, "nginx.conf"),
+                   "-e", os.path.join(prefix, "error.log")],
+                  stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+        def up():
+            try:
+                with socket.create_connection(("127.0.0.1", port), 0.5):
+                    return True
+            except OSError:
+                return p.poll() is not None
+        if not wait_until(up, 10) or p.poll() is not None:
+            raise BenchError("nginx (%s) did not start: %s"
+                             % (name, self.tail(os.path.join(prefix, "error.log"))))
+        p.prefix = prefix
+        return p
+
     def start_peers(self):
         self.sink = spawn([self.tool("wssink"), "--port", "0"], stdout=subprocess.PIPE,
                           stderr=open(os.path.join(self.tmp, "wssink.log"), "wb"))
@@ -270,32 +320,19 @@ class Bench:
             raise BenchError("wssink did not start")
         self.sink_port = int(line.split()[1])
         self.nginx_ws_port, self.nginx_post_port = free_port(), free_port()
-        prefix = os.path.join(self.tmp, "nginx")
-        os.makedirs(prefix)
-        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        nofile = min(hard if hard != resource.RLIM_INFINITY else 65536, 65536)
-        conf = NGINX_CONF % dict(
-            user="user root;" if os.geteuid() == 0 else "", prefix=prefix, nofile=nofile,
-            cert=os.path.join(CERTS, "server.pem"), key=os.path.join(CERTS, "server-key.pem"),
-            ws_port=self.nginx_ws_port, post_port=self.nginx_post_port, sink_port=self.sink_port)
-        with open(os.path.join(prefix, "nginx.conf"), "w") as f:
-            f.write(conf)
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        self.nginx = spawn([nginx, "-p", prefix, "-c", os.path.join(prefix, "nginx.conf"),
-                            "-e", os.path.join(prefix, "error.log")],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.nginx = self.start_nginx("nginx", NGINX_CONF, self.nginx_post_port,
+                                      ws_port=self.nginx_ws_port, post_port=self.nginx_post_port,
+                                      sink_port=self.sink_port)
+        if "scalews" in self.steps:
+            # The scalews step's peer: wss in, wss out to the proxy above.
+            self.front_port = free_port()
+            self.front = self.start_nginx("nginx-front", NGINX_FRONT_CONF, self.front_port,
+                                          front_port=self.front_port,
+                                          ws_port=self.nginx_ws_port)
 
-        def up():
-            try:
-                with socket.create_connection(("127.0.0.1", self.nginx_post_port), 0.5):
-                    return True
-            except OSError:
-                return self.nginx.poll() is not None
-        if not wait_until(up, 10) or self.nginx.poll() is not None:
-            raise BenchError("nginx did not start: " + self.tail(os.path.join(prefix, "error.log")))
-
-    def nginx_pids(self):
-        return [self.nginx.pid] + children(self.nginx.pid)
+    def nginx_pids(self, nginx=None):
+        nginx = nginx or self.nginx
+        return [nginx.pid] + children(nginx.pid)
 
     def sink_stats(self):
         return json.loads(http_get(self.sink_port, "/stats")[1])
@@ -611,6 +648,91 @@ class Bench:
                     within_20ms=share_within(lat, TARGET_P99_COMMIT_S) or 0,
                     late=w["late"], errors=errors)
 
+    def scalews_sessions(self):
+        if self.s["scalews_conns"]:
+            return self.s["scalews_conns"]
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        if hard == resource.RLIM_INFINITY:
+            hard = BENCH_NOFILE
+        return max(100, min(SCALEWS_MAX_SESSIONS, (hard - SCALEWS_FDS_KEPT) // 2))
+
+    def hold_sessions(self, port, n, opened, pids, metrics=None, fds_of=None):
+        """wsload's n SDK-like sessions through port at the SDK's rate,
+        until opened() says all n have their far side, then a settling
+        time and the window: RSS added per session and CPU of pids."""
+        s = self.s
+        rss = lambda: sum(rss_kb(p) for p in pids)
+        rss0 = rss()
+        # A session's far side opens with its first message, at a random
+        # point of its first interval: the window starts after that.
+        first = 1 / s["scale_rate"] + 5
+        duration = first + s["scalews_settle"] + s["scalews_window"]
+        gen = self.wsload(port, n, s["scale_threads"], duration, rate=s["scale_rate"],
+                          initial=False, connect_timeout=s["scale_connect_timeout"])
+        t_start = time.monotonic()
+        try:
+            self.wait_ready(gen, s["scale_connect_timeout"] + 30)
+            far = wait_until(lambda: opened() >= n and opened(), first, 0.25) or opened()
+            t_open = time.monotonic() - t_start
+            if far < n:
+                self.error("scalews: %d of %d far connections open" % (far, n))
+            time.sleep(s["scalews_settle"])
+            k0, c0, t0 = self.sink_stats(), cpu_ticks(pids), time.monotonic()
+            m0 = scrape(metrics) if metrics else None
+            time.sleep(s["scalews_window"])
+            k1, c1, t1 = self.sink_stats(), cpu_ticks(pids), time.monotonic()
+            m1 = scrape(metrics) if metrics else None
+            rss1 = rss()
+            fds = open_fds(fds_of) if fds_of else 0
+            if gen.poll() is not None:
+                self.error("scalews: wsload ended inside the window")
+            w = self.wsload_result(gen, duration + 120)
+        except BaseException:
+            stop(gen)
+            raise
+        dt = t1 - t0
+        arrived = k1["messages"] - k0["messages"]
+        cores = (c1 - c0) / dt
+        per_s = arrived / dt
+        r = dict(fds=fds, sessions=w["opened"], far_open=far, seconds_to_open=t_open, errors=w["errors"],
+                 rss_mb=rss1 / 1024, rss_delta_kb_per_session=(rss1 - rss0) / n,
+                 cpu_cores=cores, arrived_per_s=per_s,
+                 cpu_us_per_message=cores * 1e6 / per_s if per_s else 0)
+        return r, m0, m1
+
+    def scalews(self):
+        n = self.scalews_sessions()
+        errors = 0
+        # The relay: its upstream is the benchmark's nginx websocket proxy
+        # in front of wssink; each SDK session gets its upstream websocket.
+        relay = self.start_relay("scalews", "https://127.0.0.1:%d" % self.nginx_ws_port,
+                                 extra=["--max-connections", str(n + 100)])
+        try:
+            fds0 = open_fds(relay.pid)
+            rel, m0, m1 = self.hold_sessions(
+                relay.port, n, lambda: scrape(relay.admin)["watchrtc_relay_upstream_websockets"],
+                [relay.pid], relay.admin, relay.pid)
+        finally:
+            self.stop_relay(relay)
+        rel["fds_per_session"] = (rel.pop("fds") - fds0) / n
+        rel["committed_per_s"] = (m1["watchrtc_relay_messages_committed_total"]
+                                  - m0["watchrtc_relay_messages_committed_total"]) / self.s["scalews_window"]
+        for name in ("watchrtc_relay_websocket_protocol_errors_total",
+                     "watchrtc_relay_upstream_websocket_drops_total"):
+            errors += m1.get(name, 0) - m0.get(name, 0)
+        # Let the sink see the relay's upstream websockets close.
+        wait_until(lambda: self.sink_stats()["open"] == 0, 30)
+        # The peer: nginx proxying the same sessions wss -> wss to the same
+        # proxy and sink.
+        ng, _, _ = self.hold_sessions(self.front_port, n, lambda: self.sink_stats()["open"],
+                                      self.nginx_pids(self.front))
+        del ng["fds"]
+        wait_until(lambda: self.sink_stats()["open"] == 0, 30)
+        out = {"relay_" + k: v for k, v in rel.items()}
+        out.update({"nginx_" + k: v for k, v in ng.items()})
+        out["errors"] = errors + rel["errors"] + ng["errors"]
+        return out
+
     def run_json(self, cmd, timeout):
         p = spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
@@ -636,7 +758,7 @@ daemon off;
 master_process on;
 pid %(prefix)s/nginx.pid;
 error_log %(prefix)s/error.log warn;
-events { worker_connections 8192; }
+events { worker_connections %(worker_connections)d; }
 http {
     access_log off;
     client_body_temp_path %(prefix)s/body;
@@ -652,7 +774,7 @@ http {
 
     # The TLS websocket proxy in front of the sink.
     server {
-        listen 127.0.0.1:%(ws_port)d ssl;
+        listen 127.0.0.1:%(ws_port)d ssl reuseport;
         location / {
             proxy_pass http://127.0.0.1:%(sink_port)d;
             proxy_http_version 1.1;
@@ -674,6 +796,47 @@ http {
 }
 """
 
+
+NGINX_FRONT_CONF = """\
+# Written by tests/bench/bench.py: the scalews step's peer, nginx proxying
+# the SDK's websockets over wss to an upstream over wss, as the relay does.
+%(user)s
+worker_processes auto;
+worker_rlimit_nofile %(nofile)d;
+daemon off;
+master_process on;
+pid %(prefix)s/nginx.pid;
+error_log %(prefix)s/error.log warn;
+events { worker_connections %(worker_connections)d; }
+http {
+    access_log off;
+    client_body_temp_path %(prefix)s/body;
+    proxy_temp_path %(prefix)s/proxy;
+    fastcgi_temp_path %(prefix)s/fastcgi;
+    uwsgi_temp_path %(prefix)s/uwsgi;
+    scgi_temp_path %(prefix)s/scgi;
+    ssl_certificate %(cert)s;
+    ssl_certificate_key %(key)s;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    map $http_upgrade $connection_upgrade { default upgrade; '' close; }
+    server {
+        listen 127.0.0.1:%(front_port)d ssl reuseport;
+        location / {
+            proxy_pass https://127.0.0.1:%(ws_port)d;
+            proxy_ssl_verify on;
+            proxy_ssl_trusted_certificate %(ca)s;
+            proxy_ssl_name localhost;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_read_timeout 3600s;
+            proxy_send_timeout 3600s;
+        }
+    }
+}
+"""
 
 # ---------------------------------------------------------------- report ---
 def median(runs, step, key):
@@ -700,6 +863,10 @@ def report(runs, machine, smoke):
     r_cu = ratio(med("drain", "delivered_per_s"), med("curl", "best_per_s"))
     r_dw = ratio(med("drainws", "delivered_per_s"), med("nginx", "sink_per_s"))
     rss = med("scale", "rss_kb_per_conn")
+    r_ws_rss = ratio(med("scalews", "relay_rss_delta_kb_per_session"),
+                     med("scalews", "nginx_rss_delta_kb_per_session"))
+    r_ws_cpu = ratio(med("scalews", "relay_cpu_us_per_message"),
+                     med("scalews", "nginx_cpu_us_per_message"))
     p99 = med("scale", "p99_ms")
     within = med("scale", "within_20ms")
     met = lambda ok: "n/a" if ok is None else ("**met**" if ok else "**not met**")
@@ -743,6 +910,26 @@ def report(runs, machine, smoke):
         ("Scale: commit latency p50 / p99 (ms)",
          "%s / %s" % (fmt(med("scale", "p50_ms"), 2), fmt(p99, 2))),
         ("Scale: errors", fmt(med("scale", "errors"))),
+        ("Scale with upstream websockets: sessions (of each side), far connections open",
+         "%s / %s" % (fmt(med("scalews", "relay_sessions")), fmt(med("scalews", "relay_far_open")))),
+        ("Scale with upstream websockets: relay RSS (MB), added per session (KB)",
+         "%s / %s" % (fmt(med("scalews", "relay_rss_mb"), 1),
+                      fmt(med("scalews", "relay_rss_delta_kb_per_session"), 1))),
+        ("Scale with upstream websockets: nginx wss -> wss RSS (MB), added per connection (KB)",
+         "%s / %s" % (fmt(med("scalews", "nginx_rss_mb"), 1),
+                      fmt(med("scalews", "nginx_rss_delta_kb_per_session"), 1))),
+        ("Scale with upstream websockets: relay file descriptors per session",
+         fmt(med("scalews", "relay_fds_per_session"), 2)),
+        ("Scale with upstream websockets: messages/s at the sink, relay / nginx",
+         "%s / %s" % (fmt(med("scalews", "relay_arrived_per_s")),
+                      fmt(med("scalews", "nginx_arrived_per_s")))),
+        ("Scale with upstream websockets: CPU (cores), relay / nginx",
+         "%s / %s" % (fmt(med("scalews", "relay_cpu_cores"), 3),
+                      fmt(med("scalews", "nginx_cpu_cores"), 3))),
+        ("Scale with upstream websockets: CPU per message (µs), relay / nginx",
+         "%s / %s" % (fmt(med("scalews", "relay_cpu_us_per_message"), 1),
+                      fmt(med("scalews", "nginx_cpu_us_per_message"), 1))),
+        ("Scale with upstream websockets: errors", fmt(med("scalews", "errors"))),
     ]
     targets = [
         ("Ingest ≥ 0.5 × nginx", fmt(r_ng, 3), met(None if r_ng is None else r_ng >= TARGET_INGEST_VS_NGINX)),
@@ -758,6 +945,13 @@ def report(runs, machine, smoke):
          met(None if within is None else within >= 0.99)),
         ("Scale: zero errors", fmt(med("scale", "errors")),
          met(None if med("scale", "errors") is None else med("scale", "errors") == 0)),
+        ("Scale with upstream websockets: relay RSS per session ≤ 0.6 × nginx's per proxied "
+         "connection", fmt(r_ws_rss, 3),
+         met(None if r_ws_rss is None else r_ws_rss <= TARGET_SCALEWS_RSS_VS_NGINX)),
+        ("Scale with upstream websockets: relay CPU per message ÷ nginx's (reported)",
+         fmt(r_ws_cpu, 2), "n/a"),
+        ("Scale with upstream websockets: zero errors", fmt(med("scalews", "errors")),
+         met(None if med("scalews", "errors") is None else med("scalews", "errors") == 0)),
     ]
     md = ["# Benchmark results%s" % (" (smoke run: tiny counts, figures mean nothing)" if smoke else ""),
           "", machine, "", "Medians of %d run(s)." % len(runs), "",
@@ -787,9 +981,12 @@ def main():
     ap.add_argument("--runs", type=int, help="runs of each measurement (default 3, smoke 1)")
     ap.add_argument("--out", help="write the markdown report here")
     ap.add_argument("--json", help="write every run's figures here")
-    ap.add_argument("--only", help="comma list of steps: ingest,nginx,sqlite,curl,drain,drainws,scale")
+    ap.add_argument("--only", help="comma list of steps: ingest,nginx,sqlite,curl,drain,drainws,scale,scalews")
     ap.add_argument("--scale-connections", type=int,
                     help="connections of the scale step (default 10000, smoke 200)")
+    ap.add_argument("--scalews-sessions", type=int,
+                    help="sessions of the scalews step (default: the open-file limit's, at most "
+                         "9000; smoke 200)")
     ap.add_argument("--relay-arg", action="append", default=[],
                     help="one more argument for every relay started (repeat it)")
     a = ap.parse_args()
@@ -798,9 +995,12 @@ def main():
         sizes["runs"] = a.runs
     if a.scale_connections:
         sizes["scale_conns"] = a.scale_connections
-    steps = (a.only or "ingest,nginx,sqlite,curl,drain,drainws,scale").split(",")
+    if a.scalews_sessions:
+        sizes["scalews_conns"] = a.scalews_sessions
+    steps = (a.only or "ingest,nginx,sqlite,curl,drain,drainws,scale,scalews").split(",")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     b = Bench(a, sizes)
+    b.steps = steps
     runs = []
     t_start = time.monotonic()
     try:
@@ -819,8 +1019,9 @@ def main():
     except BenchError as e:
         b.error(str(e))
     finally:
-        if b.nginx:
-            stop(b.nginx, signal.SIGQUIT)
+        for ng in (b.nginx, b.front):
+            if ng:
+                stop(ng, signal.SIGQUIT)
         if b.sink:
             stop(b.sink)
         stop_all()
