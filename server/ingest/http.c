@@ -388,6 +388,7 @@ int http_server_start(struct http_server **out, struct relay *r, const struct tl
 		.port = r->cfg.port,
 		.threads = r->cfg.http_threads,
 		.max_connections = r->cfg.max_connections,
+		.max_http_connections = r->cfg.max_http_connections,
 		.priorities = r->cfg.tls_priorities,
 		.proxy_protocol = r->cfg.proxy_protocol,
 		.proxies = r->proxies,

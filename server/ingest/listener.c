@@ -60,7 +60,7 @@
 #define LISTENER_BUF_BYTES 16384        /* each direction, proxy phase only */
 #define LISTENER_ACCEPT_BATCH 64        /* accepts per wake-up, so one loop cannot starve */
 #define LISTENER_BACKLOG 1024
-#define LISTENER_LIMIT_LOG_INTERVAL_MS 1000  /* one "max-connections reached" line per interval */
+#define LISTENER_LIMIT_LOG_INTERVAL_MS 1000  /* one "...connections reached" line per interval */
 #define LISTENER_EMFILE_BACKOFF_MS 100  /* no accepts for this long after running out of fds */
 #define LISTENER_PROXY_SWEEP_MS 1000    /* how often late PROXY headers are looked for */
 
@@ -128,6 +128,7 @@ struct listener {
 	gnutls_priority_t prio;
 	int lfd;
 	unsigned max_connections;
+	unsigned max_http_connections;    /* at most max_connections */
 	bool proxy_protocol;
 	const struct trusted_proxies *proxies;
 	unsigned header_timeout_ms;
@@ -136,6 +137,7 @@ struct listener {
 	atomic_uint open;                 /* connections in the listener's hands */
 	atomic_bool quiescing, exiting;
 	struct log_gate limit_log;        /* "max-connections reached" */
+	struct log_gate http_limit_log;   /* "max-http-connections reached" */
 	struct log_gate fd_log;           /* "out of file descriptors" */
 	pthread_mutex_t table_lock;
 	struct lconn **by_mhd_fd;         /* index: libmicrohttpd's end of the socketpair */
@@ -638,12 +640,21 @@ static bool log_gate_pass(struct log_gate *g, unsigned long long *others)
 	return true;
 }
 
-/* Logs a connection refused for max-connections: clearly, but at most once
- * per interval, with a count of the others. */
-static void note_refusal(struct listener *l)
+/* Logs a connection refused for max-connections or max-http-connections:
+ * clearly, but at most once per interval and limit, with a count of the
+ * others. */
+static void note_refusal(struct listener *l, bool http)
 {
 	unsigned long long others;
 
+	if (http) {
+		if (log_gate_pass(&l->http_limit_log, &others))
+			log_warn("connection_refused", "reason=\"max-http-connections (%u) reached: "
+			         "connections not yet upgraded to a websocket\" "
+			         "also_refused_since_last_line=%llu", l->max_http_connections,
+			         others);
+		return;
+	}
 	if (log_gate_pass(&l->limit_log, &others))
 		log_warn("connection_refused", "reason=\"max-connections (%u) reached\" "
 		         "also_refused_since_last_line=%llu", l->max_connections, others);
@@ -774,6 +785,7 @@ static void loop_accept(struct evloop *ev, struct ev_io *w, uint32_t events)
 	for (int i = 0; i < LISTENER_ACCEPT_BATCH; i++) {
 		struct sockaddr_storage ss;
 		socklen_t sslen = sizeof ss;
+		unsigned unupgraded;
 		int fd = accept4(l->lfd, (struct sockaddr *)&ss, &sslen,
 		                 SOCK_NONBLOCK | SOCK_CLOEXEC);
 
@@ -795,9 +807,16 @@ static void loop_accept(struct evloop *ev, struct ev_io *w, uint32_t events)
 			close(fd);
 			continue;
 		}
-		if (atomic_load(&l->open) + ws_server_open(l->ws) >= l->max_connections) {
+		unupgraded = atomic_load(&l->open);
+		if (unupgraded + ws_server_open(l->ws) >= l->max_connections) {
 			close(fd);
-			note_refusal(l);
+			note_refusal(l, false);
+			continue;
+		}
+		/* Each costs 3 descriptors until its upgrade (main.c's fit). */
+		if (unupgraded >= l->max_http_connections) {
+			close(fd);
+			note_refusal(l, true);
 			continue;
 		}
 		conn_open(lp, fd, &ss, sslen);
@@ -937,6 +956,9 @@ int listener_start(struct listener **out, const struct listener_options *o,
 	l->ws = ws;
 	l->lfd = -1;
 	l->max_connections = o->max_connections;
+	l->max_http_connections = o->max_http_connections < o->max_connections
+	                                  ? o->max_http_connections
+	                                  : o->max_connections;
 	l->proxy_protocol = o->proxy_protocol;
 	l->proxies = o->proxies;
 	l->header_timeout_ms = o->header_timeout_ms;
