@@ -115,12 +115,6 @@ struct lloop {
 	unsigned awaiting_proxy;          /* connections whose PROXY header is not in yet */
 };
 
-/* Lets one line a second through, counting the rest (log_gate_pass). */
-struct log_gate {
-	atomic_llong logged_ms;           /* when the last line went out */
-	atomic_ullong unlogged;           /* events since, not logged one by one */
-};
-
 struct listener {
 	struct MHD_Daemon *mhd;
 	struct ws_server *ws;
@@ -624,22 +618,6 @@ static void conn_mhd_io(struct evloop *ev, struct ev_io *w, uint32_t events)
 	conn_pump((struct lconn *)((char *)w - offsetof(struct lconn, mhd_io)));
 }
 
-/* Whether an event of a kind that may repeat thousands of times a second
- * is to be logged now: at most once per LISTENER_LIMIT_LOG_INTERVAL_MS, and
- * then *others says how many went unlogged since the last line. */
-static bool log_gate_pass(struct log_gate *g, unsigned long long *others)
-{
-	long long now = (long long)mono_ms(), last = atomic_load(&g->logged_ms);
-
-	if (now - last < LISTENER_LIMIT_LOG_INTERVAL_MS ||
-	    !atomic_compare_exchange_strong(&g->logged_ms, &last, now)) {
-		atomic_fetch_add(&g->unlogged, 1);
-		return false;
-	}
-	*others = atomic_exchange(&g->unlogged, 0);
-	return true;
-}
-
 /* Logs a connection refused for max-connections or max-http-connections:
  * clearly, but at most once per interval and limit, with a count of the
  * others. */
@@ -648,14 +626,14 @@ static void note_refusal(struct listener *l, bool http)
 	unsigned long long others;
 
 	if (http) {
-		if (log_gate_pass(&l->http_limit_log, &others))
+		if (log_gate_pass(&l->http_limit_log, LISTENER_LIMIT_LOG_INTERVAL_MS, &others))
 			log_warn("connection_refused", "reason=\"max-http-connections (%u) reached: "
 			         "connections not yet upgraded to a websocket\" "
 			         "also_refused_since_last_line=%llu", l->max_http_connections,
 			         others);
 		return;
 	}
-	if (log_gate_pass(&l->limit_log, &others))
+	if (log_gate_pass(&l->limit_log, LISTENER_LIMIT_LOG_INTERVAL_MS, &others))
 		log_warn("connection_refused", "reason=\"max-connections (%u) reached\" "
 		         "also_refused_since_last_line=%llu", l->max_connections, others);
 }
@@ -678,7 +656,7 @@ static void pause_accepting(struct lloop *lp)
 	watch_accept(lp, false);
 	if (evloop_timer_start(lp->ev, &lp->resume_timer, LISTENER_EMFILE_BACKOFF_MS) < 0)
 		lp->listening = false;
-	if (log_gate_pass(&l->fd_log, &others))
+	if (log_gate_pass(&l->fd_log, LISTENER_LIMIT_LOG_INTERVAL_MS, &others))
 		log_warn("accept_paused", "reason=\"out of file descriptors: raise LimitNOFILE or "
 		         "lower max-connections\" pause_ms=%d also_paused_since_last_line=%llu",
 		         LISTENER_EMFILE_BACKOFF_MS, others);
