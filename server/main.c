@@ -111,17 +111,19 @@ static unsigned long long raise_nofile(void)
 #define FDS_RESERVED_BASE 64
 
 /*
- * Lowers max-connections (and max-http-connections if need be) to what the
- * open-file limit can hold at worst, so that the relay refuses the
- * connections over it (logged once a second) instead of running out of
- * descriptors, which nothing can then be done about.  The worst case is
+ * Fits max-connections (and max-http-connections if need be) into what the
+ * open-file limit can hold at worst, in r->max_connections and
+ * r->max_http_connections, so that the relay refuses the connections over
+ * it (logged once a second) instead of running out of descriptors, which
+ * nothing can then be done about.  The worst case is
  * every un-upgraded connection there may be (3 descriptors each) and the
  * rest upgraded websockets, each with its upstream websocket in
  * upstream-protocol websocket.  -1 if the limit cannot hold a single
  * connection.
  */
-static int fit_max_connections(struct config *cfg, unsigned long long nofile, char **cause)
+static int fit_max_connections(struct relay *r, unsigned long long nofile, char **cause)
 {
+	const struct config *cfg = &r->cfg;
 	unsigned long long reserved = FDS_RESERVED_BASE +
 	        (unsigned long long)cfg->forward_workers * cfg->forward_inflight +
 	        2ULL * (cfg->http_threads + cfg->ws_threads + cfg->forward_workers) +
@@ -162,8 +164,8 @@ static int fit_max_connections(struct config *cfg, unsigned long long nofile, ch
 		         FDFIT_PER_HTTP, per_ws, fit.worst_case);
 out:
 	/* Over max-connections, max-http-connections is max-connections. */
-	cfg->max_connections = fit.max_connections;
-	cfg->max_http_connections = fit.max_http_connections;
+	r->max_connections = fit.max_connections;
+	r->max_http_connections = fit.max_http_connections;
 	return 0;
 }
 
@@ -457,7 +459,7 @@ int main(int argc, char **argv)
 		cause = strdup("cannot initialise libcurl or GnuTLS");
 		goto out;
 	}
-	if (fit_max_connections(&r.cfg, nofile, &cause) < 0)
+	if (fit_max_connections(&r, nofile, &cause) < 0)
 		goto out;
 	if (make_state_dir(r.cfg.state_dir, &cause) < 0)
 		goto out;

@@ -12,6 +12,7 @@
 import os
 import re
 import resource
+import signal
 import socket
 import sys
 import time
@@ -137,6 +138,11 @@ eq({k: v for k, v in fit_line(r, "max_http_connections_lowered").items() if k in
    {"from": "1024", "to": str(h)}, "1: at nofile 400 max-http-connections is lowered to %d" % h)
 eq(fit_line(r, "max_connections_lowered").get("to"), str(h),
    "1: and max-connections with it (no descriptor left for a websocket more)")
+r.proc.send_signal(signal.SIGHUP)
+ok(wait_until(lambda: "event=config_reloaded" in r.log_text(), 10),
+   "1: a SIGHUP reads the configuration again")
+eq(fit_line(r, "config_reloaded").get("settings_waiting_for_restart"), "0",
+   "1: and does not take the fitted limits for changed settings")
 eq(r.stop(), 0, "1: that relay stops cleanly")
 
 # --- 2. max-http-connections and max-connections -------------------------------------------
