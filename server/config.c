@@ -125,7 +125,10 @@ static const struct setting settings[] = {
 	NUM("http-threads", T_UINT, http_threads, "4", 1, 256,
 	    "TLS listener threads, and as many HTTP threads", "listener"),
 	NUM("max-connections", T_UINT, max_connections, "10000", 1, 1000000,
-	    "concurrent client connections", "listener"),
+	    "concurrent client connections, websockets included", "listener"),
+	NUM("max-http-connections", T_UINT, max_http_connections, "1024", 1, 1000000,
+	    "client connections not yet upgraded to a websocket: TLS handshakes, HTTP requests, "
+	    "fallback POSTs", "listener"),
 	NUM("request-timeout-s", T_UINT, request_timeout_s, "30", 1, 3600,
 	    "a request's TLS handshake, head and body must be in within this (slow clients)",
 	    "listener"),

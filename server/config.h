@@ -19,7 +19,8 @@ struct config {
 	char *tls_cert, *tls_key;   /* "" = generate a self-signed pair in state_dir */
 	char *tls_priorities;
 	unsigned http_threads;
-	unsigned max_connections;
+	unsigned max_connections;    /* all client connections, websockets included */
+	unsigned max_http_connections; /* of them, not yet upgraded (3 descriptors each) */
 	unsigned request_timeout_s;  /* a request's TLS handshake, head and body */
 	uint64_t max_header_bytes;   /* per-connection memory: request head and headers */
 	/* access control (access.c, clientip.c) */

@@ -15,6 +15,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
+
 /* Longest line, newline included; longer lines end in "...". */
 #define LOG_LINE_MAX 2048
 #define LOG_CUT "..."
@@ -179,4 +181,19 @@ const char *log_key(const char *key, char *buf, unsigned size)
 	}
 	snprintf(buf + n, size - n, "%s", LOG_CUT);
 	return buf;
+}
+
+bool log_gate_pass(struct log_gate *g, unsigned interval_ms, unsigned long long *others)
+{
+	long long now = (long long)mono_ms(), last = atomic_load(&g->logged_ms);
+
+	/* Of two threads that find the interval over, the one whose swap
+	 * succeeds logs; the other counts. */
+	if ((last && now - last < (long long)interval_ms) ||
+	    !atomic_compare_exchange_strong(&g->logged_ms, &last, now)) {
+		atomic_fetch_add(&g->unlogged, 1);
+		return false;
+	}
+	*others = atomic_exchange(&g->unlogged, 0);
+	return true;
 }

@@ -7,6 +7,9 @@
 #ifndef WATCHRTC_LOG_H
 #define WATCHRTC_LOG_H
 
+#include <stdatomic.h>
+#include <stdbool.h>
+
 enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
 
 void log_set_level(enum log_level level);
@@ -21,6 +24,18 @@ void log_event(enum log_level level, const char *event, const char *fmt, ...)
 const char *log_quote(const char *s, char *buf, unsigned size);
 /* The first characters of an API key followed by "...", never the whole key. */
 const char *log_key(const char *key, char *buf, unsigned size);
+
+/* Lets one line per interval through for an event that may repeat
+ * thousands of times a second (refused connections, descriptors run out),
+ * counting the rest.  Zeroed, it lets the first one through. */
+struct log_gate {
+	atomic_llong logged_ms;           /* when the last line went out */
+	atomic_ullong unlogged;           /* events since, not logged one by one */
+};
+
+/* Whether to log the event now: at most once per interval_ms, and then
+ * *others says how many went unlogged since the last line.  Any thread. */
+bool log_gate_pass(struct log_gate *g, unsigned interval_ms, unsigned long long *others);
 
 #define log_debug(ev, ...) log_event(LOG_DEBUG, ev, __VA_ARGS__)
 #define log_info(ev, ...) log_event(LOG_INFO, ev, __VA_ARGS__)

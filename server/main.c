@@ -32,6 +32,7 @@
 #include "clientip.h"
 #include "config.h"
 #include "egress.h"
+#include "fdfit.h"
 #include "forwarder.h"
 #include "http.h"
 #include "keyban.h"
@@ -103,48 +104,68 @@ static unsigned long long raise_nofile(void)
 	return rl.rlim_cur == RLIM_INFINITY ? ULLONG_MAX : (unsigned long long)rl.rlim_cur;
 }
 
-/* A client connection holds 3 descriptors until its upgrade: its socket and
- * the socketpair to libmicrohttpd.  Kept aside for everything else: stdio,
- * the queue's database files, the listening and admin sockets, each
- * thread's epoll and eventfd, and one per upstream connection. */
-#define FDS_PER_CONNECTION 3
+/* Kept aside for everything but the client connections and their upstream
+ * websockets: stdio, the queue's database files, the listening and admin
+ * sockets, each thread's epoll and eventfd, and one per upstream POST in
+ * flight.  The connections' own costs are in fdfit.h. */
 #define FDS_RESERVED_BASE 64
 
 /*
- * Lowers max-connections to what the open-file limit can hold, so that the
- * relay refuses the connections over it (logged once a second) instead of
- * running out of descriptors, which nothing can then be done about.  -1 if
- * the limit cannot hold a single connection.
+ * Fits max-connections (and max-http-connections if need be) into what the
+ * open-file limit can hold at worst, in r->max_connections and
+ * r->max_http_connections, so that the relay refuses the connections over
+ * it (logged once a second) instead of running out of descriptors, which
+ * nothing can then be done about.  The worst case is
+ * every un-upgraded connection there may be (3 descriptors each) and the
+ * rest upgraded websockets, each with its upstream websocket in
+ * upstream-protocol websocket.  -1 if the limit cannot hold a single
+ * connection.
  */
-static int fit_max_connections(struct config *cfg, unsigned long long nofile, char **cause)
+static int fit_max_connections(struct relay *r, unsigned long long nofile, char **cause)
 {
+	const struct config *cfg = &r->cfg;
 	unsigned long long reserved = FDS_RESERVED_BASE +
 	        (unsigned long long)cfg->forward_workers * cfg->forward_inflight +
 	        2ULL * (cfg->http_threads + cfg->ws_threads + cfg->forward_workers) +
-	        FDS_PER_CONNECTION * (unsigned long long)cfg->http_threads;
-	unsigned long long fit;
+	        FDFIT_PER_HTTP * (unsigned long long)cfg->http_threads;
+	unsigned per_ws = strcmp(cfg->upstream_protocol, "websocket")
+	                          ? FDFIT_PER_WEBSOCKET_HTTP_POST
+	                          : FDFIT_PER_WEBSOCKET_UPSTREAM_WS;
+	struct fdfit fit;
 
-	if (nofile == 0)
-		return 0;
-	fit = nofile > reserved ? (nofile - reserved) / FDS_PER_CONNECTION : 0;
-	if (fit < 1) {
+	if (fdfit_solve(&fit, nofile, reserved, cfg->max_connections, cfg->max_http_connections,
+	                per_ws) < 0) {
 		cause_set(cause, -1, "the open-file limit (%llu) leaves no room for connections: "
 		          "%llu are kept for the queue, upstream and threads; raise LimitNOFILE",
 		          nofile, reserved);
 		return -1;
 	}
-	if (cfg->max_connections > fit) {
-		log_warn("max_connections_lowered",
-		         "from=%u to=%llu nofile=%llu reserved=%llu "
-		         "fds_per_connection=%d detail=\"the open-file limit cannot hold more: "
+	if (nofile == 0)
+		goto out;
+	if (fit.http_lowered)
+		log_warn("max_http_connections_lowered",
+		         "from=%u to=%u nofile=%llu reserved=%llu fds_per_http=%d "
+		         "detail=\"the open-file limit cannot hold more connections being set up: "
 		         "raise LimitNOFILE for more\"",
-		         cfg->max_connections, fit, nofile, reserved, FDS_PER_CONNECTION);
-		cfg->max_connections = (unsigned)fit;
-	} else {
-		log_info("max_connections", "max_connections=%u nofile=%llu reserved=%llu "
-		         "fds_per_connection=%d", cfg->max_connections, nofile, reserved,
-		         FDS_PER_CONNECTION);
-	}
+		         cfg->max_http_connections, fit.max_http_connections, nofile, reserved,
+		         FDFIT_PER_HTTP);
+	if (fit.lowered)
+		log_warn("max_connections_lowered",
+		         "from=%u to=%u max_http_connections=%u nofile=%llu reserved=%llu "
+		         "fds_per_http=%d fds_per_websocket=%u fds_worst_case=%llu detail=\"the "
+		         "open-file limit cannot hold more: raise LimitNOFILE for more\"",
+		         cfg->max_connections, fit.max_connections, fit.max_http_connections,
+		         nofile, reserved, FDFIT_PER_HTTP, per_ws, fit.worst_case);
+	else
+		log_info("max_connections",
+		         "max_connections=%u max_http_connections=%u nofile=%llu reserved=%llu "
+		         "fds_per_http=%d fds_per_websocket=%u fds_worst_case=%llu",
+		         fit.max_connections, fit.max_http_connections, nofile, reserved,
+		         FDFIT_PER_HTTP, per_ws, fit.worst_case);
+out:
+	/* Over max-connections, max-http-connections is max-connections. */
+	r->max_connections = fit.max_connections;
+	r->max_http_connections = fit.max_http_connections;
 	return 0;
 }
 
@@ -438,7 +459,7 @@ int main(int argc, char **argv)
 		cause = strdup("cannot initialise libcurl or GnuTLS");
 		goto out;
 	}
-	if (fit_max_connections(&r.cfg, nofile, &cause) < 0)
+	if (fit_max_connections(&r, nofile, &cause) < 0)
 		goto out;
 	if (make_state_dir(r.cfg.state_dir, &cause) < 0)
 		goto out;

@@ -25,6 +25,10 @@ struct relay {
 	struct access *access;              /* allowlists and per-client limits */
 	struct trusted_proxies *proxies;    /* whose X-Forwarded-For is believed */
 	struct listener *listener;          /* set by http_server_start: takes upgrades */
+	/* max-connections and max-http-connections as fitted to the open-file
+	 * limit at start (main.c); cfg keeps the configured ones, so that a
+	 * SIGHUP does not take the fit for a change. */
+	unsigned max_connections, max_http_connections;
 	atomic_bool stopping;   /* set on SIGTERM: refuse new work */
 };
 

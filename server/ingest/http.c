@@ -387,7 +387,8 @@ int http_server_start(struct http_server **out, struct relay *r, const struct tl
 		.address = r->cfg.listen_address,
 		.port = r->cfg.port,
 		.threads = r->cfg.http_threads,
-		.max_connections = r->cfg.max_connections,
+		.max_connections = r->max_connections,
+		.max_http_connections = r->max_http_connections,
 		.priorities = r->cfg.tls_priorities,
 		.proxy_protocol = r->cfg.proxy_protocol,
 		.proxies = r->proxies,
@@ -417,7 +418,7 @@ int http_server_start(struct http_server **out, struct relay *r, const struct tl
 	s->daemon = MHD_start_daemon(
 		flags, 0, NULL, NULL, on_request, s, MHD_OPTION_THREAD_POOL_SIZE,
 		(unsigned)r->cfg.http_threads, MHD_OPTION_CONNECTION_LIMIT,
-		(unsigned)r->cfg.max_connections + HTTP_ACCEPT_HEADROOM,
+		r->max_connections + HTTP_ACCEPT_HEADROOM,
 		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_CONNECTION_TIMEOUT_S,
 		/* The pool holds the request line and headers: a bigger head is refused. */
 		MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)r->cfg.max_header_bytes,

@@ -60,7 +60,7 @@
 #define LISTENER_BUF_BYTES 16384        /* each direction, proxy phase only */
 #define LISTENER_ACCEPT_BATCH 64        /* accepts per wake-up, so one loop cannot starve */
 #define LISTENER_BACKLOG 1024
-#define LISTENER_LIMIT_LOG_INTERVAL_MS 1000  /* one "max-connections reached" line per interval */
+#define LISTENER_LIMIT_LOG_INTERVAL_MS 1000  /* one "...connections reached" line per interval */
 #define LISTENER_EMFILE_BACKOFF_MS 100  /* no accepts for this long after running out of fds */
 #define LISTENER_PROXY_SWEEP_MS 1000    /* how often late PROXY headers are looked for */
 
@@ -115,12 +115,6 @@ struct lloop {
 	unsigned awaiting_proxy;          /* connections whose PROXY header is not in yet */
 };
 
-/* Lets one line a second through, counting the rest (log_gate_pass). */
-struct log_gate {
-	atomic_llong logged_ms;           /* when the last line went out */
-	atomic_ullong unlogged;           /* events since, not logged one by one */
-};
-
 struct listener {
 	struct MHD_Daemon *mhd;
 	struct ws_server *ws;
@@ -128,6 +122,7 @@ struct listener {
 	gnutls_priority_t prio;
 	int lfd;
 	unsigned max_connections;
+	unsigned max_http_connections;    /* at most max_connections */
 	bool proxy_protocol;
 	const struct trusted_proxies *proxies;
 	unsigned header_timeout_ms;
@@ -136,6 +131,7 @@ struct listener {
 	atomic_uint open;                 /* connections in the listener's hands */
 	atomic_bool quiescing, exiting;
 	struct log_gate limit_log;        /* "max-connections reached" */
+	struct log_gate http_limit_log;   /* "max-http-connections reached" */
 	struct log_gate fd_log;           /* "out of file descriptors" */
 	pthread_mutex_t table_lock;
 	struct lconn **by_mhd_fd;         /* index: libmicrohttpd's end of the socketpair */
@@ -622,29 +618,22 @@ static void conn_mhd_io(struct evloop *ev, struct ev_io *w, uint32_t events)
 	conn_pump((struct lconn *)((char *)w - offsetof(struct lconn, mhd_io)));
 }
 
-/* Whether an event of a kind that may repeat thousands of times a second
- * is to be logged now: at most once per LISTENER_LIMIT_LOG_INTERVAL_MS, and
- * then *others says how many went unlogged since the last line. */
-static bool log_gate_pass(struct log_gate *g, unsigned long long *others)
-{
-	long long now = (long long)mono_ms(), last = atomic_load(&g->logged_ms);
-
-	if (now - last < LISTENER_LIMIT_LOG_INTERVAL_MS ||
-	    !atomic_compare_exchange_strong(&g->logged_ms, &last, now)) {
-		atomic_fetch_add(&g->unlogged, 1);
-		return false;
-	}
-	*others = atomic_exchange(&g->unlogged, 0);
-	return true;
-}
-
-/* Logs a connection refused for max-connections: clearly, but at most once
- * per interval, with a count of the others. */
-static void note_refusal(struct listener *l)
+/* Logs a connection refused for max-connections or max-http-connections:
+ * clearly, but at most once per interval and limit, with a count of the
+ * others. */
+static void note_refusal(struct listener *l, bool http)
 {
 	unsigned long long others;
 
-	if (log_gate_pass(&l->limit_log, &others))
+	if (http) {
+		if (log_gate_pass(&l->http_limit_log, LISTENER_LIMIT_LOG_INTERVAL_MS, &others))
+			log_warn("connection_refused", "reason=\"max-http-connections (%u) reached: "
+			         "connections not yet upgraded to a websocket\" "
+			         "also_refused_since_last_line=%llu", l->max_http_connections,
+			         others);
+		return;
+	}
+	if (log_gate_pass(&l->limit_log, LISTENER_LIMIT_LOG_INTERVAL_MS, &others))
 		log_warn("connection_refused", "reason=\"max-connections (%u) reached\" "
 		         "also_refused_since_last_line=%llu", l->max_connections, others);
 }
@@ -667,7 +656,7 @@ static void pause_accepting(struct lloop *lp)
 	watch_accept(lp, false);
 	if (evloop_timer_start(lp->ev, &lp->resume_timer, LISTENER_EMFILE_BACKOFF_MS) < 0)
 		lp->listening = false;
-	if (log_gate_pass(&l->fd_log, &others))
+	if (log_gate_pass(&l->fd_log, LISTENER_LIMIT_LOG_INTERVAL_MS, &others))
 		log_warn("accept_paused", "reason=\"out of file descriptors: raise LimitNOFILE or "
 		         "lower max-connections\" pause_ms=%d also_paused_since_last_line=%llu",
 		         LISTENER_EMFILE_BACKOFF_MS, others);
@@ -774,6 +763,7 @@ static void loop_accept(struct evloop *ev, struct ev_io *w, uint32_t events)
 	for (int i = 0; i < LISTENER_ACCEPT_BATCH; i++) {
 		struct sockaddr_storage ss;
 		socklen_t sslen = sizeof ss;
+		unsigned unupgraded;
 		int fd = accept4(l->lfd, (struct sockaddr *)&ss, &sslen,
 		                 SOCK_NONBLOCK | SOCK_CLOEXEC);
 
@@ -795,9 +785,16 @@ static void loop_accept(struct evloop *ev, struct ev_io *w, uint32_t events)
 			close(fd);
 			continue;
 		}
-		if (atomic_load(&l->open) + ws_server_open(l->ws) >= l->max_connections) {
+		unupgraded = atomic_load(&l->open);
+		if (unupgraded + ws_server_open(l->ws) >= l->max_connections) {
 			close(fd);
-			note_refusal(l);
+			note_refusal(l, false);
+			continue;
+		}
+		/* Each costs 3 descriptors until its upgrade (main.c's fit). */
+		if (unupgraded >= l->max_http_connections) {
+			close(fd);
+			note_refusal(l, true);
 			continue;
 		}
 		conn_open(lp, fd, &ss, sslen);
@@ -937,6 +934,9 @@ int listener_start(struct listener **out, const struct listener_options *o,
 	l->ws = ws;
 	l->lfd = -1;
 	l->max_connections = o->max_connections;
+	l->max_http_connections = o->max_http_connections < o->max_connections
+	                                  ? o->max_http_connections
+	                                  : o->max_connections;
 	l->proxy_protocol = o->proxy_protocol;
 	l->proxies = o->proxies;
 	l->header_timeout_ms = o->header_timeout_ms;

@@ -30,6 +30,8 @@ struct listener_options {
 	unsigned port;
 	unsigned threads;             /* event loops doing TLS */
 	unsigned max_connections;     /* open TLS connections, websockets included */
+	unsigned max_http_connections; /* of them, not yet upgraded (over max_connections:
+	                                * max_connections) */
 	const char *priorities;       /* GnuTLS priority string */
 	/* A connection may begin with a PROXY v1/v2 header only from one of
 	 * proxies; its source is then the client libmicrohttpd sees.  It must

@@ -50,6 +50,7 @@
  * a window per session at once (10,000 sessions x 128 x ~2 KB).  16,384
  * messages of ~2 KB: ~32 MB per thread.  It costs drain rate (BENCHMARKS.md). */
 #define FWS_THREAD_LEASED_MAX 16384
+#define FWS_NO_FDS_LOG_INTERVAL_MS 1000 /* one "out of file descriptors" line per interval */
 
 struct fws_thread;
 
@@ -102,6 +103,7 @@ struct fws {
 	struct fws_options o;
 	struct fws_thread *threads;
 	unsigned nthreads;
+	struct log_gate no_fds_log;     /* upstream websockets that found no descriptor */
 };
 
 static void sess_pump(struct fsess *s);
@@ -448,6 +450,22 @@ static void sess_dead_conn(struct fsess *s, const char *reason, int status, cons
 	ring_drop(s, n);
 }
 
+/* An upstream websocket found the relay out of file descriptors: said
+ * clearly, but at most once per interval (thousands of sessions may be
+ * waiting after an outage), with a count of the others. */
+static void note_no_fds(struct fsess *s, const char *reason, unsigned delay_ms)
+{
+	unsigned long long others;
+	char ebuf[160];
+
+	if (log_gate_pass(&s->t->f->no_fds_log, FWS_NO_FDS_LOG_INTERVAL_MS, &others))
+		log_warn("upstream_ws_no_fds", "session=%s delay_ms=%u reason=%s "
+		         "also_since_last_line=%llu msg=\"out of file descriptors: the session's "
+		         "messages stay queued and are tried again; raise LimitNOFILE or lower "
+		         "max-connections\"", s->name, delay_ms,
+		         log_quote(reason ? reason : "", ebuf, sizeof ebuf), others);
+}
+
 static void on_end(struct upstream_ws *ws, const struct upws_result *r, void *arg)
 {
 	struct fsess *s = arg;
@@ -502,8 +520,9 @@ static void on_end(struct upstream_ws *ws, const struct upws_result *r, void *ar
 		sess_settle(s);
 		return;
 	}
-	/* Everything else is tried again: what was not acked is sent again. */
-	if (f->o.seen && r->cls != UPWS_ABORTED)
+	/* Everything else is tried again: what was not acked is sent again.
+	 * Out of descriptors is the relay's own trouble, not an upstream outage. */
+	if (f->o.seen && r->cls != UPWS_ABORTED && r->cls != UPWS_NO_FDS)
 		f->o.seen(f->o.seen_arg, r->cls == UPWS_REFUSED && r->http_status < 500,
 		          r->http_status, r->reason ? r->reason : upws_class_name(r->cls));
 	if (!r->opened)
@@ -514,6 +533,8 @@ static void on_end(struct upstream_ws *ws, const struct upws_result *r, void *ar
 	/* What was written and not fenced goes out again on the next one. */
 	metrics_add(M_UPWS_RESENT, s->nsent);
 	delay = t->draining || r->cls == UPWS_ABORTED ? 0 : sess_delay(s, r->retry_after_s);
+	if (r->cls == UPWS_NO_FDS)
+		note_no_fds(s, r->reason, delay);
 	log_debug("forward_retry", "session=%s class=%s opened=%d status=%d unfenced=%zu "
 	          "delay_ms=%u reason=%s", s->name, upws_class_name(r->cls), r->opened,
 	          r->http_status, s->nsent, delay,

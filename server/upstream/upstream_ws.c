@@ -36,6 +36,7 @@
 #include <strings.h>
 #include <unistd.h>
 #include <arpa/inet.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 
 #include <curl/curl.h>
@@ -115,6 +116,7 @@ struct upstream_ws {
 	enum state state;
 	CURL *easy;
 	char errbuf[CURL_ERROR_SIZE];
+	int socket_errno;             /* why libcurl's last socket() failed; 0 = it did not */
 	int fd;
 	struct ev_io io;
 	struct ev_timer timer;
@@ -155,7 +157,7 @@ const char *upws_class_name(enum upws_class cls)
 		[UPWS_HELLO_ERROR] = "hello_error", [UPWS_NETWORK] = "network",
 		[UPWS_PROTOCOL] = "protocol", [UPWS_TIMEOUT] = "timeout",
 		[UPWS_BACKEND_CLOSED] = "backend_closed", [UPWS_DROPPED] = "dropped",
-		[UPWS_ABORTED] = "aborted",
+		[UPWS_ABORTED] = "aborted", [UPWS_NO_FDS] = "no_fds",
 	};
 
 	return (unsigned)cls < sizeof names / sizeof names[0] ? names[cls] : "unknown";
@@ -328,6 +330,44 @@ static void connector_timer_cb(struct evloop *l, struct ev_timer *t)
 	connector_action(OWNER(t, struct connector, timer), CURL_SOCKET_TIMEOUT, 0);
 }
 
+static bool is_out_of_fds(int err)
+{
+	return err == EMFILE || err == ENFILE;
+}
+
+/*
+ * Out of descriptors, libcurl only says it could not connect ("Couldn't
+ * connect to server") or resolve (its resolver's socketpair, getaddrinfo's
+ * own files): the socket() it makes here records why, and a resolve that
+ * failed looks whether a descriptor can be had right now.
+ */
+static curl_socket_t on_curl_opensocket(void *arg, curlsocktype purpose,
+                                        struct curl_sockaddr *a)
+{
+	struct upstream_ws *ws = arg;
+	int fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+
+	(void)purpose;
+	ws->socket_errno = fd < 0 ? errno : 0;
+	return fd < 0 ? CURL_SOCKET_BAD : fd;
+}
+
+static bool connect_out_of_fds(const struct upstream_ws *ws, CURLcode rc)
+{
+	int probe;
+
+	if (ws->socket_errno)
+		return is_out_of_fds(ws->socket_errno);
+	if (rc != CURLE_COULDNT_RESOLVE_HOST && rc != CURLE_COULDNT_RESOLVE_PROXY)
+		return false;
+	probe = eventfd(0, EFD_CLOEXEC);
+	if (probe >= 0) {
+		close(probe);
+		return false;
+	}
+	return is_out_of_fds(errno);
+}
+
 /* libcurl connected ws (or gave up): take the socket and start TLS. */
 static void ws_connected(struct upstream_ws *ws, CURLcode rc)
 {
@@ -340,13 +380,19 @@ static void ws_connected(struct upstream_ws *ws, CURLcode rc)
 		/* Ours from now on: the easy handle closes its copy when it goes. */
 		ws->fd = fcntl(s, F_DUPFD_CLOEXEC, 0);
 		if (ws->fd < 0) {
-			ws_fail(ws, UPWS_NETWORK, "dup: %s", strerror(errno));
+			ws_fail(ws, is_out_of_fds(errno) ? UPWS_NO_FDS : UPWS_NETWORK, "dup: %s",
+			        strerror(errno));
 			return;
 		}
 	}
 	curl_multi_remove_handle(ws->cn->multi, ws->easy);
 	curl_easy_cleanup(ws->easy);
 	ws->easy = NULL;
+	if (rc != CURLE_OK && rc != CURLE_OPERATION_TIMEDOUT && connect_out_of_fds(ws, rc)) {
+		ws_fail(ws, UPWS_NO_FDS, "connect: out of file descriptors (%s)",
+		        ws->errbuf[0] ? ws->errbuf : curl_easy_strerror(rc));
+		return;
+	}
 	if (rc != CURLE_OK) {
 		ws_fail(ws, rc == CURLE_OPERATION_TIMEDOUT ? UPWS_TIMEOUT : UPWS_NETWORK,
 		        "connect: %s", ws->errbuf[0] ? ws->errbuf : curl_easy_strerror(rc));
@@ -431,6 +477,8 @@ static int ws_start_connect(struct upstream_ws *ws)
 	    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)c->o.connect_timeout_ms) ||
 	    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, ws->errbuf) ||
 	    curl_easy_setopt(e, CURLOPT_PRIVATE, ws) ||
+	    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_curl_opensocket) ||
+	    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, ws) ||
 	    curl_easy_setopt(e, CURLOPT_PROXY, c->proxy) ||
 	    curl_easy_setopt(e, CURLOPT_HTTPPROXYTUNNEL, 1L) ||
 	    curl_easy_setopt(e, CURLOPT_PROXYAUTH, (long)CURLAUTH_ANY) ||

@@ -90,6 +90,8 @@ enum upws_class {
 	UPWS_BACKEND_CLOSED,    /* the backend sent a close first (close_code, reason) */
 	UPWS_DROPPED,           /* the connection ended without a close */
 	UPWS_ABORTED,           /* upstream_ws_abort, or upstream_ws_send_close before on_open */
+	UPWS_NO_FDS,            /* the connect found the relay out of file descriptors: says
+	                         * nothing about the upstream */
 };
 
 struct upws_result {

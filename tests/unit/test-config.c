@@ -94,6 +94,7 @@ static void test_defaults(void)
 	       "tls-priorities default");
 	is_int(c.http_threads, 4, "http-threads default");
 	is_int(c.max_connections, 10000, "max-connections default");
+	is_int(c.max_http_connections, 1024, "max-http-connections default");
 	is_str(c.state_dir, "./var", "state-dir default");
 	ok(c.queue_max_bytes == 1ULL << 30, "queue-max-bytes default is 1G");
 	ok(c.queue_max_messages == 1000000, "queue-max-messages default");

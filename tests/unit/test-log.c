@@ -1,4 +1,5 @@
-/* test-log.c - log levels, quoting, key masking and the logfmt line. */
+/* test-log.c - log levels, quoting, key masking, the logfmt line and the
+ * once-per-interval gate. */
 #include "log.h"
 
 #include <stdlib.h>
@@ -91,8 +92,26 @@ static void test_log(void)
 	}
 }
 
+/* One line per interval for an event that repeats, with a count of the rest. */
+static void test_log_gate(void)
+{
+	struct log_gate g = { 0 };
+	unsigned long long others = 99;
+	int passed = 0;
+
+	ok(log_gate_pass(&g, 200, &others) && others == 0, "a zeroed gate lets the first through");
+	for (int i = 0; i < 5; i++)
+		passed += log_gate_pass(&g, 200, &others);
+	is_int(passed, 0, "the next ones within the interval are held back");
+	sleep_ms(250);
+	ok(log_gate_pass(&g, 200, &others), "after the interval one goes through again");
+	is_int(others, 5, "saying how many were held back");
+	ok(!log_gate_pass(&g, 200, &others), "and the interval starts anew");
+}
+
 int main(void)
 {
 	test_log();
+	test_log_gate();
 	return done_testing();
 }
