@@ -4,7 +4,7 @@
 #
 #   tests/bench/run.sh [--smoke] [--runs N] [--out FILE.md] [--json FILE]
 #
-# `make bench` runs it in full (3 runs of everything, medians, ~10 min);
+# `make bench` runs it in full (3 runs of everything, medians, ~20 min);
 # --smoke is CI's ~20-second run of every step with small counts, which
 # exits non-zero if anything failed.  It needs nginx (apt-get install
 # nginx-light) and the programs of a build tree: BUILDDIR (default: the
