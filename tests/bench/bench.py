@@ -664,9 +664,10 @@ class Bench:
         rss = lambda: sum(rss_kb(p) for p in pids)
         rss0 = rss()
         # A session's far side opens with its first message, at a random
-        # point of its first interval: the window starts after that.
-        first = 1 / s["scale_rate"] + 5
-        duration = first + s["scalews_settle"] + s["scalews_window"]
+        # point of its first interval, after the far handshake: the window
+        # starts once all are open; wsload is then told to stop (SIGTERM).
+        first = 1 / s["scale_rate"] + s["scale_connect_timeout"]
+        duration = first + s["scalews_settle"] + s["scalews_window"] + 30
         gen = self.wsload(port, n, s["scale_threads"], duration, rate=s["scale_rate"],
                           initial=False, connect_timeout=s["scale_connect_timeout"])
         t_start = time.monotonic()
@@ -686,7 +687,8 @@ class Bench:
             fds = open_fds(fds_of) if fds_of else 0
             if gen.poll() is not None:
                 self.error("scalews: wsload ended inside the window")
-            w = self.wsload_result(gen, duration + 120)
+            gen.send_signal(signal.SIGTERM)
+            w = self.wsload_result(gen, 120)
         except BaseException:
             stop(gen)
             raise

@@ -18,6 +18,8 @@
  * another (0: never); the rest are getstats deltas (~1.7-2 KB), sizes taken
  * from the frame logs.  It then closes every connection with 1000 and
  * prints one JSON object of figures on stdout.  Exits 0 if nothing failed.
+ * SIGTERM ends the sending early, as if the S seconds were over (for a
+ * caller that decides when it has measured enough).
  *
  * Frames are built once, masked, into a pool shared by every connection, so
  * the generator spends its time on TLS and the sockets, not on making data.
@@ -812,6 +814,14 @@ static int parse_args(int argc, char **argv, struct sdk_logs *logs)
 	return 0;
 }
 
+static volatile sig_atomic_t term_received;
+
+static void on_term(int sig)
+{
+	(void)sig;
+	term_received = 1;
+}
+
 static void print_report(int64_t t0, int64_t t_ready, int64_t t_stop, uint64_t msgs_ready,
                          uint64_t msgs_stop, int64_t last_open)
 {
@@ -855,12 +865,15 @@ int main(int argc, char **argv)
 	int64_t t0, t_ready = 0, t_stop, last_open = 0;
 	uint64_t rng, msgs_ready = 0, msgs_stop;
 	int rc = 2;
+	struct sigaction sa = { .sa_handler = on_term };
 
 	if (parse_args(argc, argv, &logs) < 0) {
 		usage();
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, NULL);
 	bench_raise_nofile();
 	rng = g.seed;
 	sizes = sdk_sizes_create(&logs, err, sizeof err);
@@ -906,7 +919,7 @@ int main(int argc, char **argv)
 	fprintf(stderr, "ready opened=%llu failed=%llu\n",
 		(unsigned long long)atomic_load(&n_opened),
 	        (unsigned long long)atomic_load(&n_failed));
-	while (now_us() - t_ready < (int64_t)(g.duration_s * 1e6))
+	while (!term_received && now_us() - t_ready < (int64_t)(g.duration_s * 1e6))
 		usleep(WL_TICK_MS * 1000);
 	rc = 0;
 stop:
