@@ -252,9 +252,9 @@ class Bench:
         self.errors = []
         self.nginx = None
         self.front = None
+        self.fronts = 0
         self.sink = None
         self.relays = 0
-        self.steps = ()
 
     def check_tools(self):
         need = [self.relay_bin] + [self.tool(n) for n in
@@ -323,12 +323,6 @@ class Bench:
         self.nginx = self.start_nginx("nginx", NGINX_CONF, self.nginx_post_port,
                                       ws_port=self.nginx_ws_port, post_port=self.nginx_post_port,
                                       sink_port=self.sink_port)
-        if "scalews" in self.steps:
-            # The scalews step's peer: wss in, wss out to the proxy above.
-            self.front_port = free_port()
-            self.front = self.start_nginx("nginx-front", NGINX_FRONT_CONF, self.front_port,
-                                          front_port=self.front_port,
-                                          ws_port=self.nginx_ws_port)
 
     def nginx_pids(self, nginx=None):
         nginx = nginx or self.nginx
@@ -730,9 +724,18 @@ class Bench:
         # Let the sink see the relay's upstream websockets close.
         wait_until(lambda: self.sink_stats()["open"] == 0, 30)
         # The peer: nginx proxying the same sessions wss -> wss to the same
-        # proxy and sink.
-        ng, _, _ = self.hold_sessions(self.front_port, n, lambda: self.sink_stats()["open"],
-                                      self.nginx_pids(self.front))
+        # proxy and sink; a new one each run, as the relay is (nginx keeps
+        # what its workers grew to).
+        self.fronts += 1
+        port = free_port()
+        self.front = self.start_nginx("nginx-front-%d" % self.fronts, NGINX_FRONT_CONF, port,
+                                      front_port=port, ws_port=self.nginx_ws_port)
+        try:
+            ng, _, _ = self.hold_sessions(port, n, lambda: self.sink_stats()["open"],
+                                          self.nginx_pids(self.front))
+        finally:
+            stop(self.front, signal.SIGQUIT)
+            self.front = None
         del ng["fds"]
         wait_until(lambda: self.sink_stats()["open"] == 0, 30)
         out = {"relay_" + k: v for k, v in rel.items()}
@@ -1010,7 +1013,6 @@ def main():
     steps = (a.only or "ingest,nginx,sqlite,curl,drain,drainws,scale,scalews").split(",")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     b = Bench(a, sizes)
-    b.steps = steps
     runs = []
     t_start = time.monotonic()
     try:
