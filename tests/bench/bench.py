@@ -650,10 +650,11 @@ class Bench:
             hard = BENCH_NOFILE
         return max(100, min(SCALEWS_MAX_SESSIONS, (hard - SCALEWS_FDS_KEPT) // 2))
 
-    def hold_sessions(self, port, n, opened, pids, metrics=None, fds_of=None):
+    def hold_sessions(self, port, n, opened, pids, sample=lambda: None):
         """wsload's n SDK-like sessions through port at the SDK's rate,
         until opened() says all n have their far side, then a settling
-        time and the window: RSS added per session and CPU of pids."""
+        time and the window: RSS added per session and CPU of pids, and
+        what sample() returns at the window's start and end."""
         s = self.s
         rss = lambda: sum(rss_kb(p) for p in pids)
         rss0 = rss()
@@ -667,18 +668,16 @@ class Bench:
         t_start = time.monotonic()
         try:
             self.wait_ready(gen, s["scale_connect_timeout"] + 30)
-            far = wait_until(lambda: opened() >= n and opened(), first, 0.25) or opened()
+            wait_until(lambda: opened() >= n, first, 0.25)
+            far = opened()
             t_open = time.monotonic() - t_start
             if far < n:
                 self.error("scalews: %d of %d far connections open" % (far, n))
             time.sleep(s["scalews_settle"])
-            k0, c0, t0 = self.sink_stats(), cpu_ticks(pids), time.monotonic()
-            m0 = scrape(metrics) if metrics else None
+            k0, c0, t0, s0 = self.sink_stats(), cpu_ticks(pids), time.monotonic(), sample()
             time.sleep(s["scalews_window"])
-            k1, c1, t1 = self.sink_stats(), cpu_ticks(pids), time.monotonic()
-            m1 = scrape(metrics) if metrics else None
+            k1, c1, t1, s1 = self.sink_stats(), cpu_ticks(pids), time.monotonic(), sample()
             rss1 = rss()
-            fds = open_fds(fds_of) if fds_of else 0
             if gen.poll() is not None:
                 self.error("scalews: wsload ended inside the window")
             gen.send_signal(signal.SIGTERM)
@@ -690,11 +689,11 @@ class Bench:
         arrived = k1["messages"] - k0["messages"]
         cores = (c1 - c0) / dt
         per_s = arrived / dt
-        r = dict(fds=fds, sessions=w["opened"], far_open=far, seconds_to_open=t_open, errors=w["errors"],
+        r = dict(sessions=w["opened"], far_open=far, seconds_to_open=t_open, errors=w["errors"],
                  rss_mb=rss1 / 1024, rss_delta_kb_per_session=(rss1 - rss0) / n,
                  cpu_cores=cores, arrived_per_s=per_s,
                  cpu_us_per_message=cores * 1e6 / per_s if per_s else 0)
-        return r, m0, m1
+        return r, s0, s1, dt
 
     def scalews(self):
         n = self.scalews_sessions()
@@ -705,19 +704,18 @@ class Bench:
                                  extra=["--max-connections", str(n + 100)])
         try:
             fds0 = open_fds(relay.pid)
-            rel, m0, m1 = self.hold_sessions(
+            rel, (m0, _), (m1, fds1), dt = self.hold_sessions(
                 relay.port, n, lambda: scrape(relay.admin)["watchrtc_relay_upstream_websockets"],
-                [relay.pid], relay.admin, relay.pid)
+                [relay.pid], lambda: (scrape(relay.admin), open_fds(relay.pid)))
         finally:
             self.stop_relay(relay)
-        rel["fds_per_session"] = (rel.pop("fds") - fds0) / n
-        rel["committed_per_s"] = (m1["watchrtc_relay_messages_committed_total"]
-                                  - m0["watchrtc_relay_messages_committed_total"]) / self.s["scalews_window"]
+        rel["fds_per_session"] = (fds1 - fds0) / n
         # Each commit that stores messages is fsynced: the figure behind
         # most of the relay's CPU per message at this rate.
-        for key, name in (("commits_per_s", "watchrtc_relay_commits_total"),
+        for key, name in (("committed_per_s", "watchrtc_relay_messages_committed_total"),
+                          ("commits_per_s", "watchrtc_relay_commits_total"),
                           ("synced_commits_per_s", "watchrtc_relay_commits_synced_total")):
-            rel[key] = (m1.get(name, 0) - m0.get(name, 0)) / self.s["scalews_window"]
+            rel[key] = (m1.get(name, 0) - m0.get(name, 0)) / dt
         for name in ("watchrtc_relay_websocket_protocol_errors_total",
                      "watchrtc_relay_upstream_websocket_drops_total"):
             errors += m1.get(name, 0) - m0.get(name, 0)
@@ -731,12 +729,11 @@ class Bench:
         self.front = self.start_nginx("nginx-front-%d" % self.fronts, NGINX_FRONT_CONF, port,
                                       front_port=port, ws_port=self.nginx_ws_port)
         try:
-            ng, _, _ = self.hold_sessions(port, n, lambda: self.sink_stats()["open"],
-                                          self.nginx_pids(self.front))
+            ng, _, _, _ = self.hold_sessions(port, n, lambda: self.sink_stats()["open"],
+                                             self.nginx_pids(self.front))
         finally:
             stop(self.front, signal.SIGQUIT)
             self.front = None
-        del ng["fds"]
         wait_until(lambda: self.sink_stats()["open"] == 0, 30)
         out = {"relay_" + k: v for k, v in rel.items()}
         out.update({"nginx_" + k: v for k, v in ng.items()})
@@ -759,8 +756,8 @@ class Bench:
             raise BenchError("%s exited %d" % (os.path.basename(cmd[0]), p.returncode))
 
 
-NGINX_CONF = """\
-# Written by tests/bench/bench.py: nginx as the SDK docs' websocket proxy.
+# The part of both nginx configurations that is not their servers.
+NGINX_HEAD = """\
 %(user)s
 worker_processes auto;
 worker_rlimit_nofile %(nofile)d;
@@ -781,12 +778,10 @@ http {
     ssl_certificate_key %(key)s;
     ssl_protocols TLSv1.2 TLSv1.3;
     map $http_upgrade $connection_upgrade { default upgrade; '' close; }
+"""
 
-    # The TLS websocket proxy in front of the sink.
-    server {
-        listen 127.0.0.1:%(ws_port)d ssl reuseport;
-        location / {
-            proxy_pass http://127.0.0.1:%(sink_port)d;
+# A websocket proxy location's directives, as the SDK's docs give them.
+WS_PROXY = """\
             proxy_http_version 1.1;
             proxy_set_header Upgrade $http_upgrade;
             proxy_set_header Connection $connection_upgrade;
@@ -794,6 +789,16 @@ http {
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_read_timeout 3600s;
             proxy_send_timeout 3600s;
+"""
+
+NGINX_CONF = "# Written by tests/bench/bench.py: nginx as the SDK docs' websocket proxy.\n" + \
+    NGINX_HEAD + """
+    # The TLS websocket proxy in front of the sink.
+    server {
+        listen 127.0.0.1:%(ws_port)d ssl reuseport;
+        location / {
+            proxy_pass http://127.0.0.1:%(sink_port)d;
+""" + WS_PROXY + """\
         }
     }
 
@@ -806,29 +811,10 @@ http {
 }
 """
 
-
 NGINX_FRONT_CONF = """\
 # Written by tests/bench/bench.py: the scalews step's peer, nginx proxying
 # the SDK's websockets over wss to an upstream over wss, as the relay does.
-%(user)s
-worker_processes auto;
-worker_rlimit_nofile %(nofile)d;
-daemon off;
-master_process on;
-pid %(prefix)s/nginx.pid;
-error_log %(prefix)s/error.log warn;
-events { worker_connections %(worker_connections)d; }
-http {
-    access_log off;
-    client_body_temp_path %(prefix)s/body;
-    proxy_temp_path %(prefix)s/proxy;
-    fastcgi_temp_path %(prefix)s/fastcgi;
-    uwsgi_temp_path %(prefix)s/uwsgi;
-    scgi_temp_path %(prefix)s/scgi;
-    ssl_certificate %(cert)s;
-    ssl_certificate_key %(key)s;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    map $http_upgrade $connection_upgrade { default upgrade; '' close; }
+""" + NGINX_HEAD + """\
     server {
         listen 127.0.0.1:%(front_port)d ssl reuseport;
         location / {
@@ -836,17 +822,12 @@ http {
             proxy_ssl_verify on;
             proxy_ssl_trusted_certificate %(ca)s;
             proxy_ssl_name localhost;
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection $connection_upgrade;
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_read_timeout 3600s;
-            proxy_send_timeout 3600s;
+""" + WS_PROXY + """\
         }
     }
 }
 """
+
 
 # ---------------------------------------------------------------- report ---
 def median(runs, step, key):
