@@ -95,7 +95,16 @@ def _cleanup():
 
 
 atexit.register(_cleanup)
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+
+
+def _on_sigterm(signum, frame):
+    # Said in the log: a test that ends without its plan otherwise leaves
+    # no trace of why (SystemExit prints nothing).
+    diag("SIGTERM received: stopping what the test started")
+    sys.exit(1)
+
+
+signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def on_exit(fn):
