@@ -262,6 +262,8 @@ struct queue {
 	size_t npending;
 	int64_t pending_since_ms;       /* when pending last became non-empty */
 	struct entry *batch;            /* what the writer is committing */
+	const struct entry **batch_order; /* the batch by id (writer; qstore_batch_run) */
+	size_t batch_order_cap;
 	int64_t last_commit_end_ms;
 	int64_t last_sync_ms;           /* the last commit that reached the disk (writer) */
 	bool sync_off;                  /* the connection commits without fsync now (writer) */
@@ -363,8 +365,10 @@ void qstore_read_messages(struct queue *q, const int64_t *ids, size_t n,
                           struct queue_msg **out, int *errs);
 /* A lease's second half: reads in one go each out[i] (i < n, n at most
  * QSTORE_FILL_MAX) that the cache did not hold (NULL), the message ids[i];
- * errs[i] is QUEUE_OK, or why out[i] stays NULL. */
-#define QSTORE_FILL_MAX 64
+ * errs[i] is QUEUE_OK, or why out[i] stays NULL.  256: a read transaction
+ * after a commit starts from an empty page cache (and, mapped, unmaps the
+ * file), so a drain reads its bodies in as few transactions as it can. */
+#define QSTORE_FILL_MAX 256
 void qstore_fill_uncached(struct queue *q, const int64_t *ids, size_t n,
                           struct queue_msg **out, int *errs);
 /* Runs QSQL_DEAD_REASONS through the read connection and calls fn for each

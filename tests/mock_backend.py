@@ -339,6 +339,8 @@ class _Conn:
             if refuse:
                 status = refuse
         rec["status"] = status
+        # Whether the client resumed a TLS session (it skipped the certificate).
+        rec["tls_resumed"] = bool(getattr(self.sock, "session_reused", False))
         self.conn = self.st.conn_id()
         rec["conn"] = self.conn
         self.st.record("upgrades", rec)

@@ -429,6 +429,9 @@ char *metrics_render(const struct queue_stats *qs, const struct queue_dead_reaso
 	one(&o, "watchrtc_relay_upstream_websocket_drops_total", "counter",
 	    "Open upstream websockets that ended without the relay's close (drop, backend close, "
 	    "timeout).", (double)get(M_UPWS_DROPPED));
+	one(&o, "watchrtc_relay_upstream_tls_resumed_total", "counter",
+	    "Upstream websockets opened with a resumed TLS session (no certificate check).",
+	    (double)get(M_UPWS_TLS_RESUMED));
 
 	head(&o, "watchrtc_relay_http_requests_total", "counter",
 	     "HTTP requests answered, by route and status code.");

@@ -38,6 +38,7 @@ enum metric_counter {
 	M_UPWS_UPGRADE_KEY_REJECTED,
 	M_UPWS_UPGRADE_FAILED,  /* network, TLS, timeout, protocol */
 	M_UPWS_DROPPED,         /* open upstream websockets that ended without our close */
+	M_UPWS_TLS_RESUMED,     /* upstream websockets whose TLS handshake resumed a session */
 	M_COUNTER_COUNT
 };
 

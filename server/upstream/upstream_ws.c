@@ -92,6 +92,7 @@ struct upstream_client {
 	gnutls_priority_t prio;
 	pthread_mutex_t lock;
 	struct connector *connectors;
+	gnutls_datum_t ticket;   /* the newest session to resume (lock) */
 };
 
 /* --- one websocket --------------------------------------------------------------- */
@@ -516,6 +517,48 @@ static void ws_tls_failed(struct upstream_ws *ws, int rc)
 	ws_fail(ws, UPWS_NETWORK, "TLS: %s", gnutls_strerror(rc));
 }
 
+/*
+ * Session resumption.  A drain or the reconnect after an outage opens a
+ * websocket per session to one backend, thousands at once: a full
+ * handshake checks the certificate chain and the server's signature, a
+ * resumed one only does the key exchange (BENCHMARKS.md).  Each websocket
+ * offers the newest ticket any websocket of this client was given, and
+ * keeps the one it is given; a server that refuses it gets a full
+ * handshake.  One ticket for many connections is what TLS 1.3 advises
+ * against for privacy (the server could link them), and they are all the
+ * relay's, to one backend, in the open anyway.
+ */
+static void ws_tls_resume(struct upstream_ws *ws)
+{
+	struct upstream_client *c = ws->client;
+
+	pthread_mutex_lock(&c->lock);
+	if (c->ticket.size)
+		(void)gnutls_session_set_data(ws->tls, c->ticket.data, c->ticket.size);
+	pthread_mutex_unlock(&c->lock);
+}
+
+/* Once open: the server sends its tickets right after the handshake, so
+ * by the hello they have been read. */
+static void ws_tls_keep_ticket(struct upstream_ws *ws)
+{
+	struct upstream_client *c = ws->client;
+	gnutls_datum_t d = { NULL, 0 };
+
+	if (!(gnutls_session_get_flags(ws->tls) & GNUTLS_SFLAGS_SESSION_TICKET) ||
+	    gnutls_session_get_data2(ws->tls, &d) < 0)
+		return;
+	pthread_mutex_lock(&c->lock);
+	gnutls_free(c->ticket.data);
+	c->ticket = d;
+	pthread_mutex_unlock(&c->lock);
+}
+
+bool upstream_ws_resumed(const struct upstream_ws *ws)
+{
+	return ws->tls && gnutls_session_is_resumed(ws->tls);
+}
+
 static int ws_tls_init(struct upstream_ws *ws)
 {
 	const struct upstream_client *c = ws->client;
@@ -533,6 +576,7 @@ static int ws_tls_init(struct upstream_ws *ws)
 		return -1;
 	if (!c->o.insecure)
 		gnutls_session_set_verify_cert(ws->tls, c->host, 0);
+	ws_tls_resume(ws);
 	return 0;
 }
 
@@ -852,6 +896,7 @@ static void ws_hello(struct upstream_ws *ws, const struct wslay_event_on_msg_rec
 	text[arg->msg_length] = '\0';
 	ws->state = S_OPEN;
 	ws->deadline_ms = 0;
+	ws_tls_keep_ticket(ws);
 	ws->last_tx_ms = evloop_now(ws->loop);
 	ws->cb.on_open(ws, text, arg->msg_length, ws->arg);
 	free(text);
@@ -1541,6 +1586,7 @@ void upstream_client_destroy(struct upstream_client *c)
 	free(c->path);
 	free(c->proxy);
 	free(c->noproxy);
+	gnutls_free(c->ticket.data);
 	pthread_mutex_destroy(&c->lock);
 	free(c);
 	curl_global_cleanup();

@@ -175,4 +175,8 @@ void upstream_ws_abort(struct upstream_ws *ws);
 /* True between on_open and the first of upstream_ws_send_close / on_end. */
 bool upstream_ws_is_open(const struct upstream_ws *ws);
 
+/* True if its TLS handshake resumed a session of an earlier websocket of
+ * the same client (no certificate check: the earlier one made it). */
+bool upstream_ws_resumed(const struct upstream_ws *ws);
+
 #endif

@@ -97,16 +97,16 @@ static void report(const char *mode, const char *ca, unsigned conns, unsigned op
 
 struct shared_run {
 	struct evloop *loop;
-	unsigned want, opened, ended;
+	unsigned want, opened, ended, resumed;
 };
 
 static void s_open(struct upstream_ws *ws, const char *hello, size_t len, void *arg)
 {
 	struct shared_run *r = arg;
 
-	(void)ws;
 	(void)hello;
 	(void)len;
+	r->resumed += upstream_ws_resumed(ws);
 	if (++r->opened + r->ended == r->want)
 		evloop_stop(r->loop);
 }
@@ -121,7 +121,10 @@ static void s_end(struct upstream_ws *ws, const struct upws_result *res, void *a
 		evloop_stop(r->loop);
 }
 
-static int run_shared(const char *url, const char *ca, unsigned n)
+/* warm: one websocket opens (and stays) before the baseline, so that the
+ * n measured ones can resume its TLS session, as a drain's do once the
+ * first websockets are open. */
+static int run_shared(const char *url, const char *ca, unsigned n, bool warm)
 {
 	struct upstream_client_options o = {
 		.url = url,
@@ -135,8 +138,9 @@ static int run_shared(const char *url, const char *ca, unsigned n)
 	};
 	struct upstream_ws_request req = { .query = PROBE_QUERY, .user_agent = "upws-probe" };
 	static const struct upstream_ws_callbacks cb = { .on_open = s_open, .on_end = s_end };
-	struct upstream_ws **ws = calloc(n, sizeof *ws);
+	struct upstream_ws **ws = calloc(n + 1, sizeof *ws);
 	struct shared_run r = { .want = n };
+	struct evloop *warm_loop = NULL;
 	struct upstream_client *c;
 	char *cause = NULL;
 	long rss0;
@@ -148,6 +152,20 @@ static int run_shared(const char *url, const char *ca, unsigned n)
 		fprintf(stderr, "upws-probe: %s\n", cause ? cause : "out of memory");
 		return 1;
 	}
+	if (warm) {
+		/* On a loop of its own: a loop runs once. */
+		struct shared_run w = { .want = 1 };
+
+		if (evloop_create(&w.loop, &cause) < 0 ||
+		    upstream_ws_create(&ws[n], c, w.loop, &req, &cb, &w, &cause) < 0) {
+			fprintf(stderr, "upws-probe: %s\n", cause ? cause : "out of memory");
+			return 1;
+		}
+		evloop_run(w.loop);
+		if (w.opened != 1)
+			return 1;
+		warm_loop = w.loop;
+	}
 	rss0 = baseline();
 	cpu0 = bench_cpu_s();
 	t0 = bench_now_s();
@@ -158,10 +176,14 @@ static int run_shared(const char *url, const char *ca, unsigned n)
 		}
 	}
 	evloop_run(r.loop);
-	report("shared", ca, n, r.opened, rss0, rss_kb(), bench_cpu_s() - cpu0, bench_now_s() - t0);
-	for (unsigned i = 0; i < n; i++)
+	report(warm ? "shared-warm" : "shared", ca, n, r.opened, rss0, rss_kb(),
+	       bench_cpu_s() - cpu0, bench_now_s() - t0);
+	fprintf(stderr, "upws-probe: %u of %u resumed a TLS session\n", r.resumed, r.opened);
+	for (unsigned i = 0; i < n + warm; i++)
 		upstream_ws_destroy(ws[i]);
 	evloop_destroy(r.loop);
+	if (warm_loop)
+		evloop_destroy(warm_loop);
 	upstream_client_destroy(c);
 	free(ws);
 	return r.opened == n ? 0 : 1;
@@ -352,13 +374,13 @@ int main(int argc, char **argv)
 	}
 	if (!url) {
 		fprintf(stderr,
-			"usage: upws-probe --mode shared|curl-tls|facts --url URL [--ca FILE] "
+			"usage: upws-probe --mode shared|shared-warm|curl-tls|facts --url URL [--ca FILE] "
 			"[--conns N]\n");
 		return 2;
 	}
 	bench_raise_nofile();
-	if (!strcmp(mode, "shared"))
-		return run_shared(url, ca, conns);
+	if (!strcmp(mode, "shared") || !strcmp(mode, "shared-warm"))
+		return run_shared(url, ca, conns, !strcmp(mode, "shared-warm"));
 	if (!strcmp(mode, "curl-tls"))
 		return run_curl_tls(url, ca, conns, capath_default);
 	if (!strcmp(mode, "facts"))

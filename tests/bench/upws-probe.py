@@ -52,6 +52,7 @@ def main():
         os.makedirs(prefix)
         conf = bench.NGINX_CONF % dict(
             user="user root;" if os.geteuid() == 0 else "", prefix=prefix, nofile=65536,
+            worker_connections=65436,
             cert=os.path.join(bench.CERTS, "server.pem"),
             key=os.path.join(bench.CERTS, "server-key.pem"),
             ws_port=ws_port, post_port=post_port, sink_port=sink_port)
@@ -84,11 +85,12 @@ def main():
                                stdout=subprocess.PIPE, timeout=60).stdout.decode().splitlines()
         results = {}
         configs = (("shared", "bundle", bundle, []), ("shared", "one", one, []),
+                   ("shared-warm", "bundle", bundle, []),
                    ("curl-tls", "bundle", bundle, []), ("curl-tls", "one", one, []),
                    ("curl-tls+capath", "one", one, ["--capath-default"]))
         for run in range(args.runs):
             for mode, ca_name, ca, extra in configs:
-                if args.only and mode.split("+")[0] != args.only:
+                if args.only and mode.split("+")[0].split("-")[0] != args.only.split("-")[0]:
                     continue
                 p = subprocess.run([probe, "--mode", mode.split("+")[0], "--url", url,
                                     "--ca", ca, "--conns", str(args.conns)] + extra,
@@ -111,7 +113,8 @@ def main():
             print("| %s | %s | %.1f KB | %.1f KB | %.1f KB | %.2f ms | %.1f s |" % (
                 {"curl-tls": "libcurl TLS per connection",
                  "curl-tls+capath": "libcurl TLS per connection, default CA path kept",
-                 "shared": "shared GnuTLS credentials (upstream_ws.c)"}[mode],
+                 "shared": "shared GnuTLS credentials (upstream_ws.c)",
+                 "shared-warm": "the same, each resuming an open websocket's TLS session"}[mode],
                 "%d certificates" % ncerts if ca_name == "bundle" else "1 certificate"
                 + (" + /etc/ssl/certs" if mode.endswith("capath") else ""),
                 med("rss_per_conn_kb"), med("rss_trimmed_per_conn_kb"), med("heap_per_conn_kb"),

@@ -289,6 +289,24 @@ ok((relay.metric('watchrtc_relay_upstream_upgrades_total{result="open"}') or 0) 
    "metrics: upgrades that opened")
 ok(relay.metric("watchrtc_relay_upstream_fence_seconds_count") is not None,
    "metrics: fence latency")
+
+# --- TLS session resumption: later upstream websockets resume a session ------------------
+# A relay of its own, so that its first handshake is the first: the mock
+# (Python's ssl, as OpenSSL servers do) sends tickets after each handshake,
+# and every upstream websocket after the first offers the newest one.
+fresh = Relay(be, args=["--upstream-fence-ms", "50"]).start()
+first = len(be.upgrades())
+for i in range(3):
+    wsc(fresh, send_script("resume-%d" % i, 2, "r"), query("resume-%d" % i))
+    ok(be.wait(lambda b, i=i: bodies(b, "resume-%d" % i, "r") == [0, 1], 15),
+       "resumption: session %d delivered" % i)
+opened = [u for u in be.upgrades(first) if u["status"] == 101]
+eq([u["tls_resumed"] for u in opened], [False, True, True],
+   "resumption: a full handshake first, then resumed ones (the backend's view)")
+eq(fresh.metric("watchrtc_relay_upstream_tls_resumed_total"), 2.0,
+   "resumption: the relay counts the two")
+fresh.stop()
+
 # --- a relay killed under an open connection: the next start ends it upstream (1001) ------
 be.behave(refuse_status=503)
 orphan = subprocess.Popen([WSC_BIN, "--port", str(relay.port), "--path", "/websocket?" + query("orphan-1"),
