@@ -713,7 +713,7 @@ static int entry_id_cmp(const void *a, const void *b)
  * interleaved in the table, so in that order nearly every delete finds its
  * page gone from the small page cache: it reads the page again and spills
  * it to the WAL mid-transaction.  In id order each page is read and written
- * once a transaction (BENCHMARKS.md: a sixth of the bytes written, half the
+ * once a transaction (BENCHMARKS.md: a fifth of the bytes written, half the
  * writer's CPU).  Each entry is in a batch once and no operation depends on
  * another's, so any order commits the same thing.
  */

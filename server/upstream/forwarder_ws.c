@@ -739,8 +739,8 @@ static void on_fill_soon(struct evloop *l, struct ev_timer *tm)
 
 /* A pong makes room in its session's window; the lease that fills it waits
  * for the end of the loop's turn, so that the pongs of one turn share one
- * lease and one read transaction (a drain: ~30 messages a lease instead of
- * up to 256). */
+ * lease and one read transaction (a drain: ~235 messages a read transaction
+ * instead of ~33, BENCHMARKS.md). */
 static void thread_fill_soon(struct fws_thread *t)
 {
 	if (!ev_timer_armed(&t->fill_soon) && evloop_timer_start(t->loop, &t->fill_soon, 0) < 0)
