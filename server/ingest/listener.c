@@ -672,14 +672,18 @@ static void resume_accepting(struct evloop *ev, struct ev_timer *t)
 		watch_accept(lp, true);
 }
 
-/* Sets up a newly accepted socket: TLS session, socketpair, libmicrohttpd. */
-static void conn_open(struct lloop *lp, int fd, const struct sockaddr_storage *ss,
-                      socklen_t sslen)
+/* Sets up a newly accepted socket: TLS session, socketpair, libmicrohttpd.
+ * Returns -1 when the process ran out of descriptors on the way (the
+ * socket is closed): the caller pauses as if accept() itself had failed,
+ * rather than accept and drop the whole backlog one connection at a time. */
+static int conn_open(struct lloop *lp, int fd, const struct sockaddr_storage *ss,
+                     socklen_t sslen)
 {
 	struct listener *l = lp->lsn;
 	struct lconn *c = calloc(1, sizeof *c);
 	int sp[2] = { -1, -1 }, one = 1;
 	const char *why = "out of memory";
+	bool out_of_fds;
 
 	if (!c)
 		goto fail;
@@ -728,16 +732,18 @@ static void conn_open(struct lloop *lp, int fd, const struct sockaddr_storage *s
 		if (!ev_timer_armed(&lp->proxy_timer) &&
 		    evloop_timer_start(lp->ev, &lp->proxy_timer, LISTENER_PROXY_SWEEP_MS) < 0) {
 			conn_close(c, "PROXY header sweep: out of memory");
-			return;
+			return 0;
 		}
 		conn_pump(c);
-		return;
+		return 0;
 	}
 	conn_attach_http(c);
-	return;
+	return 0;
 fail:
-	log_warn("connection_refused", "peer=%s reason=\"%s: %s\"", c ? c->peer : "-", why,
-	         strerror(errno));
+	out_of_fds = errno == EMFILE || errno == ENFILE;
+	if (!out_of_fds)
+		log_warn("connection_refused", "peer=%s reason=\"%s: %s\"", c ? c->peer : "-",
+		         why, strerror(errno));
 	if (c) {
 		if (c->mhd_fd >= 0)
 			table_drop(l, c->mhd_fd, c);
@@ -750,6 +756,7 @@ fail:
 		conn_free(c);
 	}
 	close(fd);
+	return out_of_fds ? -1 : 0;
 }
 
 static void loop_accept(struct evloop *ev, struct ev_io *w, uint32_t events)
@@ -797,7 +804,10 @@ static void loop_accept(struct evloop *ev, struct ev_io *w, uint32_t events)
 			note_refusal(l, true);
 			continue;
 		}
-		conn_open(lp, fd, &ss, sslen);
+		if (conn_open(lp, fd, &ss, sslen) < 0) {
+			pause_accepting(lp);
+			return;
+		}
 	}
 }
 
