@@ -62,7 +62,9 @@
 #define LISTENER_BACKLOG 1024
 #define LISTENER_LIMIT_LOG_INTERVAL_MS 1000  /* one "...connections reached" line per interval */
 #define LISTENER_EMFILE_BACKOFF_MS 100  /* no accepts for this long after running out of fds */
-#define LISTENER_PROXY_SWEEP_MS 1000    /* how often late PROXY headers are looked for */
+#define LISTENER_SWEEP_MS 1000          /* how often late PROXY headers and lingerers are seen to */
+#define LISTENER_LINGER_MS 2000         /* the longest an answered client may still send */
+#define LISTENER_LINGER_READS 16        /* reads of a lingerer per wake-up, so it cannot starve */
 
 /* An upgrade libmicrohttpd handed over, on its way to the connection's loop. */
 struct upgrade {
@@ -97,7 +99,10 @@ struct lconn {
 	bool handed_over;                 /* now the websocket server's, and counted there */
 	bool awaiting_proxy;              /* proxy-protocol: the first bytes are not in yet */
 	bool http_attached;               /* libmicrohttpd has mhd_fd (and closes it) */
+	bool mhd_deaf;                    /* libmicrohttpd reads no more: the client's bytes drop */
+	bool lingering;                   /* answered: waiting for the client to stop sending */
 	long long opened_ms;              /* mono_ms() at accept */
+	long long linger_ms;              /* mono_ms() when the lingering began */
 	struct sockaddr_storage client;   /* the address libmicrohttpd is given */
 	socklen_t client_len;
 };
@@ -110,9 +115,10 @@ struct lloop {
 	struct ev_io accept_io;           /* the listening socket (EPOLLEXCLUSIVE) */
 	bool listening;                   /* accept_io is wanted (not quiesced or broken) */
 	struct ev_timer resume_timer;     /* out of fds: armed while accepting is paused */
-	struct ev_timer proxy_timer;      /* armed while PROXY headers are awaited */
+	struct ev_timer sweep_timer;      /* armed while PROXY headers or lingerers are awaited */
 	struct lconn *conns;              /* loop thread only */
 	unsigned awaiting_proxy;          /* connections whose PROXY header is not in yet */
+	unsigned lingering;               /* answered connections the client still sends on */
 };
 
 struct listener {
@@ -235,7 +241,7 @@ static void conn_close(struct lconn *c, const char *why)
 	evloop_io_stop(lp->ev, &c->tls_io);
 	evloop_io_stop(lp->ev, &c->mhd_io);
 	if (c->fd >= 0) {
-		if (c->handshaken && !c->tls_eof)
+		if (c->handshaken && !c->tls_eof && !c->lingering)
 			gnutls_bye(c->tls, GNUTLS_SHUT_WR);   /* best effort: non-blocking */
 		close(c->fd);
 	}
@@ -247,6 +253,8 @@ static void conn_close(struct lconn *c, const char *why)
 		close(c->mhd_fd);   /* never given to libmicrohttpd */
 	if (c->awaiting_proxy)
 		lp->awaiting_proxy--;
+	if (c->lingering)
+		lp->lingering--;
 	if (c->tls)
 		gnutls_deinit(c->tls);
 	upgrade_free(c->up);
@@ -459,24 +467,77 @@ static void proxy_step(struct lconn *c)
 	conn_attach_http(c);
 }
 
-/* Closes the connections whose PROXY header is late (request-timeout-s):
- * once a second while any is awaited. */
-static void proxy_sweep(struct evloop *ev, struct ev_timer *t)
+/* Closes the connections whose PROXY header is late (request-timeout-s)
+ * and the lingerers whose time is up: once a second while there are any. */
+static void loop_sweep(struct evloop *ev, struct ev_timer *t)
 {
-	struct lloop *lp = (struct lloop *)((char *)t - offsetof(struct lloop, proxy_timer));
+	struct lloop *lp = (struct lloop *)((char *)t - offsetof(struct lloop, sweep_timer));
 	long long now = (long long)evloop_now(ev);
 	struct lconn *c, *next;
 
-	for (c = lp->conns; c && lp->awaiting_proxy; c = next) {
+	for (c = lp->conns; c && (lp->awaiting_proxy || lp->lingering); c = next) {
 		next = c->next;
 		if (c->awaiting_proxy && now - c->opened_ms >= lp->lsn->header_timeout_ms) {
 			log_info("proxy_refused", "peer=%s reason=\"no PROXY header or TLS within "
 			         "request-timeout-s\"", c->peer);
 			conn_close(c, "PROXY header deadline");
+		} else if (c->lingering && now - c->linger_ms >= LISTENER_LINGER_MS) {
+			conn_close(c, "answered; the client was still sending");
 		}
 	}
-	if (lp->awaiting_proxy && evloop_timer_start(ev, t, LISTENER_PROXY_SWEEP_MS) < 0)
-		log_warn("tls_error", "reason=\"PROXY header sweep: out of memory\"");
+	if ((lp->awaiting_proxy || lp->lingering) &&
+	    evloop_timer_start(ev, t, LISTENER_SWEEP_MS) < 0)
+		log_warn("tls_error", "reason=\"connection sweep: out of memory\"");
+}
+
+static int arm_sweep(struct lloop *lp)
+{
+	if (ev_timer_armed(&lp->sweep_timer))
+		return 0;
+	return evloop_timer_start(lp->ev, &lp->sweep_timer, LISTENER_SWEEP_MS);
+}
+
+/* Reads and drops what the client still sends, until it closes. */
+static void linger_drain(struct lconn *c)
+{
+	for (int i = 0; i < LISTENER_LINGER_READS; i++) {
+		ssize_t n = recv(c->fd, c->c2m.data, LISTENER_BUF_BYTES, MSG_DONTWAIT);
+
+		if (n > 0 || (n < 0 && errno == EINTR))
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			break;
+		conn_close(c, "answered");
+		return;
+	}
+	set_interest(c, &c->tls_io, EPOLLIN);
+}
+
+/*
+ * The answer is out and libmicrohttpd is done, but the client may still be
+ * sending: a body refused at its head (413, 429).  Closing with its bytes
+ * unread would send a reset, and a reset can destroy the answer before the
+ * client reads it.  So the relay ends its side (close_notify, FIN) and
+ * reads and drops what comes until the client closes, for at most
+ * LISTENER_LINGER_MS: a lingering close, as Apache and nginx do.
+ */
+static void conn_linger(struct lconn *c)
+{
+	if (c->tls_eof) {
+		conn_close(c, "answered");
+		return;
+	}
+	if (arm_sweep(c->loop) < 0) {
+		conn_close(c, "answered; no room to linger");
+		return;
+	}
+	c->lingering = true;
+	c->loop->lingering++;
+	c->linger_ms = (long long)mono_ms();
+	gnutls_bye(c->tls, GNUTLS_SHUT_WR);   /* best effort: non-blocking */
+	shutdown(c->fd, SHUT_WR);
+	evloop_io_stop(c->loop->ev, &c->mhd_io);
+	linger_drain(c);
 }
 
 /*
@@ -490,6 +551,10 @@ static void conn_pump(struct lconn *c)
 
 	if (c->dead)
 		return;
+	if (c->lingering) {
+		linger_drain(c);
+		return;
+	}
 	if (c->awaiting_proxy) {
 		proxy_step(c);
 		return;
@@ -527,7 +592,7 @@ static void conn_pump(struct lconn *c)
 	do {
 		progress = false;
 		/* client -> libmicrohttpd (not once the upgrade began) */
-		if (!c->up && !c->tls_eof && c->c2m.off == c->c2m.len) {
+		if (!c->up && !c->tls_eof && !c->mhd_deaf && c->c2m.off == c->c2m.len) {
 			n = gnutls_record_recv(c->tls, c->c2m.data, LISTENER_BUF_BYTES);
 			if (n > 0) {
 				c->c2m.off = 0;
@@ -548,15 +613,20 @@ static void conn_pump(struct lconn *c)
 			}
 		}
 		if (c->mfd >= 0 && c->c2m.off < c->c2m.len) {
-			n = send(c->mfd, c->c2m.data + c->c2m.off, c->c2m.len - c->c2m.off,
-			         MSG_NOSIGNAL);
+			n = c->mhd_deaf ? (ssize_t)(c->c2m.len - c->c2m.off)
+			                : send(c->mfd, c->c2m.data + c->c2m.off,
+			                       c->c2m.len - c->c2m.off, MSG_NOSIGNAL);
 			if (n > 0) {
 				c->c2m.off += (size_t)n;
 				progress = true;
 			} else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK &&
 			           errno != EINTR) {
-				conn_close(c, "the HTTP side closed");
-				return;
+				/* libmicrohttpd answered and closed before reading all
+				 * (a refused body): its answer may still be unread here,
+				 * so the client's bytes are dropped, not the connection. */
+				c->mhd_deaf = true;
+				c->c2m.off = c->c2m.len;
+				progress = true;
 			}
 		}
 		/* libmicrohttpd -> client */
@@ -592,12 +662,13 @@ static void conn_pump(struct lconn *c)
 			return;
 		}
 		if (c->mhd_eof) {
-			conn_close(c, "answered");
+			conn_linger(c);
 			return;
 		}
 	}
 	set_interest(c, &c->tls_io,
-	             (!c->up && !c->tls_eof && c->c2m.off == c->c2m.len ? EPOLLIN : 0) |
+	             (!c->up && !c->tls_eof && !c->mhd_deaf && c->c2m.off == c->c2m.len
+	              ? EPOLLIN : 0) |
 	             (c->m2c.off < c->m2c.len ? tls_wait(c) : 0));
 	set_interest(c, &c->mhd_io,
 	             (!c->mhd_eof && c->m2c.off == c->m2c.len ? EPOLLIN : 0) |
@@ -729,8 +800,7 @@ static int conn_open(struct lloop *lp, int fd, const struct sockaddr_storage *ss
 	if (l->proxy_protocol) {
 		c->awaiting_proxy = true;
 		lp->awaiting_proxy++;
-		if (!ev_timer_armed(&lp->proxy_timer) &&
-		    evloop_timer_start(lp->ev, &lp->proxy_timer, LISTENER_PROXY_SWEEP_MS) < 0) {
+		if (arm_sweep(lp) < 0) {
 			conn_close(c, "PROXY header sweep: out of memory");
 			return 0;
 		}
@@ -917,7 +987,7 @@ static int loop_init(struct lloop *lp, struct listener *l, char **cause)
 		return -1;
 	ev_io_init(&lp->accept_io, l->lfd, loop_accept);
 	ev_timer_init(&lp->resume_timer, resume_accepting);
-	ev_timer_init(&lp->proxy_timer, proxy_sweep);
+	ev_timer_init(&lp->sweep_timer, loop_sweep);
 	if (evloop_io_set(lp->ev, &lp->accept_io, EPOLLIN | EPOLLEXCLUSIVE) < 0)
 		return cause_set(cause, -1, "TLS listener loop: %s", strerror(errno));
 	lp->listening = true;
