@@ -613,9 +613,8 @@ static void conn_pump(struct lconn *c)
 			}
 		}
 		if (c->mfd >= 0 && c->c2m.off < c->c2m.len) {
-			n = c->mhd_deaf ? (ssize_t)(c->c2m.len - c->c2m.off)
-			                : send(c->mfd, c->c2m.data + c->c2m.off,
-			                       c->c2m.len - c->c2m.off, MSG_NOSIGNAL);
+			n = send(c->mfd, c->c2m.data + c->c2m.off, c->c2m.len - c->c2m.off,
+			         MSG_NOSIGNAL);
 			if (n > 0) {
 				c->c2m.off += (size_t)n;
 				progress = true;
