@@ -20,12 +20,15 @@ Control API (JSON, over the same HTTPS port; never recorded):
     GET  /_mock/requests[?since=N]  recorded requests with index >= N
     POST /_mock/behave   {"status": 503, "count": N | "seconds": S,
                           "retry_after": 2, "delay_ms": 0, "reset": false,
-                          "body": "text"}
+                          "hold": false, "body": "text"}
         The next requests get that answer until count requests or S seconds
         have passed (with neither, until the next behave or reset); then 200.
         reset=true closes the connection without answering; delay_ms sleeps
         before answering (longer than the relay's timeout = a hung upstream).
-    POST /_mock/reset    forget the recordings and the behaviour
+        hold=true keeps each of those answers until /_mock/release (at most
+        HOLD_MAX_S), so a test can act while the relay waits, at any speed.
+    POST /_mock/release  lets the held answers go
+    POST /_mock/reset    forget the recordings and the behaviour (and release)
 
 Each record: index, time (Unix seconds, float), method, path (with query),
 headers ([name, value] pairs in order), body (base64), body_len, text (the
@@ -56,6 +59,7 @@ DEFAULT_KEY = os.path.join(HERE, "certs", "server-key.pem")
 BODY_MAX = 64 * 1024 * 1024   # a request body larger than this gets 413
 CONTROL_MAX = 64 * 1024       # a control request body larger than this gets 413
 SOCKET_TIMEOUT_S = 60         # an idle keep-alive connection is closed after this
+HOLD_MAX_S = 30               # a held answer goes after this even if never released
 
 
 class _State:
@@ -65,11 +69,14 @@ class _State:
         self.lock = threading.Lock()
         self.records = []
         self.behaviour = None
+        self.released = threading.Event()
+        self.released.set()
 
     def reset(self):
         with self.lock:
             self.records = []
             self.behaviour = None
+        self.released.set()
 
     def set_behaviour(self, spec):
         b = {
@@ -79,8 +86,11 @@ class _State:
             "retry_after": spec.get("retry_after"),
             "delay_ms": int(spec.get("delay_ms") or 0),
             "reset": bool(spec.get("reset", False)),
+            "hold": bool(spec.get("hold", False)),
             "body": spec.get("body"),
         }
+        if b["hold"]:
+            self.released.clear()
         if b["count"] is not None:
             b["count"] = int(b["count"])
         if spec.get("seconds") is not None:
@@ -198,6 +208,8 @@ class _Handler(BaseHTTPRequestHandler):
             "status": status,
             "peer": "%s:%d" % self.client_address[:2],
         })
+        if b is not None and b["hold"]:
+            self.server.state.released.wait(HOLD_MAX_S)
         if b is not None and b["delay_ms"]:
             time.sleep(b["delay_ms"] / 1000.0)
         if b is not None and b["reset"]:
@@ -223,6 +235,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self.server.state.set_behaviour(json.loads(body or b"{}"))
             except (ValueError, TypeError, AttributeError) as e:
                 return self._json(400, {"error": str(e)})
+            return self._json(200, {"ok": True})
+        if url.path == "/_mock/release" and self.command == "POST":
+            self.server.state.released.set()
             return self._json(200, {"ok": True})
         if url.path == "/_mock/reset" and self.command == "POST":
             self.server.state.reset()
@@ -292,11 +307,15 @@ class MockUpstream:
         return self._server.state.since(since)
 
     def behave(self, status=200, count=None, seconds=None, retry_after=None,
-               delay_ms=0, reset=False, body=None):
+               delay_ms=0, reset=False, body=None, hold=False):
         self._server.state.set_behaviour({
             "status": status, "count": count, "seconds": seconds,
             "retry_after": retry_after, "delay_ms": delay_ms, "reset": reset,
-            "body": body})
+            "body": body, "hold": hold})
+
+    def release(self):
+        """Lets the answers of a hold=True behaviour go."""
+        self._server.state.released.set()
 
     def reset(self):
         self._server.state.reset()

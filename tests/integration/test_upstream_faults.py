@@ -105,10 +105,18 @@ eq(relay.metric('watchrtc_relay_dead_letters{reason="rejected"}'), 1.0,
 up.reset()
 
 # --- 401: the key is rejected, and what waits with it is dead-lettered -------------------
-up.behave(status=401, count=1, delay_ms=300)   # the others queue up meanwhile
+# The 401 is held until all four messages are in, so the two behind it are
+# queued when it comes, however slow the machine; a relay that waits longer
+# than the hold may last (the same queue: the 400's dead letter stays).
+relay.stop()
+relay = Relay(up, args=["--upstream-timeout-ms", "30000"], state_dir=relay.state_dir).start()
+up.behave(status=401, count=1, hold=True)
 codes = [post(relay, "fault-401", n, key="badkey123") for n in (1, 2, 3)]
 codes.append(post(relay, "fault-401-ok", 1, key="goodkey456"))
 eq(codes, [200] * 4, "401: messages of two keys accepted")
+ok(wait_until(lambda: len(attempts(up, "fault-401")) == 1, 10),
+   "401: the first message is at the upstream, its answer held", attempts(up, "fault-401"))
+up.release()
 ok(wait_until(lambda: taken(up, "fault-401-ok") == [1], 10), "401: the other key's message goes on")
 ok(wait_until(lambda: relay.health()[1]["dead_letters"] == 4, 10),
    "401: the refused one and the two waiting behind it are dead letters", relay.health())
