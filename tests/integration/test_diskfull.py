@@ -58,12 +58,15 @@ status, headers, data = answer or (None, {}, b"")
 eq(status, 503, "then a fallback POST is answered 503")
 eq(headers.get("retry-after"), str(RETRY_AFTER_S), "with Retry-After")
 diag("answer: %s" % data[:200])
-status, hc = relay.health()
-ok(status == 503 and "not writable" in hc.get("reason", ""), "/healthcheck is 503 and says why", hc)
-eq(relay.get("/healthcheck/live")[0], 200, "while the process itself is alive (liveness)")
 # SQLite can find room in pages it already has (a reset WAL), so a probe of
-# the writer may succeed while the disk is still full: then the queue takes
-# writes again until one fails, and the log says so each time.
+# the writer (100 ms after the failure) may succeed while the disk is still
+# full: then the queue takes writes again until one fails, and the log says
+# so each time.  A slow machine can ask for the health after such a probe.
+status, hc = relay.health()
+ok((status == 503 and "not writable" in hc.get("reason", "")) or
+   (status == 200 and "event=queue_writable" in relay.log_text()),
+   "/healthcheck is 503 and says why (unless a probe found room, and the log says so)", hc)
+eq(relay.get("/healthcheck/live")[0], 200, "while the process itself is alive (liveness)")
 writable = relay.metric("watchrtc_relay_queue_writable")
 ok(writable == 0.0 or "event=queue_writable" in relay.log_text(),
    "/metrics: queue_writable is 0 (unless a probe found room, and the log says so)", writable)

@@ -142,7 +142,8 @@ proc = subprocess.Popen([WSC_BIN, "--port", str(relay.port), "--path", "/websock
                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 proc.stdin.write("recv\nexpect-close 1001\n")
 proc.stdin.flush()
-time.sleep(1.0)
+ok(wait_until(lambda: (relay.metric("watchrtc_relay_websocket_connections") or 0) >= 1, 10),
+   "the websocket is open before the SIGTERM")
 relay.stop()
 out, _ = reap(proc, 15)
 eq(proc.returncode, 0, "SIGTERM closes open websockets with 1001")
