@@ -69,9 +69,16 @@ eq(forwarded_xff(up, "pp-local"), "127.0.0.1", "keeps the balancer as the client
 eq(post(relay.port, "pp-direct"), 200, "a connection that begins with TLS is served as before")
 eq(forwarded_xff(up, "pp-direct"), "127.0.0.1", "with its peer as the client")
 
-# Limits count the header's source: 5 s of burst at 1 message/s.
-codes = [post(relay.port, "pp-lim-%d" % i, v2("203.0.113.20")) for i in range(6)]
-eq(codes, [200] * 5 + [429], "max-messages-per-ip-per-s counts the client behind the balancer")
+# Limits count the header's source: 5 s of burst at 1 message/s.  The
+# bucket refills while the POSTs run (a TLS handshake each), so a slow
+# machine may get one more in for every second they took.
+codes, t0 = [], time.monotonic()
+while len(codes) < 30 and 429 not in codes:
+    codes.append(post(relay.port, "pp-lim-%d" % len(codes), v2("203.0.113.20")))
+took = time.monotonic() - t0
+ok(codes[-1] == 429 and codes[:-1] == [200] * (len(codes) - 1) and 5 <= len(codes) - 1 <= 5 + took,
+   "max-messages-per-ip-per-s counts the client behind the balancer (%d in %.1f s)"
+   % (len(codes) - 1, took), codes)
 eq(post(relay.port, "pp-lim-other", v2("203.0.113.21")), 200,
    "while another client behind the same balancer goes on")
 ok(wait_until(lambda: "client=203.0.113.20" in relay.log_text(), 5),
