@@ -76,6 +76,10 @@ class _State:
         with self.lock:
             self.records = []
             self.behaviour = None
+        self.release()
+
+    def release(self):
+        """Lets the answers a hold=True behaviour keeps go."""
         self.released.set()
 
     def set_behaviour(self, spec):
@@ -237,7 +241,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._json(400, {"error": str(e)})
             return self._json(200, {"ok": True})
         if url.path == "/_mock/release" and self.command == "POST":
-            self.server.state.released.set()
+            self.server.state.release()
             return self._json(200, {"ok": True})
         if url.path == "/_mock/reset" and self.command == "POST":
             self.server.state.reset()
@@ -315,7 +319,7 @@ class MockUpstream:
 
     def release(self):
         """Lets the answers of a hold=True behaviour go."""
-        self._server.state.released.set()
+        self._server.state.release()
 
     def reset(self):
         self._server.state.reset()

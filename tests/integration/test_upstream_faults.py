@@ -106,8 +106,8 @@ up.reset()
 
 # --- 401: the key is rejected, and what waits with it is dead-lettered -------------------
 # The 401 is held until all four messages are in, so the two behind it are
-# queued when it comes, however slow the machine; a relay that waits longer
-# than the hold may last (the same queue: the 400's dead letter stays).
+# queued when it comes, however slow the machine.  The relay (same queue, so
+# the 400's dead letter stays) waits for upstream answers longer than that.
 relay.stop()
 relay = Relay(up, args=["--upstream-timeout-ms", "30000"], state_dir=relay.state_dir).start()
 up.behave(status=401, count=1, hold=True)
